@@ -1,0 +1,1 @@
+"""Magnetic tile defect detection."""

@@ -1,0 +1,1 @@
+"""Archive → dataset folder → split manifest → tensors."""

@@ -1,0 +1,74 @@
+"""Grayscale image → network input. The only implementation: training, evaluation and serving call it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from mtdefect.inference.settings import PreprocessSettings
+
+
+@dataclass(frozen=True)
+class InputGeometry:
+    """What preprocessing did, so postprocessing can undo it exactly."""
+
+    original: tuple[int, int]  # (height, width) of the input image
+    scaled: tuple[int, int]  # (height, width) after scaling, before padding
+    padded: tuple[int, int]  # (height, width) fed to the network
+
+
+def scaled_size(height: int, width: int, settings: PreprocessSettings) -> tuple[int, int]:
+    """Size after the optional long-side scaling (aspect ratio kept, each side ≥ 1)."""
+    if settings.long_side is None:
+        return height, width
+    factor = settings.long_side / max(height, width)
+    return max(1, round(height * factor)), max(1, round(width * factor))
+
+
+def resize_image(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a uint8 image to (height, width); no-op when the size already matches."""
+    if gray.shape == size:
+        return gray
+    return np.asarray(Image.fromarray(gray).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a binary mask (never creates soft values)."""
+    if mask.shape == size:
+        return mask
+    return np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
+
+
+def scale_image(gray: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
+    return resize_image(gray, scaled_size(*gray.shape, settings))
+
+
+def scale_mask(mask: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
+    return resize_mask(mask, scaled_size(*mask.shape, settings))
+
+
+def normalize(gray: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
+    """uint8 → float32 (x/255 - mean) / std."""
+    return ((gray.astype(np.float32) / 255.0) - settings.mean) / settings.std
+
+
+def pad_to_stride(array: np.ndarray, stride: int) -> np.ndarray:
+    """Pad bottom/right by edge replication up to the next multiple of ``stride``."""
+    height, width = array.shape[-2:]
+    pad_h = (-height) % stride
+    pad_w = (-width) % stride
+    if pad_h == 0 and pad_w == 0:
+        return array
+    pad = [(0, 0)] * (array.ndim - 2) + [(0, pad_h), (0, pad_w)]
+    return np.pad(array, pad, mode="edge")
+
+
+def preprocess(gray: np.ndarray, settings: PreprocessSettings) -> tuple[np.ndarray, InputGeometry]:
+    """HxW uint8 → (1x1xH'xW' float32 network input, geometry to undo it)."""
+    if gray.ndim != 2 or gray.dtype != np.uint8:
+        raise ValueError(f"expected an HxW uint8 image, got shape {gray.shape} dtype {gray.dtype}")
+    scaled = scale_image(gray, settings)
+    padded = pad_to_stride(normalize(scaled, settings), settings.stride)
+    geometry = InputGeometry(original=gray.shape, scaled=scaled.shape, padded=padded.shape)
+    return np.ascontiguousarray(padded[None, None]), geometry

@@ -1,0 +1,84 @@
+"""The settings object that travels with a trained model.
+
+It is written next to the weights by training, read by evaluation and by the service, so the
+input handling, the threshold and the minimum region area can never differ between them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SETTINGS_FILE = "settings.json"
+WEIGHTS_FILE = "weights.safetensors"
+ONNX_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """How an image becomes a network input.
+
+    long_side: if set, the image is scaled (aspect kept) so its longer side has this many pixels;
+        None keeps the native resolution.
+    stride: the padded input is a multiple of this (the encoder's output stride).
+    mean/std: normalisation of the [0, 1] grayscale intensities.
+    """
+
+    long_side: int | None = None
+    stride: int = 32
+    mean: float = 0.5
+    std: float = 0.25
+
+
+@dataclass(frozen=True)
+class PostprocessSettings:
+    """How a probability map becomes answers.
+
+    threshold: pixel probability at or above which a pixel is a defect.
+    min_region_area: connected regions smaller than this (pixels of the input image) are dropped.
+    """
+
+    threshold: float = 0.5
+    min_region_area: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Everything needed to rebuild and use a model, besides its weights."""
+
+    net: dict[str, Any]
+    preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
+    postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
+    class_names: tuple[str, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["class_names"] = list(self.class_names)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSettings":
+        return cls(
+            net=dict(data["net"]),
+            preprocess=PreprocessSettings(**data.get("preprocess", {})),
+            postprocess=PostprocessSettings(**data.get("postprocess", {})),
+            class_names=tuple(data.get("class_names", ())),
+            info=dict(data.get("info", {})),
+        )
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / SETTINGS_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ModelSettings":
+        path = Path(directory) / SETTINGS_FILE
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"model settings missing: {path}") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"model settings unreadable: {path}: {exc}") from None

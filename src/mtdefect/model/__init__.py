@@ -1,0 +1,1 @@
+"""Network definition (net.py, importable by serving) and training module (module.py, Lightning)."""

@@ -1,0 +1,52 @@
+"""Save and load trained models in the BentoML model store (weights + settings + ONNX, no pickle).
+
+Where the store lives: ``$BENTOML_HOME/models`` (the Makefile sets ``BENTOML_HOME=<repo>/.bentoml``;
+BentoML's own default is ``~/bentoml``).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mtdefect.inference.settings import ONNX_FILE, SETTINGS_FILE, WEIGHTS_FILE, ModelSettings
+
+MODEL_NAME = "magnetic-tile-segmenter"
+MODEL_FILES = (SETTINGS_FILE, WEIGHTS_FILE, ONNX_FILE)
+
+
+def save_model_dir(
+    model_dir: str | Path,
+    name: str = MODEL_NAME,
+    labels: dict[str, str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> str:
+    """Copy a model folder (settings.json, weights.safetensors, model.onnx) into a new store entry.
+
+    Returns the new tag. Every call makes a new version; BentoML never pickles anything here.
+    """
+    import bentoml
+
+    model_dir = Path(model_dir)
+    ModelSettings.load(model_dir)  # refuse a folder that is not a model
+    missing = [f for f in (SETTINGS_FILE, WEIGHTS_FILE) if not (model_dir / f).exists()]
+    if missing:
+        raise FileNotFoundError(f"{model_dir} lacks {', '.join(missing)}")
+    with bentoml.models.create(
+        name,
+        labels=labels or {},
+        metadata=metadata or {},
+        module="mtdefect.store",
+    ) as entry:
+        for file in MODEL_FILES:
+            if (model_dir / file).exists():
+                shutil.copy2(model_dir / file, Path(entry.path) / file)
+        tag = str(entry.tag)
+    return tag
+
+
+def model_path(tag: str = f"{MODEL_NAME}:latest") -> Path:
+    """The folder of a stored model (``name:latest`` by default)."""
+    import bentoml
+
+    return Path(bentoml.models.get(tag).path)
