@@ -46,7 +46,7 @@ def restore_probability(logits: np.ndarray, geometry: InputGeometry) -> np.ndarr
     prob = sigmoid(logits[:height, :width])
     if prob.shape != tuple(geometry.original):
         oh, ow = geometry.original
-        prob = np.asarray(Image.fromarray(prob, mode="F").resize((ow, oh), Image.BILINEAR), dtype=np.float32)
+        prob = np.asarray(Image.fromarray(prob).resize((ow, oh), Image.BILINEAR), dtype=np.float32)
         prob = np.clip(prob, 0.0, 1.0)
     return prob
 

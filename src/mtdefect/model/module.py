@@ -16,7 +16,11 @@ class SegmentationModule(pl.LightningModule):
 
     def __init__(
         self,
-        net: dict[str, Any],
+        arch: str = "Unet",
+        encoder: str = "resnet18",
+        pretrained: bool = False,
+        decoder_channels: list[int] | tuple[int, ...] = (256, 128, 64, 32, 16),
+        in_channels: int = 1,
         loss: dict[str, Any] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -25,7 +29,15 @@ class SegmentationModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = build_net(**net)
+        self.net_config: dict[str, Any] = {
+            "arch": arch,
+            "encoder": encoder,
+            "pretrained": pretrained,
+            "in_channels": in_channels,
+            "classes": 1,
+            "decoder_channels": [int(c) for c in decoder_channels],
+        }
+        self.net = build_net(**self.net_config)
         self.loss_fn = CombinedLoss(**(loss or {}))
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)

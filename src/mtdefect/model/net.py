@@ -11,21 +11,21 @@ import torch
 
 def build_net(
     arch: str = "Unet",
-    encoder_name: str = "tu-resnet18",
-    encoder_weights: str | None = None,
+    encoder: str = "resnet18",
+    pretrained: bool = False,
     in_channels: int = 1,
     classes: int = 1,
     **kwargs: Any,
 ) -> torch.nn.Module:
     """One builder for every family: ``arch`` is any smp architecture (Unet, UnetPlusPlus, FPN, ...),
-    ``encoder_name`` any smp encoder, ``tu-<name>`` for a timm encoder. ``encoder_weights="imagenet"``
-    loads pretrained encoder weights (needs the model hub); None trains from scratch."""
+    ``encoder`` any timm model name (used as smp's ``tu-<name>`` encoder). ``pretrained=True`` loads
+    ImageNet weights from the model hub (needs internet); False trains from scratch."""
     import segmentation_models_pytorch as smp
 
     return smp.create_model(
         arch=arch,
-        encoder_name=encoder_name,
-        encoder_weights=encoder_weights,
+        encoder_name=encoder if encoder.startswith("tu-") else f"tu-{encoder}",
+        encoder_weights="imagenet" if pretrained else None,
         in_channels=in_channels,
         classes=classes,
         **kwargs,
@@ -33,7 +33,5 @@ def build_net(
 
 
 def inference_net_config(net_config: dict[str, Any]) -> dict[str, Any]:
-    """The net config to store with a trained model: same architecture, never re-download weights."""
-    config = dict(net_config)
-    config["encoder_weights"] = None
-    return config
+    """The net config stored with a trained model: same architecture, never re-download weights."""
+    return {**net_config, "pretrained": False}

@@ -1,0 +1,94 @@
+"""Service settings, read once from the environment (documented in docs/API.md)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+DEFAULT_MODEL_TAG = "magnetic-tile-segmenter:latest"
+BACKENDS = ("auto", "onnx", "torch")
+
+
+class ConfigError(ValueError):
+    """An MT_* environment variable has a value the service cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not value > 0:
+        raise ConfigError(f"{name}={value} must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What the operator can tune without touching code.
+
+    model_tag: model store tag to serve (``MT_MODEL_TAG``).
+    backend: ``auto`` (CUDA PyTorch if a GPU is present, else ONNX Runtime if the model has an ONNX
+        export, else PyTorch CPU), ``onnx`` or ``torch`` (``MT_BACKEND``).
+    max_bytes: largest accepted image file (``MT_MAX_BYTES``); requests whose Content-Length exceeds
+        it (plus a small allowance for the multipart envelope) are refused before the body is read.
+    max_pixels: largest accepted width x height, checked from the image header (``MT_MAX_PIXELS``).
+    api_key: when set, API calls need ``Authorization: Bearer <key>`` (``MT_API_KEY``).
+    timeout_s: a request that has produced no response after this long answers 504 (``MT_TIMEOUT_S``).
+    max_concurrency: requests in flight per service above which new ones answer 429 at once
+        (``MT_MAX_CONCURRENCY``).
+    workers: server processes, each with its own copy of the model (``MT_WORKERS``).
+    threads: inference threads per model (``MT_THREADS``; unset = all cores).
+    """
+
+    model_tag: str = DEFAULT_MODEL_TAG
+    backend: str = "auto"
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 4096 * 4096
+    api_key: str | None = None
+    timeout_s: float = 60.0
+    max_concurrency: int = 16
+    workers: int = 1
+    threads: int | None = None
+
+    # Room for the multipart envelope (boundaries, part headers) on top of the image itself.
+    envelope_bytes: int = 64 * 1024
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_bytes + self.envelope_bytes
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "ServeConfig":
+        env = os.environ if env is None else env
+        backend = env.get("MT_BACKEND", "auto").strip().lower() or "auto"
+        if backend not in BACKENDS:
+            raise ConfigError(f"MT_BACKEND={backend!r}: choose one of {', '.join(BACKENDS)}")
+        threads_raw = env.get("MT_THREADS", "").strip()
+        return cls(
+            model_tag=env.get("MT_MODEL_TAG", "").strip() or DEFAULT_MODEL_TAG,
+            backend=backend,
+            max_bytes=_int(env, "MT_MAX_BYTES", cls.max_bytes),
+            max_pixels=_int(env, "MT_MAX_PIXELS", cls.max_pixels),
+            api_key=env.get("MT_API_KEY") or None,
+            timeout_s=_float(env, "MT_TIMEOUT_S", cls.timeout_s),
+            max_concurrency=_int(env, "MT_MAX_CONCURRENCY", cls.max_concurrency),
+            workers=_int(env, "MT_WORKERS", cls.workers),
+            threads=_int(env, "MT_THREADS", 1) if threads_raw else None,
+        )

@@ -1,0 +1,44 @@
+"""ASGI middleware in front of the API routes: checks that need no body, done before it is read.
+
+Order: API key (401), method (405), Content-Type (415; this is also what keeps BentoML from ever
+seeing an ``application/vnd.bentoml+pickle`` body), declared Content-Length (413). Anything else
+(health, metrics, docs) passes through untouched.
+"""
+from __future__ import annotations
+
+import hmac
+from typing import Any, Iterable
+
+from starlette.datastructures import Headers
+
+from mtdefect.serving.errors import ApiError
+from mtdefect.serving.upload import check_content_length, check_content_type
+
+
+class ApiGuard:
+    def __init__(self, app: Any, paths: Iterable[str], max_body_bytes: int, api_key: str | None = None) -> None:
+        self.app = app
+        self.paths = frozenset(paths)
+        self.max_body_bytes = max_body_bytes
+        self.api_key = api_key.encode() if api_key else None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        try:
+            self.check(scope["method"], headers)
+        except ApiError as exc:
+            return await exc.response()(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    def check(self, method: str, headers: Headers) -> None:
+        if self.api_key is not None:
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key):
+                raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                               {"WWW-Authenticate": "Bearer"})
+        if method != "POST":
+            raise ApiError(405, f"method {method} not allowed: use POST", {"Allow": "POST"})
+        check_content_type(headers.get("content-type"))
+        check_content_length(headers.get("content-length"), self.max_body_bytes)

@@ -1,0 +1,138 @@
+"""What the API accepts and answers, as BentoML IO descriptors (they drive the OpenAPI document).
+
+``ImageUpload`` describes the request body (multipart/form-data with one binary ``image`` field) but
+does not parse it: its ``from_http_request`` hands the raw Starlette request to the endpoint, which
+reads and validates it itself (see upload.py). That keeps BentoML's generic deserialisers — which
+answer 500 to some malformed uploads, download URLs given in place of files, and unpickle
+``application/vnd.bentoml+pickle`` bodies in non-main services — out of the request path, while
+the OpenAPI document still says exactly what to send.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import bentoml
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+
+from mtdefect.serving.upload import FIELD
+
+
+class PendingUpload:
+    """The request of an API call, not yet read; the endpoint reads it with its own limits."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+
+
+class ImageUpload(bentoml.IODescriptor):
+    """multipart/form-data with exactly one file field ``image``."""
+
+    model_config = ConfigDict(extra="forbid", title="ImageUpload")
+    media_type: ClassVar[str] = "multipart/form-data"
+
+    image: bytes = Field(
+        description="The image file: JPEG, PNG, BMP or TIFF, grayscale or colour, one frame, "
+        "each side at least 8 px, at most MT_MAX_PIXELS pixels and MT_MAX_BYTES bytes.",
+    )
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> "ImageUpload":
+        return cls.model_construct(image=PendingUpload(request))  # type: ignore[arg-type]
+
+
+ImageUpload.multipart_fields = [FIELD]
+
+
+class RegionOut(BaseModel):
+    model_config = ConfigDict(title="Region")
+
+    bbox: list[int] = Field(
+        min_length=4, max_length=4, description="[x, y, width, height] in input pixels (x, y: top-left)"
+    )
+    area: int = Field(ge=1, description="defect pixels in the region")
+    score: float = Field(ge=0.0, le=1.0, description="highest defect probability inside the region")
+
+
+class DetectResult(bentoml.IODescriptor):
+    """Image-level decision and the defect regions, in the input image's pixel coordinates."""
+
+    model_config = ConfigDict(title="DetectResult")
+
+    defective: bool = Field(description="true when at least one defect region was found")
+    score: float = Field(ge=0.0, le=1.0, description="image-level defect probability (highest pixel probability)")
+    threshold: float = Field(ge=0.0, le=1.0, description="pixel probability at or above which a pixel is a defect")
+    defect_area_fraction: float = Field(ge=0.0, le=1.0, description="fraction of the image's pixels marked defect")
+    regions: list[RegionOut] = Field(description="connected defect regions (8-connectivity) that passed the minimum area")
+    model: str = Field(description="model store tag that produced this answer")
+    inference_ms: float = Field(ge=0.0, description="model time incl. pre/post-processing, excl. upload and decoding")
+
+
+class PngImage(bentoml.IODescriptor):
+    """A PNG image (its own media type; documented as a binary string)."""
+
+    media_type: ClassVar[str] = "image/png"
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {"type": "string", "format": "binary"}
+
+    @classmethod
+    def openapi_components(cls, name: str) -> dict[str, Any]:
+        return {}
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what was wrong with the request, or why the service cannot answer")
+
+
+ERROR_RESPONSES: dict[int, str] = {
+    400: "Bad input: malformed multipart body, missing/misnamed/extra field, not a decodable image, "
+    "truncated image, multi-frame image, an image side under 8 px",
+    401: "MT_API_KEY is set and the Authorization: Bearer header is missing or wrong",
+    405: "Only POST is allowed",
+    413: "Body over MT_MAX_BYTES (refused from Content-Length before reading) or image over MT_MAX_PIXELS",
+    415: "Content-Type is not multipart/form-data (pickle bodies included), or the file is not "
+    "JPEG, PNG, BMP or TIFF",
+    429: "Too many requests in flight (MT_MAX_CONCURRENCY): retry later",
+    500: "Unexpected server error (a bug; the server keeps serving)",
+    503: "Model not loaded or failed its warm-up: the service is not ready",
+    504: "No answer within MT_TIMEOUT_S",
+}
+
+API_ROUTES = ("/segment", "/detect", "/overlay")
+
+
+def with_error_responses(spec: dict[str, Any]) -> dict[str, Any]:
+    """BentoML's OpenAPI document, with every status the API routes can answer documented."""
+    spec = copy.deepcopy(spec)
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"] = {
+        "type": "object",
+        "title": "Error",
+        "properties": {"error": {"type": "string", "description": ErrorBody.model_fields["error"].description}},
+        "required": ["error"],
+    }
+    for route in API_ROUTES:
+        operation = spec.get("paths", {}).get(route, {}).get("post")
+        if operation is None:
+            continue
+        responses = {str(k): v for k, v in operation.get("responses", {}).items()}
+        operation["responses"] = responses
+        for status, description in ERROR_RESPONSES.items():
+            responses[str(status)] = {
+                "description": description,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }
+        for key in [k for k in responses if k not in {str(s) for s in ERROR_RESPONSES} | {"200"}]:
+            del responses[key]  # BentoML's own 404 entry: never answered by these routes
+        operation["security"] = [{}, {"bearer": []}]
+    spec["components"].setdefault("securitySchemes", {})["bearer"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Needed only when the server runs with MT_API_KEY set",
+    }
+    return spec

@@ -1,0 +1,135 @@
+"""train(cfg): shared by the DVC stage (cfg from params.yaml) and the Hydra entry point (multirun).
+
+    python -m mtdefect.train                                   # one run, config from conf/
+    python -m mtdefect.train -m model.encoder=resnet18,efficientnet_b0   # a sweep
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mtdefect.calibrate import choose_postprocess
+from mtdefect.data.split import read_manifest
+from mtdefect.evaluate import iter_probabilities
+from mtdefect.inference import ModelSettings, Predictor, PreprocessSettings
+from mtdefect.inference.predictor import torch_runner
+from mtdefect.model.bundle import write_model_dir
+from mtdefect.model.net import inference_net_config
+
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+def config_fingerprint(cfg: DictConfig) -> str:
+    """Hash of everything that shapes training; a checkpoint only resumes a run with the same hash."""
+    keys = ("seed", "model", "trainer", "data")
+    payload = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in keys if k in cfg]), resolve=True)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def resume_checkpoint(checkpoint_dir: Path, fingerprint: str) -> str | None:
+    """``last.ckpt`` of an interrupted run with the same config, else None (and a clean folder)."""
+    marker = checkpoint_dir / FINGERPRINT_FILE
+    last = checkpoint_dir / "last.ckpt"
+    if last.exists() and marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+        print(f"resuming interrupted training from {last}")
+        return str(last)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"fingerprint": fingerprint}))
+    return None
+
+
+def load_best_weights(module: pl.LightningModule, trainer: pl.Trainer) -> str | None:
+    """Load the best checkpoint's weights (``weights_only=True``: no pickled objects accepted)."""
+    callback = trainer.checkpoint_callback
+    path = getattr(callback, "best_model_path", "") if callback else ""
+    if not path or not Path(path).exists():
+        return None
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    module.load_state_dict(checkpoint["state_dict"])
+    return path
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, keep the best checkpoint by validation Dice, calibrate the postprocessing on validation,
+    and write the model folder (weights + settings). Returns the validation metrics (for sweeps)."""
+    started = time.perf_counter()
+    pl.seed_everything(cfg.seed, workers=True)
+    torch.use_deterministic_algorithms(bool(cfg.trainer.get("deterministic", False)), warn_only=True)
+    paths = cfg.paths
+    checkpoint_dir = Path(paths.checkpoint_dir)
+    ckpt_path = resume_checkpoint(checkpoint_dir, config_fingerprint(cfg))
+
+    datamodule = instantiate(cfg.data.module, _convert_="all")
+    module = instantiate(cfg.model, _convert_="all")
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=instantiate_all(cfg.get("logger")) or False
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    best = load_best_weights(module, trainer)
+    fit_seconds = time.perf_counter() - started
+
+    if not trainer.is_global_zero:
+        return {}
+    preprocess = PreprocessSettings(**OmegaConf.to_container(cfg.data.preprocess, resolve=True))
+    settings = ModelSettings(net=inference_net_config(module.net_config), preprocess=preprocess)
+    net = module.net.cpu().eval()
+    predictor = Predictor(settings, torch_runner(net), "torch-cpu")
+    val_records = read_manifest(paths.manifest, "val")
+    items = list(iter_probabilities(predictor, paths.data_dir, val_records))
+    calibration = cfg.get("calibration", {})
+    post, table = choose_postprocess(
+        items,
+        thresholds=list(calibration.get("thresholds", (0.3, 0.4, 0.5, 0.6, 0.7, 0.8))),
+        min_areas=list(calibration.get("min_areas", (0, 16, 48, 128))),
+        max_false_alarm_rate=float(calibration.get("max_false_alarm_rate", 0.01)),
+    )
+    chosen = next(r for r in table if r["threshold"] == post.threshold and r["min_region_area"] == post.min_region_area)
+    info = {
+        "val": chosen,
+        "best_checkpoint": Path(best).name if best else None,
+        "epochs": trainer.current_epoch,
+        "fit_seconds": round(fit_seconds, 1),
+        "class_names": sorted({r.class_name for r in val_records}),
+    }
+    settings = ModelSettings(net=settings.net, preprocess=preprocess, postprocess=post,
+                             class_names=tuple(info["class_names"]), info=info)
+    write_model_dir(net, settings, paths.model_dir)
+    (Path(paths.model_dir) / "calibration.json").write_text(json.dumps(table, indent=2))
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
+    print(f"train: {trainer.current_epoch} epochs in {fit_seconds:.0f}s; val dice {chosen['dice']:.3f} "
+          f"recall {chosen['recall']:.3f} false alarms {chosen['false_alarm_rate']:.3f} "
+          f"(threshold {post.threshold}, min area {post.min_region_area}) → {paths.model_dir}")
+    return {"val/dice": chosen["dice"], "val/recall": chosen["recall"], "val/objective": chosen["objective"]}
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point: each (multi)run writes into its own Hydra output folder."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out = Path(HydraConfig.get().runtime.output_dir)
+    with open_dict(cfg):
+        cfg.paths.model_dir = str(out / "model")
+        cfg.paths.checkpoint_dir = str(out / "checkpoints")
+        cfg.paths.live_dir = str(out / "dvclive")
+    result = train(cfg)
+    return float(result.get(cfg.get("optimized_metric", "val/objective"), 0.0))
+
+
+if __name__ == "__main__":
+    main()
