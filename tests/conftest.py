@@ -62,13 +62,13 @@ def zip_tree(tree_parent: Path, zip_path: Path) -> Path:
 
 @pytest.fixture
 def synthetic_tree(tmp_path: Path) -> Path:
-    write_synthetic_tree(tmp_path / "src")
-    return tmp_path / "src"
+    """The archive's top folder (``<tmp>/src/<TOP>``) with 6 pairs per class."""
+    return write_synthetic_tree(tmp_path / "src")
 
 
 @pytest.fixture
 def synthetic_zip(tmp_path: Path, synthetic_tree: Path) -> Path:
-    return zip_tree(synthetic_tree, tmp_path / "tiles.zip")
+    return zip_tree(synthetic_tree.parent, tmp_path / "tiles.zip")
 
 
 @pytest.fixture(scope="session")

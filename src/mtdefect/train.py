@@ -32,7 +32,8 @@ FINGERPRINT_FILE = "fingerprint.json"
 def config_fingerprint(cfg: DictConfig) -> str:
     """Hash of everything that shapes training; a checkpoint only resumes a run with the same hash."""
     keys = ("seed", "model", "trainer", "data")
-    payload = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in keys if k in cfg]), resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)  # resolve first: data.* interpolates paths.*
+    payload = {k: resolved[k] for k in keys if k in resolved}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -76,9 +77,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data.module, _convert_="all")
     module = instantiate(cfg.model, _convert_="all")
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=instantiate_all(cfg.get("logger")) or False
-    )
+    loggers = instantiate_all(cfg.get("logger"))
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    if not loggers:  # a learning-rate monitor needs somewhere to write
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     best = load_best_weights(module, trainer)
     fit_seconds = time.perf_counter() - started

@@ -1,0 +1,89 @@
+"""Training: a Lightning fast_dev_run on synthetic tiles, and train(cfg) through the real Hydra config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from mtdefect.data.datamodule import TileDataModule
+from mtdefect.inference import ModelSettings, Predictor
+from mtdefect.model.module import SegmentationModule
+from mtdefect.train import train
+
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
+TINY_NET = dict(encoder="resnet10t", decoder_channels=[32, 16, 16, 8, 8])
+
+
+def test_fast_dev_run(synthetic_dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    dataset_dir, manifest = synthetic_dataset
+    dm = TileDataModule(str(dataset_dir), str(manifest), {"stride": 32}, crop_size=32, batch_size=4)
+    module = SegmentationModule(**TINY_NET)
+    trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", default_root_dir=tmp_path, enable_progress_bar=False)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.state.finished
+    assert np.isfinite(trainer.callback_metrics["train/loss"].item())
+    assert 0.0 <= trainer.callback_metrics["val/dice"].item() <= 1.0
+
+
+def compose_cfg(tmp_path: Path, dataset: tuple[Path, Path], *extra: str):
+    dataset_dir, manifest = dataset
+    overrides = [
+        "debug=fast",
+        "logger=none",
+        f"paths.data_dir={dataset_dir}",
+        f"paths.manifest={manifest}",
+        f"paths.model_dir={tmp_path / 'model'}",
+        f"paths.checkpoint_dir={tmp_path / 'ckpt'}",
+        "model.decoder_channels=[32,16,16,8,8]",
+        "data.module.crop_size=32",
+        *extra,
+    ]
+    with initialize_config_dir(CONF, version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def test_train_writes_a_model_folder(synthetic_dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg = compose_cfg(tmp_path, synthetic_dataset, "calibration.thresholds=[0.4,0.6]", "calibration.min_areas=[0,8]")
+    result = train(cfg)
+    assert set(result) == {"val/dice", "val/recall", "val/objective"}
+    settings = ModelSettings.load(tmp_path / "model")
+    assert settings.net["encoder"] == "resnet10t" and settings.net["pretrained"] is False
+    assert settings.postprocess.threshold in (0.4, 0.6) and settings.postprocess.min_region_area in (0, 8)
+    assert settings.preprocess.stride == 32
+    assert len(json.loads((tmp_path / "model" / "calibration.json").read_text())) == 4
+    assert not (tmp_path / "ckpt").exists(), "checkpoints of a finished run are cleaned up"
+    gray = np.full((50, 70), 128, np.uint8)
+    prediction, _ = Predictor.from_dir(tmp_path / "model", backend="torch").predict(gray)
+    assert prediction.mask.shape == (50, 70)
+
+
+def test_train_is_deterministic_on_cpu(synthetic_dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    weights = []
+    for run in ("a", "b"):
+        train(compose_cfg(tmp_path / run, synthetic_dataset))
+        weights.append(load_file(str(tmp_path / run / "model" / "weights.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        np.testing.assert_array_equal(weights[0][key], weights[1][key], err_msg=key)
+
+
+def test_pretrained_flag_reaches_timm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pretrained=true asks smp/timm for ImageNet weights (works online); here we only check the request."""
+    import segmentation_models_pytorch as smp
+
+    seen = {}
+
+    def fake_create_model(**kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(smp, "create_model", fake_create_model)
+    with pytest.raises(RuntimeError, match="stop"):
+        SegmentationModule(encoder="resnet34", pretrained=True)
+    assert seen["encoder_name"] == "tu-resnet34" and seen["encoder_weights"] == "imagenet"
