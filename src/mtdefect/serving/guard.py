@@ -2,7 +2,10 @@
 
 Order: API key (401), method (405), Content-Type (415; this is also what keeps BentoML from ever
 seeing an ``application/vnd.bentoml+pickle`` body), declared Content-Length (413). Anything else
-(health, metrics, docs) passes through untouched.
+(health, metrics, docs, CORS preflight requests) passes through untouched.
+
+Added with ``Service.add_asgi_middleware``: BentoML places it inside its traffic middlewares (so
+MT_MAX_CONCURRENCY and MT_TIMEOUT_S apply first) and outside its CORS and context middlewares.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ class ApiGuard:
         if scope["type"] != "http" or scope["path"] not in self.paths:
             return await self.app(scope, receive, send)
         headers = Headers(scope=scope)
+        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+            return await self.app(scope, receive, send)  # CORS preflight: BentoML's CORS middleware answers
         try:
             self.check(scope["method"], headers)
         except ApiError as exc:

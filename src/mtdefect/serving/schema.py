@@ -106,9 +106,30 @@ ERROR_RESPONSES: dict[int, str] = {
 API_ROUTES = ("/segment", "/detect", "/overlay")
 
 
+def _nullable_for_openapi_30(node: Any) -> Any:
+    """Pydantic writes Optional[X] as anyOf [X, {type: null}], which OpenAPI 3.0 has no type for;
+    3.0 spells it X + nullable: true (BentoML's TaskStatusResponse component has one)."""
+    if isinstance(node, list):
+        return [_nullable_for_openapi_30(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _nullable_for_openapi_30(value) for key, value in node.items()}
+    options = node.get("anyOf")
+    if isinstance(options, list) and {"type": "null"} in options:
+        rest = [option for option in options if option != {"type": "null"}]
+        del node["anyOf"]
+        if len(rest) == 1 and isinstance(rest[0], dict) and "$ref" not in rest[0]:
+            node.update(rest[0])
+        elif rest:
+            node["anyOf"] = rest
+        node["nullable"] = True
+    return node
+
+
 def with_error_responses(spec: dict[str, Any]) -> dict[str, Any]:
-    """BentoML's OpenAPI document, with every status the API routes can answer documented."""
-    spec = copy.deepcopy(spec)
+    """BentoML's OpenAPI document made valid OpenAPI 3.0, with every status the API routes can
+    answer documented (BentoML lists 200, 400, 404 and 500 only)."""
+    spec = _nullable_for_openapi_30(copy.deepcopy(spec))
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas["Error"] = {
         "type": "object",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import AsyncIterable
 
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from mtdefect.serving.errors import ApiError
 
@@ -43,18 +44,22 @@ def check_content_length(value: str | None, limit: int) -> None:
     if length < 0:
         raise ApiError(400, f"invalid Content-Length header {value!r}")
     if length > limit:
-        raise ApiError(413, f"request body is {length} bytes, over the {limit}-byte limit")
+        raise ApiError(413, f"request body is {length} bytes, over the {limit}-byte limit "
+                            "(the image byte limit plus room for the multipart envelope)")
 
 
 async def read_body(chunks: AsyncIterable[bytes], limit: int) -> bytes:
     """Collect the body, stopping with 413 as soon as it grows past ``limit`` bytes."""
     parts: list[bytes] = []
     size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body is over the {limit}-byte limit")
-        parts.append(chunk)
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"request body is over the {limit}-byte limit")
+            parts.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "client disconnected before sending the whole body") from None
     return b"".join(parts)
 
 

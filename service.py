@@ -1,0 +1,163 @@
+"""Magnetic tile defect API (BentoML 1.4).
+
+    bentoml serve service:MagneticTileService --port 3000
+
+POST /segment, /detect, /overlay take multipart/form-data with one file field ``image``; health
+(/livez, /readyz) and /metrics are BentoML's. Settings come from MT_* environment variables
+(mtdefect.serving.config, docs/API.md). Every refusal is a 4xx with ``{"error": "..."}``.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import sys
+from pathlib import Path
+
+try:
+    import mtdefect  # noqa: F401  (installed in development)
+except ImportError:  # inside a built bento the package travels as src/mtdefect next to this file
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+
+import anyio
+import bentoml
+import numpy as np
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mtdefect.inference import DecodeError, Prediction, decode_image
+from mtdefect.inference.overlay import overlay as overlay_image
+from mtdefect.serving.config import ServeConfig
+from mtdefect.serving.errors import ApiError, error_response
+from mtdefect.serving.guard import ApiGuard
+from mtdefect.serving.runtime import ModelRuntime, ModelUnavailable
+from mtdefect.serving.schema import (
+    API_ROUTES,
+    DetectResult,
+    ImageUpload,
+    PendingUpload,
+    PngImage,
+    with_error_responses,
+)
+from mtdefect.serving.upload import image_from_form, read_body
+
+logger = logging.getLogger("bentoml.serve.mtdefect")
+CONFIG = ServeConfig.from_env()
+
+
+_spec: dict | None = None
+
+
+async def _openapi(_: Request) -> JSONResponse:
+    global _spec
+    if _spec is None:
+        _spec = with_error_responses(MagneticTileService.openapi_spec.asdict())
+    return JSONResponse(_spec)
+
+
+# Served in place of BentoML's /docs.json: the same document, plus the error statuses the API answers.
+_docs = Starlette(routes=[Route("/docs.json", _openapi, methods=["GET"])])
+
+
+@bentoml.asgi_app(_docs, path="/")
+@bentoml.service(
+    traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
+    workers=CONFIG.workers,
+)
+class MagneticTileService:
+    """Segments surface defects (blowholes, breaks, cracks, fray, uneven) on magnetic tile images."""
+
+    # The model is looked up in __init__, not declared as a class-level bentoml.models.BentoModel:
+    # BentoML resolves declared models before serving and refuses to start when one is missing,
+    # whereas this service must start, log why and stay unready. bentofile.yaml packs the model.
+
+    def __init__(self) -> None:
+        self.runtime = ModelRuntime(CONFIG).load()
+        self._inference = anyio.CapacityLimiter(1)  # one forward pass at a time; it uses every core
+
+    def __is_ready__(self) -> bool:
+        return self.runtime.ready
+
+    @bentoml.api(route="/segment", input_spec=ImageUpload, output_spec=PngImage)
+    async def segment(self, image: PendingUpload) -> Response:
+        """Defect mask as a PNG with the input's width and height: 0 = background, 255 = defect."""
+        return await self._answer(image, self._mask_png)
+
+    @bentoml.api(route="/detect", input_spec=ImageUpload, output_spec=DetectResult)
+    async def detect(self, image: PendingUpload) -> Response:
+        """Image-level decision, score and defect regions (bounding boxes in input pixels)."""
+        return await self._answer(image, self._detection)
+
+    @bentoml.api(route="/overlay", input_spec=ImageUpload, output_spec=PngImage)
+    async def overlay(self, image: PendingUpload) -> Response:
+        """The input as an RGB PNG with defects tinted red and outlined yellow."""
+        return await self._answer(image, self._overlay_png)
+
+    async def _answer(self, upload: PendingUpload, render) -> Response:
+        try:
+            if not self.runtime.ready:
+                raise ApiError(503, f"service not ready: {self.runtime.problem}")
+            request = upload.request
+            body = await read_body(request.stream(), CONFIG.max_body_bytes)
+            data = image_from_form(body, request.headers.get("content-type"))
+            gray = await anyio.to_thread.run_sync(self._decode, data)
+            prediction, ms = await anyio.to_thread.run_sync(self._predict, gray, limiter=self._inference)
+            return await anyio.to_thread.run_sync(render, gray, prediction, ms)
+        except ApiError as exc:
+            return exc.response()
+        except Exception:
+            logger.exception("unexpected error while answering %s", upload.request.url.path)
+            return error_response(500, "internal error: the request could not be processed (see server log)")
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        try:
+            return decode_image(data, self.runtime.limits)
+        except DecodeError as exc:
+            raise ApiError(exc.status, str(exc)) from None
+
+    def _predict(self, gray: np.ndarray) -> tuple[Prediction, float]:
+        try:
+            return self.runtime.predict(gray)
+        except ModelUnavailable as exc:
+            logger.error("refused to answer: %s", exc)
+            raise ApiError(503 if not self.runtime.ready else 500, f"no valid model output: {exc}") from None
+
+    def _headers(self, prediction: Prediction, ms: float) -> dict[str, str]:
+        return {
+            "X-Model": self.runtime.tag or "",
+            "X-Defective": str(prediction.defective).lower(),
+            "X-Score": f"{prediction.score:.6f}",
+            "X-Inference-Ms": f"{ms:.1f}",
+        }
+
+    def _mask_png(self, gray: np.ndarray, prediction: Prediction, ms: float) -> Response:
+        return Response(_png(prediction.mask), media_type="image/png", headers=self._headers(prediction, ms))
+
+    def _overlay_png(self, gray: np.ndarray, prediction: Prediction, ms: float) -> Response:
+        picture = overlay_image(gray, prediction.mask)
+        return Response(_png(picture), media_type="image/png", headers=self._headers(prediction, ms))
+
+    def _detection(self, gray: np.ndarray, prediction: Prediction, ms: float) -> Response:
+        result = DetectResult(
+            defective=prediction.defective,
+            score=round(prediction.score, 6),
+            threshold=self.runtime.threshold,
+            defect_area_fraction=round(prediction.defect_area_fraction, 8),
+            regions=[region.to_dict() for region in prediction.regions],
+            model=self.runtime.tag or "",
+            inference_ms=round(ms, 3),
+        )
+        return JSONResponse(result.model_dump(mode="json"), headers=self._headers(prediction, ms))
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+MagneticTileService.add_asgi_middleware(
+    ApiGuard, paths=API_ROUTES, max_body_bytes=CONFIG.max_body_bytes, api_key=CONFIG.api_key
+)

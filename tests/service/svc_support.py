@@ -1,0 +1,261 @@
+"""Helpers shared by the service tests (imported by conftest.py and the test modules).
+
+Named svc_support so it cannot clash with other test helpers on sys.path."""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+API_KEY = "test-key-0123456789"
+CLASS_NAMES = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven")
+START_TIMEOUT_S = 90.0
+
+
+# ---------------------------------------------------------------- synthetic images
+
+
+def tile(height: int, width: int, seed: int = 0, blobs: int = 2) -> np.ndarray:
+    """A gray tile with bright round blobs (what the tiny model learns to call defects)."""
+    rng = np.random.default_rng(seed)
+    gray = np.clip(rng.normal(110, 8, (height, width)), 0, 255)
+    yy, xx = np.mgrid[:height, :width]
+    for _ in range(blobs):
+        cy, cx = rng.integers(0, height), rng.integers(0, width)
+        radius = max(2, min(height, width) // 8)
+        gray[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = 235
+    return gray.astype(np.uint8)
+
+
+def encode(array: np.ndarray, fmt: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def rgb(gray: np.ndarray) -> np.ndarray:
+    return np.stack([gray, (gray * 0.9).astype(np.uint8), gray], axis=-1)
+
+
+# ---------------------------------------------------------------- the tiny model
+
+
+def net_config() -> dict:
+    """A small U-Net on a timm encoder, in whichever key style build_net currently takes."""
+    from mtdefect.model.net import build_net
+
+    common = {"arch": "Unet", "decoder_channels": [32, 16, 16, 8, 8], "in_channels": 1, "classes": 1}
+    if "encoder" in inspect.signature(build_net).parameters:
+        return {**common, "encoder": "lcnet_035", "pretrained": False}
+    return {**common, "encoder_name": "tu-lcnet_035", "encoder_weights": None}
+
+
+def train_tiny_model(out_dir: Path, steps: int = 25, seed: int = 0) -> Path:
+    """A few optimizer steps on bright-blob images with the project's loss, written as a model folder
+    (settings.json + weights.safetensors) with an ONNX export next to it."""
+    import torch
+
+    from mtdefect.export import export_onnx
+    from mtdefect.inference.settings import ModelSettings, PostprocessSettings, PreprocessSettings
+    from mtdefect.model.bundle import write_model_dir
+    from mtdefect.model.losses import CombinedLoss
+    from mtdefect.model.net import build_net
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    config = net_config()
+    net = build_net(**config)
+    loss_fn = CombinedLoss(bce=1.0, dice=1.0)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    preprocess = PreprocessSettings()
+    net.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # several times faster than 2 threads when the cores are shared
+    try:
+        for _ in range(steps):
+            images = [tile(64, 64, seed=int(rng.integers(1 << 30)), blobs=int(rng.integers(0, 3))) for _ in range(8)]
+            x = np.stack([(im.astype(np.float32) / 255.0 - preprocess.mean) / preprocess.std for im in images])
+            y = np.stack([(im > 200).astype(np.float32) for im in images])
+            optimizer.zero_grad()
+            loss = loss_fn(net(torch.from_numpy(x[:, None])), torch.from_numpy(y[:, None]))
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    net.eval()
+    settings = ModelSettings(
+        net=config,
+        preprocess=preprocess,
+        postprocess=PostprocessSettings(threshold=0.5, min_region_area=0),
+        class_names=CLASS_NAMES,
+        info={"purpose": "service tests"},
+    )
+    write_model_dir(net, settings, out_dir)
+    export_onnx(out_dir)
+    return out_dir
+
+
+@dataclass
+class ModelHome:
+    home: Path  # BENTOML_HOME
+    tag: str
+    model_dir: Path  # the folder that was stored
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MT_")}
+        env.update(BENTOML_HOME=str(self.home), BENTOML_DO_NOT_TRACK="true", PYTHONUNBUFFERED="1")
+        return env
+
+
+@contextlib.contextmanager
+def bentoml_home_at(home: Path):
+    """Point this process's BentoML home and model store at ``home`` for a while (BentoML caches
+    both as singletons, so setting BENTOML_HOME alone would not be enough once BentoML was used)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    for sub in ("bentos", "models", "envs", "tmp"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    previous = os.environ.get("BENTOML_HOME")
+    os.environ["BENTOML_HOME"] = str(home)
+    try:
+        with BentoMLContainer.bentoml_home.patch(str(home)), \
+                BentoMLContainer.model_store.patch(ModelStore(str(home / "models"))):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("BENTOML_HOME", None)
+        else:
+            os.environ["BENTOML_HOME"] = previous
+
+
+# ---------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return requests.get(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return requests.post(self.url + path, timeout=kw.pop("timeout", 60), **kw)
+
+    def post_image(self, path: str, data: bytes, filename: str = "tile.png", **kw) -> requests.Response:
+        return self.post(path, files={"image": (filename, data, "application/octet-stream")}, **kw)
+
+
+def start_server(env: dict[str, str], log_path: Path) -> Server:
+    port = free_port()
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [BENTOML, "serve", "service:MagneticTileService", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # own process group: teardown kills the workers too
+    )
+    log.close()
+    return Server(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, env=env)
+
+
+def wait_until(server: Server, path: str, timeout: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()[-4000:]}")
+        with contextlib.suppress(requests.RequestException):
+            if server.get(path, timeout=2).status_code == 200:
+                return
+        time.sleep(0.25)
+    raise TimeoutError(f"{server.url}{path} not 200 after {timeout:.0f} s:\n{server.log()[-4000:]}")
+
+
+def stop_server(server: Server) -> None:
+    if server.process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.process.pid, signal.SIGTERM)
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(timeout=5)
+
+
+def raw_connect(server: Server, timeout: float = 15.0) -> socket.socket:
+    host, port = server.url.rsplit("//", 1)[1].split(":")
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """(status, body) of one HTTP/1.1 response with a Content-Length, read off a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"connection closed after {data!r}")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(head.split(b" ", 2)[1]), body
+
+
+@contextlib.contextmanager
+def running_server(model_home: ModelHome, log_path: Path, ready_path: str = "/readyz", **mt_env: str):
+    env = model_home.env()
+    env.update({k: str(v) for k, v in mt_env.items()})
+    server = start_server(env, log_path)
+    try:
+        wait_until(server, ready_path)
+        yield server
+    finally:
+        stop_server(server)
+
+
+STRICT = {
+    "MT_API_KEY": API_KEY,
+    "MT_MAX_BYTES": "60000",
+    "MT_MAX_PIXELS": "90000",  # e.g. 300x300
+    "MT_MAX_CONCURRENCY": "2",
+    "MT_TIMEOUT_S": "3",
+    "MT_BACKEND": "torch",
+}
