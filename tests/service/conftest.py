@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")  # no usage reports from test processes
 
-from svc_support import (  # noqa: E402
+from .svc_support import (
     STRICT,
     ModelHome,
     Server,

@@ -1,6 +1,4 @@
-"""Helpers shared by the service tests (imported by conftest.py and the test modules).
-
-Named svc_support so it cannot clash with other test helpers on sys.path."""
+"""Helpers shared by the service tests (imported by conftest.py and the test modules)."""
 from __future__ import annotations
 
 import contextlib
@@ -177,16 +175,15 @@ class Server:
 
 def start_server(env: dict[str, str], log_path: Path) -> Server:
     port = free_port()
-    log = open(log_path, "wb")
-    process = subprocess.Popen(
-        [BENTOML, "serve", "service:MagneticTileService", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # own process group: teardown kills the workers too
-    )
-    log.close()
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [BENTOML, "serve", "service:MagneticTileService", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: teardown kills the workers too
+        )
     return Server(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, env=env)
 
 

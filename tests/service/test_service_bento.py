@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from svc_support import BENTOML, REPO  # noqa: E402
+from .svc_support import BENTOML, REPO
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def bento(model_home) -> Path:
     env = model_home.env()
-    out = subprocess.run([BENTOML, "build", "--output", "tag"], cwd=REPO, env=env, capture_output=True,
+    out = subprocess.run(check=False, args=[BENTOML, "build", "--output", "tag"], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
@@ -59,7 +59,7 @@ def test_packed_service_imports_without_the_development_install(bento, tmp_path)
     )
     site = sysconfig.get_paths()["purelib"]
     env = {"PYTHONPATH": site, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-S", "-c", code], cwd=bento / "src", env=env, capture_output=True,
+    out = subprocess.run(check=False, args=[sys.executable, "-S", "-c", code], cwd=bento / "src", env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])

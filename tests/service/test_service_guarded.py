@@ -17,7 +17,7 @@ from PIL import Image
 from mtdefect import store
 from mtdefect.inference import Predictor, decode_image
 
-from svc_support import API_KEY, STRICT, encode, raw_connect, read_response, tile  # noqa: E402
+from .svc_support import API_KEY, STRICT, encode, raw_connect, read_response, tile
 
 pytestmark = pytest.mark.slow
 

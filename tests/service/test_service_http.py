@@ -15,7 +15,7 @@ from mtdefect import store
 from mtdefect.inference import Predictor, decode_image
 from mtdefect.serving.schema import DetectResult
 
-from svc_support import encode, raw_connect, read_response, rgb, tile  # noqa: E402
+from .svc_support import encode, raw_connect, read_response, rgb, tile
 
 pytestmark = pytest.mark.slow
 

@@ -17,9 +17,9 @@ from mtdefect import store
 from mtdefect.inference import Predictor, decode_image
 from mtdefect.inference.settings import ONNX_FILE, SETTINGS_FILE, WEIGHTS_FILE
 from mtdefect.serving.config import ServeConfig
-from mtdefect.serving.runtime import ModelRuntime
+from mtdefect.serving.runtime import ModelRuntime, ModelUnavailable
 
-from svc_support import encode, tile  # noqa: E402
+from .svc_support import encode, tile
 
 pytestmark = pytest.mark.usefixtures("use_model_home")
 
@@ -89,7 +89,7 @@ def test_a_damaged_model_leaves_the_service_unready_with_one_log_line(model_home
     assert len(lines) == 1 and lines[0].levelno == logging.ERROR
     message = lines[0].getMessage()
     assert message.startswith(f"NOT READY: model {tag} unavailable: ") and "\n" not in message
-    with pytest.raises(Exception):
+    with pytest.raises(ModelUnavailable):
         runtime.predict(np.zeros((16, 16), np.uint8))
 
 

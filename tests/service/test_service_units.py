@@ -19,7 +19,7 @@ from mtdefect.serving.guard import ApiGuard
 from mtdefect.serving.schema import ERROR_RESPONSES, with_error_responses
 from mtdefect.serving.upload import check_content_length, check_content_type, image_from_form, read_body
 
-from svc_support import REPO  # noqa: E402  (tests/service is put on sys.path by conftest)
+from .svc_support import REPO
 
 BOUNDARY = "xYzBoundary42"
 CT = f"multipart/form-data; boundary={BOUNDARY}"
@@ -199,7 +199,7 @@ def test_service_module_imports_no_training_or_data_code(tmp_path):
         "or m.startswith(('mtdefect.data', 'mtdefect.train', 'mtdefect.stages', 'mtdefect.model.module', "
         "'mtdefect.evaluate', 'mtdefect.calibrate')))))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+    out = subprocess.run(check=False, args=[sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                          env={**{k: v for k, v in os.environ.items() if not k.startswith("MT_")},
                               "BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": str(tmp_path)})
     assert out.returncode == 0, out.stderr[-3000:]

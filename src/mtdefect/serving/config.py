@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 DEFAULT_MODEL_TAG = "magnetic-tile-segmenter:latest"
 BACKENDS = ("auto", "onnx", "torch")
@@ -75,7 +75,7 @@ class ServeConfig:
         return self.max_bytes + self.envelope_bytes
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "ServeConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServeConfig:
         env = os.environ if env is None else env
         backend = env.get("MT_BACKEND", "auto").strip().lower() or "auto"
         if backend not in BACKENDS:

@@ -1,7 +1,7 @@
 """Every refusal the API makes: a status code and a JSON body ``{"error": "<what was wrong>"}``."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from starlette.responses import JSONResponse
 

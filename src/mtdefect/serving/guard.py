@@ -10,7 +10,8 @@ MT_MAX_CONCURRENCY and MT_TIMEOUT_S apply first) and outside its CORS and contex
 from __future__ import annotations
 
 import hmac
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from starlette.datastructures import Headers
 

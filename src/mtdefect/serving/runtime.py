@@ -71,7 +71,7 @@ class ModelRuntime:
         assert self.predictor is not None
         return float(self.predictor.settings.postprocess.threshold)
 
-    def load(self) -> "ModelRuntime":
+    def load(self) -> ModelRuntime:
         """Resolve the tag in the model store, build the predictor, warm it up. Never raises."""
         from mtdefect import store
 
@@ -81,7 +81,7 @@ class ModelRuntime:
             tag = f"{path.parent.name}:{path.name}"
             predictor = Predictor.from_dir(path, backend=self.config.backend, threads=self.config.threads)
             warmup_ms = warm_up(predictor)
-        except Exception as exc:  # anything at all: the service must stay up and say why
+        except Exception as exc:  # noqa: BLE001 — anything at all: the service must stay up and say why
             self.predictor = None
             self.problem = f"model {self.config.model_tag} could not be loaded (see server log)"
             logger.error("NOT READY: model %s unavailable: %s", self.config.model_tag, _one_line(exc))

@@ -40,7 +40,7 @@ class ImageUpload(bentoml.IODescriptor):
     )
 
     @classmethod
-    async def from_http_request(cls, request: Request, serde: Any) -> "ImageUpload":
+    async def from_http_request(cls, request: Request, serde: Any) -> ImageUpload:
         return cls.model_construct(image=PendingUpload(request))  # type: ignore[arg-type]
 
 

@@ -6,7 +6,7 @@ temporary files are written and every malformed input ends in a 4xx we chose.
 """
 from __future__ import annotations
 
-from typing import AsyncIterable
+from collections.abc import AsyncIterable
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
@@ -64,7 +64,7 @@ async def read_body(chunks: AsyncIterable[bytes], limit: int) -> bytes:
 
 
 class _Part:
-    __slots__ = ("headers", "data", "_field", "_value")
+    __slots__ = ("_field", "_value", "data", "headers")
 
     def __init__(self) -> None:
         self.headers: dict[str, str] = {}
@@ -128,7 +128,7 @@ def _parse_parts(body: bytes, boundary: bytes) -> list[_Part]:
         parser.finalize()
     except ApiError:
         raise
-    except Exception as exc:  # python-multipart raises MultipartParseError and friends
+    except Exception as exc:  # noqa: BLE001 — python-multipart raises MultipartParseError and friends
         raise ApiError(400, f"malformed multipart body ({type(exc).__name__}): {_one_line(exc)}") from None
     if not state["ended"]:
         raise ApiError(400, "multipart body is incomplete: the closing boundary is missing")
