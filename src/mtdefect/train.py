@@ -16,6 +16,7 @@ import hydra
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtdefect.calibrate import choose_postprocess
@@ -44,9 +45,10 @@ def resume_checkpoint(checkpoint_dir: Path, fingerprint: str) -> str | None:
     if last.exists() and marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
         print(f"resuming interrupted training from {last}")
         return str(last)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"fingerprint": fingerprint}))
+    if rank_zero_only.rank == 0:  # DDP under torchrun/SLURM: every rank gets here; one cleans up
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"fingerprint": fingerprint}))
     return None
 
 
@@ -81,7 +83,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # a learning-rate monitor needs somewhere to write
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer_cfg = cfg.trainer
+    if trainer_cfg.get("sync_batchnorm") and trainer_cfg.get("accelerator") == "cpu":
+        trainer_cfg = OmegaConf.merge(trainer_cfg, {"sync_batchnorm": False})  # SyncBatchNorm is CUDA-only
+    trainer: pl.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     best = load_best_weights(module, trainer)
     fit_seconds = time.perf_counter() - started

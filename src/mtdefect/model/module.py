@@ -51,7 +51,8 @@ class SegmentationModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.loss_fn(logits.float(), batch["mask"])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits),
+                 sync_dist=True)  # DDP: the mean over ranks, not rank 0's share
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -62,7 +63,7 @@ class SegmentationModule(pl.LightningModule):
         valid = batch["valid"]
         target = batch["mask"]
         loss = self.loss_fn(logits * valid, target)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(logits))
+        self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(logits), sync_dist=True)
         pred = (logits > 0) & valid
         truth = target.bool() & valid
         tp = (pred & truth).sum()

@@ -1,0 +1,80 @@
+"""Helpers for the experiment-workflow tests: tiny synthetic data, subprocess runners, a throwaway DVC repo."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_synthetic_tree
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+# Smallest sensible training run: same code path as a real one (debug=fast: 1 epoch of 2 tiny batches).
+FAST = ["debug=fast", "trainer.limit_val_batches=3", "model.decoder_channels=[32,16,16,8,8]"]
+REPO_FILES = ("dvc.yaml", "conf", "src", ".dvc/config", ".dvc/.gitignore", ".gitignore", ".dvcignore",
+              "data/.gitignore", "models/.gitignore", "reports/.gitignore")
+
+
+def tool_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment for subprocesses: this venv first on PATH, the BentoML store and git identity in tmp."""
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{Path(PYTHON).parent}{os.pathsep}{env.get('PATH', '')}",
+        BENTOML_HOME=str(tmp / "bentoml"),
+        HYDRA_FULL_ERROR="1",
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="workflow-test", GIT_AUTHOR_EMAIL="workflow-test@localhost",
+        GIT_COMMITTER_NAME="workflow-test", GIT_COMMITTER_EMAIL="workflow-test@localhost",
+        PYTHONWARNINGS="ignore",
+        # one intra-op thread per process: on a small shared CPU box, OpenMP spin-waiting across
+        # oversubscribed cores makes tiny convolutions ~10x slower (2 DDP ranks = 2 processes anyway)
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+    )
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a command; on failure, fail the test with the tail of its output."""
+    try:
+        result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(args)} timed out after {timeout}s:\n{(exc.stderr or b'')[-3000:]!r}")
+    if result.returncode != 0:
+        pytest.fail(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def train_cmd(*overrides: str) -> list[str]:
+    return [PYTHON, "-m", "mtdefect.train", *overrides]
+
+
+def make_dvc_repo(dest: Path, env: dict[str, str]) -> Path:
+    """A git + DVC repo holding the project's pipeline definition and sources (deps), nothing else."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in REPO_FILES:
+        src = ROOT / name
+        if not src.exists():
+            continue
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, target)
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "project"]):
+        run(["git", *args], dest, env, timeout=60)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory) -> Path:
+    """A synthetic archive folder (4 tiles per class), usable as MT_DATA_SOURCE (absolute path)."""
+    base = tmp_path_factory.mktemp("tiny_source")
+    write_synthetic_tree(base, per_class=4)
+    return base.resolve()
