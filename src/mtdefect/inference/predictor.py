@@ -19,12 +19,17 @@ Runner = Callable[[np.ndarray], np.ndarray]  # N x 1 x H x W float32 → N x 1 x
 def load_torch_net(model_dir: str | Path, settings: ModelSettings, device: str = "cpu"):
     """Rebuild the network and load its safetensors weights (no pickle involved)."""
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from mtdefect.model.net import build_net
 
     net = build_net(**settings.net)
-    state = load_file(str(Path(model_dir) / WEIGHTS_FILE), device="cpu")
+    path = Path(model_dir) / WEIGHTS_FILE
+    try:
+        state = load_file(str(path), device="cpu")
+    except SafetensorError as exc:  # e.g. a pickle renamed to .safetensors: refused, never unpickled
+        raise ValueError(f"model weights unreadable: {path} is not a valid safetensors file ({exc})") from None
     net.load_state_dict(state, strict=True)
     return net.eval().to(device)
 
