@@ -111,7 +111,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "val": chosen,
         "best_checkpoint": Path(best).name if best else None,
         "epochs": trainer.current_epoch,
-        "fit_seconds": round(fit_seconds, 1),
         "class_names": sorted({r.class_name for r in val_records}),
     }
     settings = ModelSettings(net=settings.net, preprocess=preprocess, postprocess=post,

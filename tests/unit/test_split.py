@@ -44,9 +44,10 @@ def test_manifest_round_trip(synthetic_dataset: tuple[Path, Path]) -> None:
     records = read_manifest(manifest)
     assert len(records) == 48
     header = manifest.read_text().splitlines()[0]
-    assert header == "image,mask,class,split,sha256,archive_sha256"
+    assert header == "image,mask,class,split,sha256,mask_sha256,archive_sha256"
     for r in records:
         assert hashlib.sha256((dataset_dir / r.image).read_bytes()).hexdigest() == r.sha256
+        assert hashlib.sha256((dataset_dir / r.mask).read_bytes()).hexdigest() == r.mask_sha256
         assert (dataset_dir / r.mask).exists()
     again = make_split(dataset_dir, manifest.with_name("again.csv"), 0.25, 0.25, seed=0)
     assert manifest.with_name("again.csv").read_bytes() == manifest.read_bytes()

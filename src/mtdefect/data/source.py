@@ -161,6 +161,8 @@ def write_dataset(samples: Iterator[Sample], out_dir: Path, summary: dict) -> di
     """Write samples into a staging folder next to ``out_dir`` and swap it in only when complete."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.staging-*"):  # left by a killed earlier run
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
     try:
         counts: dict[str, int] = {}
@@ -179,7 +181,11 @@ def write_dataset(samples: Iterator[Sample], out_dir: Path, summary: dict) -> di
         if out_dir.exists():
             trash = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             out_dir.rename(trash)
-            staging.rename(out_dir)
+            try:
+                staging.rename(out_dir)
+            except BaseException:
+                trash.rename(out_dir)  # put the previous complete dataset back
+                raise
             shutil.rmtree(trash, ignore_errors=True)
         else:
             staging.rename(out_dir)

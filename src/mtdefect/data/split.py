@@ -13,7 +13,7 @@ import numpy as np
 from mtdefect.data.source import read_summary
 
 SPLITS = ("train", "val", "test")
-COLUMNS = ("image", "mask", "class", "split", "sha256", "archive_sha256")
+COLUMNS = ("image", "mask", "class", "split", "sha256", "mask_sha256", "archive_sha256")
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class Record:
     class_name: str
     split: str
     sha256: str
+    mask_sha256: str = ""
     archive_sha256: str = ""
 
 
@@ -91,6 +92,7 @@ def make_split(
             class_name=cls,
             split=split,
             sha256=sha256_bytes(dataset_dir / cls / f"{stem}.jpg"),
+            mask_sha256=sha256_bytes(dataset_dir / cls / f"{stem}.png"),
             archive_sha256=summary.get("archive_sha256", ""),
         )
         for (cls, stem), split in sorted(assignment.items())
@@ -109,7 +111,7 @@ def write_manifest(records: list[Record], path: str | Path) -> None:
             writer = csv.writer(handle)
             writer.writerow(COLUMNS)
             for r in records:
-                writer.writerow((r.image, r.mask, r.class_name, r.split, r.sha256, r.archive_sha256))
+                writer.writerow((r.image, r.mask, r.class_name, r.split, r.sha256, r.mask_sha256, r.archive_sha256))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -120,7 +122,8 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[Record]:
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     records = [
-        Record(r["image"], r["mask"], r["class"], r["split"], r["sha256"], r.get("archive_sha256", ""))
+        Record(r["image"], r["mask"], r["class"], r["split"], r["sha256"], r.get("mask_sha256", ""),
+               r.get("archive_sha256", ""))
         for r in rows
     ]
     return [r for r in records if split is None or r.split == split]
