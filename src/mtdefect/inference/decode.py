@@ -66,7 +66,10 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data))
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            # Pillow's own guard fired from the header alone: the declared size is far too large
+            raise DecodeError(f"image declares too many pixels (limit {limits.max_pixels})", 413) from None
+        except UnidentifiedImageError:
             raise DecodeError("not a supported image (JPEG, PNG, BMP or TIFF expected)", 415) from None
         except Exception as exc:  # PIL raises a zoo of errors on hostile headers
             raise DecodeError(f"unreadable image header: {type(exc).__name__}") from None
