@@ -9,15 +9,17 @@ with PIL: no plotting library needed.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -56,7 +58,7 @@ def average_precision(pr: Sequence[dict[str, float]]) -> float:
 
 def trapezoid_auc(xs: Sequence[float], ys: Sequence[float]) -> float:
     pairs = sorted(zip(xs, ys))
-    return sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(pairs, pairs[1:]))
+    return sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in itertools.pairwise(pairs))
 
 
 # ----------------------------------------------------------------------------------------------- charts
@@ -128,8 +130,11 @@ def line_chart(
     size: tuple[int, int] = (560, 420),
     diagonal: bool = False,
     note: str | None = None,
+    legend_at: str = "lower right",
 ) -> Image.Image:
-    """A line chart with grid, ticks, axis labels and a legend (RGB image)."""
+    """A line chart with grid, ticks, axis labels and a legend (RGB image).
+
+    ``legend_at``: "lower right", "upper right" or "center right"."""
     width, height = size
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
@@ -186,8 +191,10 @@ def line_chart(
     if legend:
         line_h = 16
         box_w = max(_text_size(draw, text, small)[0] for text, _ in legend) + 30
-        bx, by = x1 - box_w - 8, y1 - line_h * len(legend) - 10
-        draw.rectangle([bx, by, bx + box_w, by + line_h * len(legend) + 4], fill="white", outline=GRID)
+        box_h = line_h * len(legend) + 4
+        bx = x1 - box_w - 8
+        by = {"upper right": y0 + 8, "center right": (y0 + y1 - box_h) / 2}.get(legend_at, y1 - box_h - 6)
+        draw.rectangle([bx, by, bx + box_w, by + box_h], fill="white", outline=GRID)
         for j, (text, color) in enumerate(legend):
             ty = by + 4 + j * line_h
             if color is not None:
@@ -257,7 +264,7 @@ def training_curves(live_dir: str | Path, size: tuple[int, int] = (560, 380)) ->
             series.append(Series(label, xs, ys, markers=len(xs) < 40))
     if not series:
         raise FileNotFoundError(f"no DVCLive curves under {metrics}")
-    return line_chart(series, "Training curves", "step", "value", size=size)
+    return line_chart(series, "Training curves", "step", "loss / Dice", size=size, legend_at="center right")
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -311,8 +318,8 @@ def render_markdown(
     if params:
         lines += ["**Run:** " + " · ".join(f"`{k}` = {v}" for k, v in params.items()), ""]
     lines += [
-        f"Test split: {test.get('images', 'n/a')} images · decision threshold {fmt(test.get('threshold'), 2)}, "
-        f"min region {test.get('min_region_area', 'n/a')} px (both chosen on validation).",
+        (f"Test split: {test.get('images', 'n/a')} images · decision threshold {fmt(test.get('threshold'), 2)}, "
+         f"min region {test.get('min_region_area', 'n/a')} px (both chosen on validation)."),
         "",
         "## Test metrics",
         "",
@@ -409,9 +416,16 @@ def build_report(
         if pr:
             ap = average_precision(pr)
             points = sorted(pr, key=lambda p: (p["recall"], -p["precision"]))
-            chart = line_chart([Series("detector", [p["recall"] for p in points], [p["precision"] for p in points])],
-                               "Precision-recall (image level)", "recall", "precision",
-                               xlim=(0.0, 1.02), ylim=(0.0, 1.02), note=f"AP {ap:.3f}")
+            series = [Series("detector", [p["recall"] for p in points], [p["precision"] for p in points])]
+            detection = metrics["test"].get("detection", {})
+            n_def, n_free = detection.get("n_defective"), detection.get("n_free")
+            note = f"AP {ap:.3f}"
+            if isinstance(n_def, int) and isinstance(n_free, int) and n_def + n_free:
+                base = n_def / (n_def + n_free)  # a detector guessing at random has this precision
+                series.append(Series("chance", [0.0, 1.0], [base, base], color=(170, 170, 170), markers=False))
+                note += f" (chance {base:.2f})"
+            chart = line_chart(series, "Precision-recall (image level)", "recall", "precision",
+                               xlim=(0.0, 1.02), ylim=(0.0, 1.02), note=note)
             chart.save(staging / "pr.png", optimize=True)
             files["pr"] = "pr.png"
         if roc:
@@ -450,3 +464,12 @@ def build_report(
         handle.write(markdown)
     os.replace(tmp, out_md)
     return out_md
+
+
+if __name__ == "__main__":  # python -m mtdefect.report dvclive docs/img/training_curves.png
+    import sys
+
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m mtdefect.report <dvclive dir> <out.png>   (train/val loss and val Dice)")
+    training_curves(sys.argv[1]).save(sys.argv[2], optimize=True)
+    print(f"wrote {sys.argv[2]}")

@@ -42,7 +42,7 @@ def tool_env(tmp: Path, **extra: str) -> dict[str, str]:
 def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     """Run a command; on failure, fail the test with the tail of its output."""
     try:
-        result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{' '.join(args)} timed out after {timeout}s:\n{(exc.stderr or b'')[-3000:]!r}")
     if result.returncode != 0:

@@ -51,10 +51,12 @@ def queued(tmp_path_factory, tiny_source):
                 pytest.fail(f"the queue did not finish within {QUEUE_WAIT_S}s:\n{status}")
             time.sleep(5)
     finally:
-        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env, capture_output=True, timeout=60)
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env, capture_output=True, timeout=60,
+                       check=False)
     if "Failed" in status:
         logs = [subprocess.run(["dvc", "queue", "logs", line.split()[1]], cwd=repo, env=env, capture_output=True,
-                               text=True).stdout[-3000:] for line in status.splitlines() if "Failed" in line]
+                               text=True, check=False).stdout[-3000:]
+                for line in status.splitlines() if "Failed" in line]
         pytest.fail(f"queued experiments failed:\n{status}\n" + "\n".join(logs))
     shown = json.loads(dvc(repo, env, "exp", "show", "--json").stdout)
     return repo, env, status, experiments(shown)

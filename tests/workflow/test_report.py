@@ -11,8 +11,18 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from mtdefect.report import (average_precision, bar_chart, build_report, fmt, line_chart, nice_ticks, read_tsv,
-                             render_markdown, Series, training_curves)
+from mtdefect.report import (
+    Series,
+    average_precision,
+    bar_chart,
+    build_report,
+    fmt,
+    line_chart,
+    nice_ticks,
+    read_tsv,
+    render_markdown,
+    training_curves,
+)
 
 METRICS = {
     "test": {
