@@ -8,11 +8,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT_FILES = ("dvc.yaml", "conf", "src", ".dvc/config", ".dvc/.gitignore", ".gitignore",
+PROJECT_FILES = ("dvc.yaml", "conf", "src", ".dvc/config", ".dvc/.gitignore", ".gitignore", ".dvcignore",
                  "data/.gitignore", "models/.gitignore", "reports/.gitignore")
 
 
 def make_repo(dest: Path) -> Path:
+    """A git + DVC repo holding the project's pipeline definition and sources (its deps), nothing else.
+
+    The stages run the installed package; src/ is copied because dvc.yaml lists it as dependencies.
+    The one implementation used by the integration, reliability and workflow tests."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         src = ROOT / name
@@ -21,10 +25,13 @@ def make_repo(dest: Path) -> Path:
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
-            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
         else:
             shutil.copy2(src, target)
     git(dest, "init", "-q")
+    git(dest, "config", "user.email", "tests@localhost")
+    git(dest, "config", "user.name", "tests")
+    git(dest, "config", "commit.gpgsign", "false")
     git(dest, "add", "-A")
     git(dest, "commit", "-qm", "project")
     return dest

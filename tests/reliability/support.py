@@ -9,7 +9,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -117,27 +116,12 @@ def write_big_archive(path: Path, pairs_per_class: int = 60, size: tuple[int, in
 
 
 def make_dvc_project(repo: Path) -> Path:
-    """A fresh git + DVC project holding the real dvc.yaml, conf/, .dvc/config and a snapshot of src/
-    (the stages run the installed package; src/ is there because dvc.yaml lists it as dependencies)."""
-    repo.mkdir(parents=True)
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy2(ROOT / name, repo / name)
-    shutil.copytree(ROOT / "conf", repo / "conf")
-    (repo / ".dvc").mkdir()
-    for name in ("config", ".gitignore"):  # .dvc/.gitignore keeps the cache and tmp out of git
-        shutil.copy2(ROOT / ".dvc" / name, repo / ".dvc" / name)
-    shutil.copytree(ROOT / "src" / "mtdefect", repo / "src" / "mtdefect",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for sub in ("data", "models", "reports"):
-        if (ROOT / sub / ".gitignore").exists():
-            (repo / sub).mkdir(exist_ok=True)
-            shutil.copy2(ROOT / sub / ".gitignore", repo / sub / ".gitignore")
-    git(repo, "init", "-q")
-    git(repo, "config", "user.email", "reliability@example.invalid")
-    git(repo, "config", "user.name", "reliability tests")
-    git(repo, "config", "commit.gpgsign", "false")
-    commit_all(repo, "project skeleton")
-    return repo
+    """A fresh git + DVC project: the real dvc.yaml, conf/, .dvc/config and a snapshot of src/."""
+    from tests.integration.dvc_repo import make_repo
+
+    if repo.exists():
+        raise FileExistsError(repo)
+    return make_repo(repo)
 
 
 def git(repo: Path, *args: str) -> str:

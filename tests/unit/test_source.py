@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from mtdefect.data.source import DataSourceError, load_dataset, read_summary
-from tests.conftest import CLASSES, TOP, synthetic_pair
+from tests.conftest import CLASSES, TOP
 
 
 def assert_dataset(out: Path, per_class: int = 6) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_synthetic_tree
+from tests.integration.dvc_repo import make_repo
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 # Smallest sensible training run: same code path as a real one (debug=fast: 1 epoch of 2 tiny batches).
 FAST = ["debug=fast", "trainer.limit_val_batches=3", "model.decoder_channels=[32,16,16,8,8]"]
-REPO_FILES = ("dvc.yaml", "conf", "src", ".dvc/config", ".dvc/.gitignore", ".gitignore", ".dvcignore",
-              "data/.gitignore", "models/.gitignore", "reports/.gitignore")
 
 
 def tool_env(tmp: Path, **extra: str) -> dict[str, str]:
@@ -56,20 +54,7 @@ def train_cmd(*overrides: str) -> list[str]:
 
 def make_dvc_repo(dest: Path, env: dict[str, str]) -> Path:
     """A git + DVC repo holding the project's pipeline definition and sources (deps), nothing else."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in REPO_FILES:
-        src = ROOT / name
-        if not src.exists():
-            continue
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy2(src, target)
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "project"]):
-        run(["git", *args], dest, env, timeout=60)
-    return dest
+    return make_repo(dest)
 
 
 @pytest.fixture(scope="session")

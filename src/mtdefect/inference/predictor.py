@@ -18,7 +18,6 @@ Runner = Callable[[np.ndarray], np.ndarray]  # N x 1 x H x W float32 → N x 1 x
 
 def load_torch_net(model_dir: str | Path, settings: ModelSettings, device: str = "cpu"):
     """Rebuild the network and load its safetensors weights (no pickle involved)."""
-    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
