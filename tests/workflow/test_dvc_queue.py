@@ -40,7 +40,7 @@ def queued(tmp_path_factory, tiny_source):
     repo = make_dvc_repo(tmp / "project", env)
     dvc(repo, env, "exp", "run", "--queue", "-S", "model.lr=1e-3,3e-4", "-S", "debug=fast",
         "-S", "data.split.max_per_class=4", "-S", "trainer.limit_val_batches=3", "report")
-    dvc(repo, env, "queue", "start", "-j", "1")
+    dvc(repo, env, "queue", "start", "-j", "1", timeout=300)  # spawning the worker is slow on a loaded box
     deadline = time.monotonic() + QUEUE_WAIT_S
     try:
         while True:
