@@ -1,0 +1,185 @@
+"""Where the in-process time goes, and what cheap changes would buy (numbers for issue 5, item 6).
+
+    python benchmarks/profile_inference.py [--model-dir DIR] [--n 24] [--reps 3]
+
+1. ONNX Runtime session options, interleaved on the same real tiles (network only):
+   the library's session (all cores, spinning on, ORT_ENABLE_ALL) vs variations.
+2. postprocess(): the library's version vs a drop-in variant that computes region areas and maxima
+   with bincount / maximum.at over foreground pixels only (scipy's ndimage.maximum argsorts the
+   whole image on every call); outputs are checked to be identical.
+3. eager PyTorch with 1 vs all threads (OpenMP barriers are costly when the cores are shared).
+Writes benchmarks/results/profile_inference.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+from mtdefect.inference import Predictor  # noqa: E402
+from mtdefect.inference.postprocess import Prediction, Region, postprocess, restore_probability  # noqa: E402
+from mtdefect.inference.preprocess import preprocess  # noqa: E402
+from mtdefect.inference.settings import ONNX_FILE, PostprocessSettings  # noqa: E402
+
+
+def ort_session(path: Path, threads: int, spinning: bool = True, level: str = "ALL", mem_pattern: bool = True,
+                denormal_zero: bool = False, sequential: bool = True):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
+    options.enable_mem_pattern = mem_pattern
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL if sequential else ort.ExecutionMode.ORT_PARALLEL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if denormal_zero:
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {name: batch})[0]
+
+
+def fast_postprocess(probability: np.ndarray, settings: PostprocessSettings) -> Prediction:
+    """Same answers as postprocess(), with per-region sums and maxima over foreground pixels only."""
+    from scipy import ndimage
+
+    binary = probability >= settings.threshold
+    labels, count = ndimage.label(binary, structure=np.ones((3, 3), dtype=bool))
+    regions: list[Region] = []
+    keep = np.zeros(count + 1, dtype=bool)
+    if count:
+        fg = labels[binary]
+        areas = np.bincount(fg, minlength=count + 1)
+        maxima = np.zeros(count + 1, dtype=probability.dtype)
+        np.maximum.at(maxima, fg, probability[binary])
+        slices = ndimage.find_objects(labels)
+        for i, sl in enumerate(slices, start=1):
+            if areas[i] < max(settings.min_region_area, 1):
+                continue
+            keep[i] = True
+            ys, xs = sl
+            regions.append(Region(bbox=(int(xs.start), int(ys.start), int(xs.stop - xs.start), int(ys.stop - ys.start)),
+                                  area=int(areas[i]), score=float(maxima[i])))
+    mask = (keep[labels] * 255).astype(np.uint8)
+    score = float(probability.max()) if probability.size else 0.0
+    return Prediction(probability=probability, mask=mask, score=score, defective=bool(regions), regions=regions)
+
+
+def interleave(fns: dict, inputs: list, reps: int) -> dict[str, dict]:
+    """Every input through every config, the order rotated per input, so load changes hit all alike.
+
+    Returns per config: mean ms per input, and the median over (input, rep) pairs of the paired
+    speed-up against the first config (robust to load drifting during the run).
+    """
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    k = 0
+    for _ in range(reps):
+        for x in inputs:
+            order = names[k % len(names):] + names[: k % len(names)]
+            k += 1
+            for name in order:
+                t0 = time.perf_counter()
+                fns[name](x)
+                times[name].append((time.perf_counter() - t0) * 1000)
+    base = times[names[0]]
+    return {n: {"ms": statistics.fmean(v), "paired_speedup": statistics.median(b / t for b, t in zip(base, v))}
+            for n, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir")
+    parser.add_argument("--n", type=int, default=24)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--result-name", default="profile_inference", help="results/<name>.json")
+    args = parser.parse_args(argv)
+
+    info = C.machine_info()
+    work = C.workdir("profile")
+    model_dir, model_source = C.resolve_model_dir(args.model_dir, work)
+    predictor = Predictor.from_dir(model_dir, backend="onnx")
+    images = C.decode_all(C.real_image_bytes(args.n))
+    batches = [preprocess(g, predictor.settings.preprocess)[0] for g in images]
+    cores = os.cpu_count() or 1
+    print(f"# profile_inference — {C.describe_machine(info)}")
+    print(f"model: {model_source}; {len(images)} real tiles")
+
+    onnx = model_dir / ONNX_FILE
+    variants = {
+        f"library ({cores} thr, spin, ALL)": predictor.runner,
+        "1 thread": ort_session(onnx, 1),
+        f"{cores} thr, no spinning": ort_session(onnx, cores, spinning=False),
+        f"{cores} thr, EXTENDED opt": ort_session(onnx, cores, level="EXTENDED"),
+        f"{cores} thr, no mem pattern": ort_session(onnx, cores, mem_pattern=False),
+        f"{cores} thr, denormal→0": ort_session(onnx, cores, denormal_zero=True),
+    }
+    for fn in variants.values():  # warm each shape once per session
+        for b in batches:
+            fn(b)
+    ort_ms = interleave(variants, batches, args.reps)
+    print("\n### 1. ONNX Runtime session options (network only, real tiles)\n")
+    print(C.table(["session", "ms/img", "speed-up vs library (paired median)"],
+                  [[n, v["ms"], f"{v['paired_speedup']:.2f}x"] for n, v in ort_ms.items()]))
+
+    settings = predictor.settings.postprocess
+    probs = [restore_probability(predictor.runner(b)[0, 0], preprocess(g, predictor.settings.preprocess)[1])
+             for g, b in zip(images, batches)]
+    identical = True
+    for p in probs:
+        a, b = postprocess(p, settings), fast_postprocess(p, settings)
+        identical &= (a.mask == b.mask).all() and a.regions == b.regions and a.score == b.score
+    region_counts = [len(postprocess(p, settings).regions) for p in probs]
+    post_ms = interleave({"library postprocess": lambda p: postprocess(p, settings),
+                          "bincount/maximum.at variant": lambda p: fast_postprocess(p, settings)}, probs, args.reps)
+    print(f"\n### 2. postprocess (regions per tile: median {statistics.median(region_counts):.0f}, "
+          f"max {max(region_counts)}; identical output: {bool(identical)})\n")
+    print(C.table(["postprocess", "ms/img", "speed-up (paired median)"],
+                  [[n, v["ms"], f"{v['paired_speedup']:.2f}x"] for n, v in post_ms.items()]))
+
+    torch_ms = {}
+    if not args.skip_torch:
+        import torch
+
+        from mtdefect.inference.predictor import load_torch_net
+
+        net = load_torch_net(model_dir, predictor.settings)
+
+        def torch_fn(threads: int):
+            def run(batch: np.ndarray) -> np.ndarray:
+                torch.set_num_threads(threads)
+                with torch.inference_mode():
+                    return net(torch.from_numpy(batch)).numpy()
+            return run
+
+        fns = {f"torch {t} thr": torch_fn(t) for t in sorted({1, cores})}
+        for fn in fns.values():
+            fn(batches[0])
+        torch_ms = interleave(fns, batches[: max(4, len(batches) // 3)], args.reps)
+        torch.set_num_threads(cores)
+        print("\n### 3. eager PyTorch threads (network only)\n")
+        print(C.table(["torch", "ms/img", "speed-up vs 1 thread (paired median)"],
+                      [[n, v["ms"], f"{v['paired_speedup']:.2f}x"] for n, v in torch_ms.items()]))
+
+    path = C.write_result(args.result_name, {
+        "machine": info, "model": {"source": model_source}, "args": vars(args),
+        "ort_network_ms": ort_ms, "postprocess_ms": post_ms, "postprocess_identical": bool(identical),
+        "regions_per_tile": region_counts, "torch_network_ms": torch_ms,
+    })
+    print(f"\nwrote {path.relative_to(C.REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
