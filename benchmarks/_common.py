@@ -4,6 +4,7 @@ Run by hand (never by ``make test``); every script writes ``benchmarks/results/<
 """
 from __future__ import annotations
 
+import atexit
 import csv
 import datetime as _dt
 import io
@@ -285,4 +286,9 @@ def random_model_dir(out: Path) -> Path:
 
 
 def workdir(prefix: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"mtbench-{prefix}-"))
+    """A temp dir for this run (model links, BentoML home, server logs), removed at exit unless
+    MT_BENCH_KEEP=1."""
+    path = Path(tempfile.mkdtemp(prefix=f"mtbench-{prefix}-"))
+    if os.environ.get("MT_BENCH_KEEP", "") != "1":
+        atexit.register(shutil.rmtree, path, True)
+    return path

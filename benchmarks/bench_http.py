@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     log_path = work / "server.log"
     t_start = time.perf_counter()
     server = H.start_server(args.service, home, log_path, server_env)
-    print(f"server ready at {server.url} in {time.perf_counter() - t_start:.1f} s (log: {log_path})")
+    print(f"server ready at {server.url} in {time.perf_counter() - t_start:.1f} s (log: {log_path}; kept with MT_BENCH_KEEP=1)")
     total = 0
     rss_samples: list[dict] = []
     refs: list[dict] = []
