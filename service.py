@@ -143,6 +143,7 @@ class MagneticTileService:
         result = DetectResult(
             defective=prediction.defective,
             score=round(prediction.score, 6),
+            decision_threshold=self.runtime.decision_threshold,
             threshold=self.runtime.threshold,
             defect_area_fraction=round(prediction.defect_area_fraction, 8),
             regions=[region.to_dict() for region in prediction.regions],

@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 from mtdefect.inference import Predictor  # noqa: E402
-from mtdefect.inference.postprocess import Prediction, Region, postprocess, restore_probability  # noqa: E402
+from mtdefect.inference.postprocess import find_regions, image_score, postprocess, restore_probability  # noqa: E402
 from mtdefect.inference.preprocess import preprocess  # noqa: E402
-from mtdefect.inference.settings import ONNX_FILE, PostprocessSettings  # noqa: E402
+from mtdefect.inference.settings import ONNX_FILE  # noqa: E402
 
 
 def ort_session(path: Path, threads: int, spinning: bool = True, level: str = "ALL", mem_pattern: bool = True,
@@ -48,32 +48,6 @@ def ort_session(path: Path, threads: int, spinning: bool = True, level: str = "A
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda batch: session.run(None, {name: batch})[0]
-
-
-def fast_postprocess(probability: np.ndarray, settings: PostprocessSettings) -> Prediction:
-    """Same answers as postprocess(), with per-region sums and maxima over foreground pixels only."""
-    from scipy import ndimage
-
-    binary = probability >= settings.threshold
-    labels, count = ndimage.label(binary, structure=np.ones((3, 3), dtype=bool))
-    regions: list[Region] = []
-    keep = np.zeros(count + 1, dtype=bool)
-    if count:
-        fg = labels[binary]
-        areas = np.bincount(fg, minlength=count + 1)
-        maxima = np.zeros(count + 1, dtype=probability.dtype)
-        np.maximum.at(maxima, fg, probability[binary])
-        slices = ndimage.find_objects(labels)
-        for i, sl in enumerate(slices, start=1):
-            if areas[i] < max(settings.min_region_area, 1):
-                continue
-            keep[i] = True
-            ys, xs = sl
-            regions.append(Region(bbox=(int(xs.start), int(ys.start), int(xs.stop - xs.start), int(ys.stop - ys.start)),
-                                  area=int(areas[i]), score=float(maxima[i])))
-    mask = (keep[labels] * 255).astype(np.uint8)
-    score = float(probability.max()) if probability.size else 0.0
-    return Prediction(probability=probability, mask=mask, score=score, defective=bool(regions), regions=regions)
 
 
 def interleave(fns: dict, inputs: list, reps: int) -> dict[str, dict]:
@@ -160,16 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = predictor.settings.postprocess
     probs = [restore_probability(predictor.runner(b)[0, 0], preprocess(g, predictor.settings.preprocess)[1])
              for g, b in zip(images, batches)]
-    identical = True
-    for p in probs:
-        a, b = postprocess(p, settings), fast_postprocess(p, settings)
-        identical &= (a.mask == b.mask).all() and a.regions == b.regions and a.score == b.score
     region_counts = [len(postprocess(p, settings).regions) for p in probs]
-    post_ms = interleave({"library postprocess": lambda p: postprocess(p, settings),
-                          "bincount/maximum.at variant": lambda p: fast_postprocess(p, settings)}, probs, args.reps)
-    print(f"\n### 2. postprocess (regions per tile: median {statistics.median(region_counts):.0f}, "
-          f"max {max(region_counts)}; identical output: {bool(identical)})\n")
-    print(C.table(["postprocess", "ms/img", "speed-up (paired median)"],
+    window = max(settings.score_window, 1)
+    post_ms = interleave({"postprocess (all of it)": lambda p: postprocess(p, settings),
+                          "find_regions": lambda p: find_regions(p, settings.threshold, settings.min_region_area),
+                          f"image_score (window {window})": lambda p: image_score(p, window)}, probs, args.reps)
+    print(f"\n### 2. postprocess and its parts (regions per tile: median {statistics.median(region_counts):.0f}, "
+          f"max {max(region_counts)})\n")
+    print(C.table(["step", "ms/img", "ratio to postprocess (paired median)"],
                   [[n, v["ms"], f"{v['paired_speedup']:.2f}x"] for n, v in post_ms.items()]))
 
     torch_ms = {}
@@ -198,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     path = C.write_result(args.result_name, {
         "machine": info, "model": {"source": model_source}, "args": vars(args),
-        "ort_network_ms": ort_ms, "postprocess_ms": post_ms, "postprocess_identical": bool(identical),
+        "ort_network_ms": ort_ms, "postprocess_ms": post_ms,
         "regions_per_tile": region_counts, "torch_network_ms": torch_ms,
     })
     print(f"\nwrote {path.relative_to(C.REPO)}")

@@ -1,17 +1,60 @@
-"""Choose the pixel threshold and minimum region area on the validation split.
+"""Choose the postprocessing on the validation split; never looks at the test split.
 
-The objective is the mean of pooled Dice (defect tiles) and detection recall, among settings whose
-false-alarm rate on defect-free validation tiles is at most ``max_false_alarm_rate``; when none
-qualifies, the lowest false-alarm rate wins. Never looks at the test split.
+Two decisions, made in order:
+1. The tile decision. For each score window, the decision threshold is the lowest score that keeps
+   the false-alarm rate on defect-free validation tiles within ``max_false_alarm_rate``; the window
+   with the highest recall of defective tiles at that threshold wins (ties: higher AUROC, then the
+   smaller window).
+2. The mask. With that decision applied (a tile judged clean shows no defects), the pixel threshold
+   and minimum region area that give the highest pooled Dice on defective validation tiles win
+   (ties: the first in grid order).
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from dataclasses import replace
+from typing import Any, Sequence
+
+import numpy as np
 
 from mtdefect.evaluate import ScoredImage
-from mtdefect.inference.postprocess import postprocess
+from mtdefect.inference.postprocess import find_regions, image_score
 from mtdefect.inference.settings import PostprocessSettings
-from mtdefect.metrics import EvaluationAccumulator
+from mtdefect.metrics import EvaluationAccumulator, PixelCounts, auroc
+
+FREE_CLASS = EvaluationAccumulator.free_class
+
+
+def budget_threshold(free_scores: Sequence[float], max_false_alarm_rate: float) -> float:
+    """Lowest score threshold (``score >= t`` flags) that flags at most the budgeted share of
+    defect-free tiles. With no defect-free tiles: 0.5."""
+    if not len(free_scores):
+        return 0.5
+    ranked = np.sort(np.asarray(free_scores, dtype=np.float64))[::-1]
+    allowed = math.floor(max_false_alarm_rate * len(ranked) + 1e-9)
+    if allowed >= len(ranked):
+        return 0.0
+    return float(min(np.nextafter(ranked[allowed], np.inf), 1.0))
+
+
+def choose_decision(
+    items: Sequence[ScoredImage], score_windows: Sequence[int], max_false_alarm_rate: float
+) -> tuple[PostprocessSettings, list[dict[str, Any]]]:
+    labels = np.array([item.record.class_name != FREE_CLASS for item in items], dtype=bool)
+    rows = []
+    for window in score_windows:
+        scores = np.array([image_score(item.probability, int(window)) for item in items])
+        threshold = budget_threshold(scores[~labels], max_false_alarm_rate)
+        flagged = scores >= threshold
+        rows.append({
+            "score_window": int(window),
+            "decision_threshold": threshold,
+            "recall": float(flagged[labels].mean()) if labels.any() else 0.0,
+            "false_alarm_rate": float(flagged[~labels].mean()) if (~labels).any() else 0.0,
+            "auroc": auroc(scores, labels),
+        })
+    best = max(rows, key=lambda r: (r["recall"], np.nan_to_num(r["auroc"]), -r["score_window"]))
+    return PostprocessSettings(score_window=best["score_window"], decision_threshold=best["decision_threshold"]), rows
 
 
 def choose_postprocess(
@@ -19,26 +62,30 @@ def choose_postprocess(
     thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
     min_areas: Sequence[int] = (0, 16, 48, 128),
     max_false_alarm_rate: float = 0.01,
-) -> tuple[PostprocessSettings, list[dict]]:
-    table = []
+    score_windows: Sequence[int] = (1, 5, 9, 15),
+) -> tuple[PostprocessSettings, dict[str, Any]]:
+    """Returns the chosen settings and a report: ``decision`` rows (one per window), ``mask`` rows
+    (one per threshold × area, with the decision applied) and ``chosen`` (the winning mask row plus
+    the decision's recall, false-alarm rate and AUROC, and ``objective`` = mean of Dice and recall)."""
+    decision, decision_rows = choose_decision(items, score_windows, max_false_alarm_rate)
+    decided = next(r for r in decision_rows if r["score_window"] == decision.score_window)
+    defective, missed = [], []  # defective validation tiles, by the decision
+    for item in items:
+        if item.record.class_name != FREE_CLASS:
+            flagged = image_score(item.probability, decision.score_window) >= decision.decision_threshold
+            (defective if flagged else missed).append(item)
+    mask_rows = []
     for threshold in thresholds:
         for area in min_areas:
-            settings = PostprocessSettings(threshold=float(threshold), min_region_area=int(area))
-            acc = EvaluationAccumulator()
-            for item in items:
-                p = postprocess(item.probability, settings)
-                acc.add(item.record.class_name, p.mask, item.truth, p.score, p.defective)
-            s = acc.summary()
-            far = s["detection"]["false_alarm_rate"]
-            far = 0.0 if far != far else far  # NaN when the split has no defect-free tile
-            recall = s["detection"]["recall"]
-            recall = 0.0 if recall != recall else recall
-            table.append({"threshold": settings.threshold, "min_region_area": settings.min_region_area,
-                          "dice": s["dice"], "recall": recall, "false_alarm_rate": far,
-                          "objective": 0.5 * (s["dice"] + recall)})
-    allowed = [row for row in table if row["false_alarm_rate"] <= max_false_alarm_rate]
-    if allowed:
-        best = max(allowed, key=lambda r: (r["objective"], -r["false_alarm_rate"]))
-    else:
-        best = min(table, key=lambda r: (r["false_alarm_rate"], -r["objective"]))
-    return PostprocessSettings(best["threshold"], best["min_region_area"]), table
+            counts = PixelCounts()
+            for item in defective:
+                counts.add(find_regions(item.probability, float(threshold), int(area))[0] > 0, item.truth)
+            for item in missed:  # judged clean: an empty mask
+                counts.add(np.zeros(item.truth.shape, dtype=bool), item.truth)
+            mask_rows.append({"threshold": float(threshold), "min_region_area": int(area), "dice": counts.dice})
+    best = max(mask_rows, key=lambda r: r["dice"])  # max keeps the first of equals
+    settings = replace(decision, threshold=best["threshold"], min_region_area=best["min_region_area"])
+    chosen = {**best, **{k: decided[k] for k in ("score_window", "decision_threshold", "recall",
+                                                 "false_alarm_rate", "auroc")}}
+    chosen["objective"] = 0.5 * (chosen["dice"] + chosen["recall"])
+    return settings, {"decision": decision_rows, "mask": mask_rows, "chosen": chosen}

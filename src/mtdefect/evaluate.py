@@ -92,6 +92,8 @@ def evaluate(
             "images": len(records),
             "threshold": predictor.settings.postprocess.threshold,
             "min_region_area": predictor.settings.postprocess.min_region_area,
+            "score_window": predictor.settings.postprocess.score_window,
+            "decision_threshold": predictor.settings.postprocess.decision_threshold,
         }
     }
     _write_json(reports_dir / "metrics.json", result)

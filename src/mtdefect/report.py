@@ -318,8 +318,10 @@ def render_markdown(
     if params:
         lines += ["**Run:** " + " · ".join(f"`{k}` = {v}" for k, v in params.items()), ""]
     lines += [
-        (f"Test split: {test.get('images', 'n/a')} images · decision threshold {fmt(test.get('threshold'), 2)}, "
-         f"min region {test.get('min_region_area', 'n/a')} px (both chosen on validation)."),
+        (f"Test split: {test.get('images', 'n/a')} images · tile decision: score (window "
+         f"{test.get('score_window', 1)} px) ≥ {fmt(test.get('decision_threshold'), 4)} · mask: pixel threshold "
+         f"{fmt(test.get('threshold'), 2)}, min region {test.get('min_region_area', 'n/a')} px "
+         "(all chosen on validation)."),
         "",
         "## Test metrics",
         "",

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mtdefect.calibrate import choose_postprocess
 from mtdefect.data.split import read_manifest
 from mtdefect.evaluate import iter_probabilities
-from mtdefect.inference import ModelSettings, Predictor, PreprocessSettings
+from mtdefect.inference import ModelSettings, PostprocessSettings, Predictor, PreprocessSettings
 from mtdefect.inference.predictor import torch_runner
 from mtdefect.model.bundle import write_model_dir
 from mtdefect.model.net import inference_net_config
@@ -63,6 +63,20 @@ def load_best_weights(module: pl.LightningModule, trainer: pl.Trainer) -> str | 
     return path
 
 
+def calibrate_on_validation(
+    predictor: Predictor, data_dir: str | Path, val_records: list, calibration: Any
+) -> tuple[PostprocessSettings, dict[str, Any]]:
+    """The postprocessing (decision and mask settings) chosen on the validation split."""
+    items = list(iter_probabilities(predictor, data_dir, val_records))
+    return choose_postprocess(
+        items,
+        thresholds=list(calibration.get("thresholds", (0.3, 0.4, 0.5, 0.6, 0.7, 0.8))),
+        min_areas=list(calibration.get("min_areas", (0, 16, 48, 128))),
+        max_false_alarm_rate=float(calibration.get("max_false_alarm_rate", 0.01)),
+        score_windows=list(calibration.get("score_windows", (1, 5, 9, 15))),
+    )
+
+
 def instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in (group or {}).values() if node is not None and "_target_" in node]
 
@@ -98,15 +112,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     net = module.net.cpu().eval()
     predictor = Predictor(settings, torch_runner(net), "torch-cpu")
     val_records = read_manifest(paths.manifest, "val")
-    items = list(iter_probabilities(predictor, paths.data_dir, val_records))
-    calibration = cfg.get("calibration", {})
-    post, table = choose_postprocess(
-        items,
-        thresholds=list(calibration.get("thresholds", (0.3, 0.4, 0.5, 0.6, 0.7, 0.8))),
-        min_areas=list(calibration.get("min_areas", (0, 16, 48, 128))),
-        max_false_alarm_rate=float(calibration.get("max_false_alarm_rate", 0.01)),
-    )
-    chosen = next(r for r in table if r["threshold"] == post.threshold and r["min_region_area"] == post.min_region_area)
+    post, report = calibrate_on_validation(predictor, paths.data_dir, val_records, cfg.get("calibration", {}))
+    chosen = report["chosen"]
     info = {
         "val": chosen,
         "best_checkpoint": Path(best).name if best else None,
@@ -116,11 +123,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     settings = ModelSettings(net=settings.net, preprocess=preprocess, postprocess=post,
                              class_names=tuple(info["class_names"]), info=info)
     write_model_dir(net, settings, paths.model_dir)
-    (Path(paths.model_dir) / "calibration.json").write_text(json.dumps(table, indent=2))
+    (Path(paths.model_dir) / "calibration.json").write_text(json.dumps(report, indent=2))
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
     print(f"train: {trainer.current_epoch} epochs in {fit_seconds:.0f}s; val dice {chosen['dice']:.3f} "
-          f"recall {chosen['recall']:.3f} false alarms {chosen['false_alarm_rate']:.3f} "
-          f"(threshold {post.threshold}, min area {post.min_region_area}) → {paths.model_dir}")
+          f"recall {chosen['recall']:.3f} false alarms {chosen['false_alarm_rate']:.3f} auroc {chosen['auroc']:.3f} "
+          f"(pixel threshold {post.threshold}, min area {post.min_region_area}, score window {post.score_window}, "
+          f"decision threshold {post.decision_threshold:.4f}) → {paths.model_dir}")
     return {"val/dice": chosen["dice"], "val/recall": chosen["recall"], "val/objective": chosen["objective"]}
 
 

@@ -98,7 +98,8 @@ def train_tiny_model(out_dir: Path, steps: int = 25, seed: int = 0) -> Path:
     settings = ModelSettings(
         net=config,
         preprocess=preprocess,
-        postprocess=PostprocessSettings(threshold=0.5, min_region_area=0),
+        # window 1 + decision 0.5: defective exactly when a pixel reaches 0.5, i.e. when a region exists
+        postprocess=PostprocessSettings(threshold=0.5, min_region_area=0, score_window=1, decision_threshold=0.5),
         class_names=CLASS_NAMES,
         info={"purpose": "service tests"},
     )

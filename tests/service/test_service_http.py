@@ -20,7 +20,7 @@ from .svc_support import encode, raw_connect, read_response, rgb, tile
 pytestmark = pytest.mark.slow
 
 ROUTES = ("/segment", "/detect", "/overlay")
-DETECT_KEYS = {"defective", "score", "threshold", "defect_area_fraction", "regions", "model", "inference_ms"}
+DETECT_KEYS = {"defective", "score", "decision_threshold", "threshold", "defect_area_fraction", "regions", "model", "inference_ms"}
 
 
 def png_of(response) -> Image.Image:
@@ -157,6 +157,7 @@ def test_detect_answer_follows_the_documented_schema(server, model_home):
     jsonschema.validate(body, schema)
     assert body["model"] == model_home.tag and response.headers["x-model"] == model_home.tag
     assert body["threshold"] == 0.5 and 0 <= body["score"] <= 1 and body["inference_ms"] > 0
+    assert body["decision_threshold"] == 0.5 and body["defective"] == (body["score"] >= 0.5)
     assert isinstance(body["defective"], bool) and body["defective"] == bool(body["regions"])
     for region in body["regions"]:
         x, y, w, h = region["bbox"]

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtdefect.calibrate import choose_postprocess
+from mtdefect.calibrate import budget_threshold, choose_postprocess
+from mtdefect.inference import postprocess
 from mtdefect.data.split import Record
 from mtdefect.evaluate import ScoredImage, evaluate
 from mtdefect.inference.settings import ModelSettings, PostprocessSettings, PreprocessSettings
@@ -20,27 +21,49 @@ def item(cls: str, truth: np.ndarray, prob: np.ndarray) -> ScoredImage:
     return ScoredImage(record, np.zeros(truth.shape, np.uint8), truth, prob.astype(np.float32))
 
 
-def test_calibration_respects_false_alarm_budget() -> None:
+def test_budget_threshold_allows_the_budgeted_false_alarms_only() -> None:
+    free = [0.9, 0.7, 0.3] + [0.1] * 97  # 100 defect-free tiles
+    assert budget_threshold(free, 0.0) == np.nextafter(0.9, 1.0)  # flags none of them
+    t = budget_threshold(free, 0.01)  # one false alarm allowed: the 0.9 tile
+    assert 0.7 < t < 0.70001 and sum(s >= t for s in free) == 1
+    assert budget_threshold([1.0, 1.0], 0.0) == 1.0  # saturated: the strictest possible
+    assert budget_threshold([], 0.01) == 0.5
+
+
+def test_calibration_prefers_the_score_window_that_ignores_specks() -> None:
+    truth = np.zeros((40, 40), bool)
+    truth[10:20, 10:20] = True
+    defect_prob = np.where(truth, 0.8, 0.05)
+    free_prob = np.full((40, 40), 0.05)
+    free_prob[30, 30] = 0.99  # one bright pixel on a defect-free tile outranks the real defect's pixels
+    items = [item("MT_Crack", truth, defect_prob), item("MT_Free", np.zeros((40, 40), bool), free_prob)]
+    post, report = choose_postprocess(items, thresholds=(0.5, 0.9), min_areas=(0,), max_false_alarm_rate=0.0,
+                                      score_windows=(1, 5))
+    rows = {r["score_window"]: r for r in report["decision"]}
+    assert rows[1]["recall"] == 0.0 and rows[1]["auroc"] == 0.0
+    assert rows[5]["recall"] == 1.0 and rows[5]["false_alarm_rate"] == 0.0 and rows[5]["auroc"] == 1.0
+    assert post.score_window == 5 and (0.99 + 24 * 0.05) / 25 < post.decision_threshold < 0.088
+    assert post.threshold == 0.5 and report["chosen"]["dice"] == 1.0  # 0.9 would find nothing
+    assert report["chosen"]["objective"] == 1.0
+    for prob, truth_mask, expected in ((defect_prob, truth, True), (free_prob, None, False)):
+        prediction = postprocess(prob.astype(np.float32), post)
+        assert prediction.defective is expected
+        if truth_mask is not None:
+            assert np.array_equal(prediction.mask > 0, truth_mask)
+        else:
+            assert not prediction.mask.any() and prediction.regions == []  # 0.99 ≥ 0.5, yet judged clean
+
+
+def test_calibration_counts_missed_tiles_as_empty_masks() -> None:
     truth = np.zeros((20, 20), bool)
     truth[5:10, 5:10] = True
-    defect_prob = np.where(truth, 0.75, 0.05)
-    free_prob = np.full((20, 20), 0.05)
-    free_prob[0:3, 0:3] = 0.65  # a 9-pixel speck on a defect-free tile
-    items = [item("MT_Crack", truth, defect_prob), item("MT_Free", np.zeros((20, 20), bool), free_prob)]
-    post, table = choose_postprocess(items, thresholds=(0.5, 0.7), min_areas=(0, 16), max_false_alarm_rate=0.0)
-    assert len(table) == 4
-    # 0.5/0: flags the speck (false alarm); 0.7/0 and 0.7/16 and 0.5/16 do not. All find the crack
-    # perfectly, so the tie is broken towards the fewest false alarms, then the first best objective.
-    assert post.threshold == 0.5 and post.min_region_area == 16 or post.threshold == 0.7
-    chosen = next(r for r in table if r["threshold"] == post.threshold and r["min_region_area"] == post.min_region_area)
-    assert chosen["false_alarm_rate"] == 0.0 and chosen["dice"] == 1.0 and chosen["recall"] == 1.0
-
-
-def test_calibration_falls_back_to_fewest_false_alarms() -> None:
-    free_prob = np.full((10, 10), 0.95)
-    items = [item("MT_Free", np.zeros((10, 10), bool), free_prob)]
-    post, _ = choose_postprocess(items, thresholds=(0.5,), min_areas=(0, 200), max_false_alarm_rate=0.0)
-    assert post.min_region_area == 200  # only the large minimum area silences the false alarm
+    faint = item("MT_Blowhole", truth, np.where(truth, 0.6, 0.0))  # scores below the free tile
+    strong = item("MT_Crack", truth, np.where(truth, 0.95, 0.0))
+    free = item("MT_Free", np.zeros((20, 20), bool), np.full((20, 20), 0.7))
+    post, report = choose_postprocess([faint, strong, free], thresholds=(0.5,), min_areas=(0,),
+                                      max_false_alarm_rate=0.0, score_windows=(1,))
+    assert report["chosen"]["recall"] == 0.5 and report["chosen"]["false_alarm_rate"] == 0.0
+    assert abs(report["chosen"]["dice"] - 2 * 25 / (2 * 25 + 25)) < 1e-9  # the faint tile's 25 px are missed
 
 
 def test_evaluate_writes_metrics_plots_and_overlays(synthetic_dataset: tuple[Path, Path], tmp_path: Path) -> None:

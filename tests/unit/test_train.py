@@ -29,6 +29,35 @@ def test_fast_dev_run(synthetic_dataset: tuple[Path, Path], tmp_path: Path) -> N
     assert 0.0 <= trainer.callback_metrics["val/dice"].item() <= 1.0
 
 
+@pytest.mark.parametrize("class_balance", [False, True])
+def test_sampler_shares(synthetic_dataset: tuple[Path, Path], class_balance: bool) -> None:
+    """defect_fraction of the draws go to defective tiles; class_balance splits them evenly by class."""
+    dataset_dir, manifest = synthetic_dataset
+    dm = TileDataModule(str(dataset_dir), str(manifest), {"stride": 32}, crop_size=32, defect_fraction=0.6,
+                        class_balance=class_balance, samples_per_epoch=100)
+    dm.setup("fit")
+    ts = dm.train_set  # make the classes unequal: keep one tile of the first defect class
+    rare = next(r.class_name for r in ts.records if r.class_name != "MT_Free")
+    keep = [i for i, r in enumerate(ts.records) if r.class_name != rare or i == min(
+        j for j, q in enumerate(ts.records) if q.class_name == rare)]
+    for name in ("records", "images", "masks", "defect_pixels"):
+        setattr(ts, name, [getattr(ts, name)[i] for i in keep])
+    weights = dm._sampler().weights
+    records = dm.train_set.records
+    share: dict[str, float] = {}
+    for record, weight in zip(records, weights.tolist()):
+        share[record.class_name] = share.get(record.class_name, 0.0) + weight
+    total = sum(share.values())
+    defect = {c: w / total for c, w in share.items() if c != "MT_Free"}
+    assert sum(defect.values()) == pytest.approx(0.6)
+    if class_balance:
+        assert all(v == pytest.approx(0.6 / len(defect)) for v in defect.values())
+    else:  # proportional to the number of tiles per class
+        counts = {c: sum(r.class_name == c for r in records) for c in defect}
+        assert counts[rare] == 1 and max(counts.values()) > 1
+        assert all(defect[c] == pytest.approx(0.6 * counts[c] / sum(counts.values())) for c in defect)
+
+
 def compose_cfg(tmp_path: Path, dataset: tuple[Path, Path], *extra: str):
     dataset_dir, manifest = dataset
     overrides = [
@@ -54,7 +83,10 @@ def test_train_writes_a_model_folder(synthetic_dataset: tuple[Path, Path], tmp_p
     assert settings.net["encoder"] == "resnet10t" and settings.net["pretrained"] is False
     assert settings.postprocess.threshold in (0.4, 0.6) and settings.postprocess.min_region_area in (0, 8)
     assert settings.preprocess.stride == 32
-    assert len(json.loads((tmp_path / "model" / "calibration.json").read_text())) == 4
+    report = json.loads((tmp_path / "model" / "calibration.json").read_text())
+    assert len(report["mask"]) == 4 and {r["score_window"] for r in report["decision"]} == {1, 5, 9, 15}
+    assert settings.postprocess.score_window in (1, 5, 9, 15) and 0 <= settings.postprocess.decision_threshold <= 1
+    assert report["chosen"]["decision_threshold"] == settings.postprocess.decision_threshold
     assert not (tmp_path / "ckpt").exists(), "checkpoints of a finished run are cleaned up"
     gray = np.full((50, 70), 128, np.uint8)
     prediction, _ = Predictor.from_dir(tmp_path / "model", backend="torch").predict(gray)

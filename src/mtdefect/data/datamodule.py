@@ -1,6 +1,7 @@
 """LightningDataModule: manifest + dataset folder → train/val/test loaders."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -8,15 +9,16 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from mtdefect.data.dataset import TileDataset
+from mtdefect.data.dataset import TileDataset, render_crops
 from mtdefect.data.split import read_manifest
 from mtdefect.inference.settings import PreprocessSettings
 
 
 class TileDataModule(pl.LightningDataModule):
     """``defect_fraction``: share of defective tiles in each training epoch (3 in 4 tiles of the
-    archive are defect-free); None samples uniformly. ``samples_per_epoch`` defaults to the
-    training-set size."""
+    archive are defect-free); None samples uniformly. ``class_balance``: within that share, every
+    defect class is drawn equally often (Fray has 18 training tiles, Blowhole 67); otherwise tiles are
+    drawn uniformly. ``samples_per_epoch`` defaults to the training-set size."""
 
     def __init__(
         self,
@@ -28,6 +30,7 @@ class TileDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         defect_fraction: float | None = 0.5,
         defect_crop_p: float = 0.8,
+        class_balance: bool = False,
         samples_per_epoch: int | None = None,
         flip: bool = True,
         jitter: float = 0.1,
@@ -42,12 +45,14 @@ class TileDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.defect_fraction = defect_fraction
         self.defect_crop_p = defect_crop_p
+        self.class_balance = class_balance
         self.samples_per_epoch = samples_per_epoch
         self.flip = flip
         self.jitter = jitter
         self.pin_memory = pin_memory
         self.train_set: TileDataset | None = None
         self.val_set: TileDataset | None = None
+        self._stacked: tuple[torch.Tensor, torch.Tensor] | None = None  # training tiles, on the model's device
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and stage in (None, "fit"):
@@ -65,7 +70,14 @@ class TileDataModule(pl.LightningDataModule):
         if self.defect_fraction is None or flags.all() or (~flags).all():
             return WeightedRandomSampler(torch.ones(len(flags)), n, replacement=True) if self.samples_per_epoch else None
         n_def = flags.sum().item()
-        weights = torch.where(flags, self.defect_fraction / n_def, (1 - self.defect_fraction) / (len(flags) - n_def))
+        defect_share = torch.full((len(flags),), 1.0 / n_def, dtype=torch.double)
+        if self.class_balance:
+            classes = [record.class_name for record in self.train_set.records]
+            defect_classes = Counter(c for c, flag in zip(classes, flags.tolist()) if flag)
+            defect_share = torch.tensor([1.0 / (len(defect_classes) * defect_classes[c]) if defect_classes[c] else 0.0
+                                         for c in classes], dtype=torch.double)
+        weights = torch.where(flags, self.defect_fraction * defect_share,
+                              (1 - self.defect_fraction) / (len(flags) - n_def))
         return WeightedRandomSampler(weights.double(), n, replacement=True)
 
     def train_dataloader(self) -> DataLoader:
@@ -75,6 +87,18 @@ class TileDataModule(pl.LightningDataModule):
             num_workers=self.num_workers, drop_last=len(self.train_set) > self.batch_size,
             persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory,
         )
+
+    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        """Training batches arrive as crop plans; the pixels are cut here, on the model's device,
+        from the training tiles, which are copied there once."""
+        if "top" not in batch:
+            return batch
+        assert self.train_set is not None
+        device = batch["top"].device
+        if self._stacked is None or self._stacked[0].device != device:
+            self._stacked = tuple(t.to(device) for t in self.train_set.stacked())  # type: ignore[assignment]
+        images, masks = self._stacked
+        return render_crops(images, masks, batch, self.crop_size, self.preprocess)
 
     def val_dataloader(self) -> DataLoader:
         # whole images of varied sizes: one per batch

@@ -25,10 +25,12 @@ def load_pair(root: Path, record: Record) -> tuple[np.ndarray, np.ndarray]:
 class TileDataset(Dataset):
     """Images and masks held in memory at the preprocessing scale.
 
-    train=True: random ``crop_size`` crops (edge-padded when the image is smaller, exactly as
-    inference pads), centred on a random defect pixel with probability ``defect_crop_p``, with
-    flips and brightness/contrast jitter. train=False: the whole image padded to the stride, with a
-    validity mask so padding never counts in metrics.
+    train=False: the whole image padded to the stride, with a validity mask so padding never counts
+    in metrics. train=True: a *crop plan* per item (which tile, where, flips, brightness/contrast),
+    a few numbers; ``render_crops`` turns a batch of plans into pixels on whatever device the model
+    is on, from ``stacked()`` tiles that stay there (no per-step image copies to the GPU).
+    Crops are ``crop_size`` squares (tiles smaller than that are edge-padded, exactly as inference
+    pads), centred on a random defect pixel with probability ``defect_crop_p``.
     """
 
     def __init__(
@@ -63,15 +65,23 @@ class TileDataset(Dataset):
     def is_defective(self, index: int) -> bool:
         return len(self.defect_pixels[index]) > 0
 
-    def _crop(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        gray, mask = self.images[index], self.masks[index]
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All tiles in one (N, H, W) uint8 tensor and their masks as (N, H, W) bool, H and W the
+        largest sides (at least ``crop_size``); images edge-padded bottom/right, masks zero-padded."""
+        height = max(max(g.shape[0] for g in self.images), self.crop_size)
+        width = max(max(g.shape[1] for g in self.images), self.crop_size)
+        images = np.empty((len(self.images), height, width), dtype=np.uint8)
+        masks = np.zeros((len(self.images), height, width), dtype=bool)
+        for i, (gray, mask) in enumerate(zip(self.images, self.masks)):
+            h, w = gray.shape
+            images[i] = np.pad(gray, ((0, height - h), (0, width - w)), mode="edge")
+            masks[i, :h, :w] = mask
+        return torch.from_numpy(images), torch.from_numpy(masks)
+
+    def crop_box(self, index: int) -> tuple[int, int]:
+        """Top-left corner of a random crop inside the tile (padded up to ``crop_size``)."""
         size = self.crop_size
-        height, width = gray.shape
-        if height < size or width < size:  # pad like inference does: edge for image, 0 for mask
-            ph, pw = max(size - height, 0), max(size - width, 0)
-            gray = np.pad(gray, ((0, ph), (0, pw)), mode="edge")
-            mask = np.pad(mask, ((0, ph), (0, pw)), mode="constant")
-            height, width = gray.shape
+        height, width = (max(side, size) for side in self.images[index].shape)
         pixels = self.defect_pixels[index]
         if len(pixels) and torch.rand(()).item() < self.defect_crop_p:
             cy, cx = pixels[torch.randint(len(pixels), ()).item()]
@@ -80,32 +90,51 @@ class TileDataset(Dataset):
         else:
             top = torch.randint(height - size + 1, ()).item()
             left = torch.randint(width - size + 1, ()).item()
-        return gray[top : top + size, left : left + size], mask[top : top + size, left : left + size]
+        return top, left
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if not self.train:
-            gray, mask = self.images[index], self.masks[index]
-            image = pad_to_stride(normalize(gray, self.preprocess), self.preprocess.stride)
-            valid = np.zeros(image.shape, dtype=bool)
-            valid[: gray.shape[0], : gray.shape[1]] = True
-            target = np.zeros(image.shape, dtype=bool)
-            target[: mask.shape[0], : mask.shape[1]] = mask
-            return {
-                "image": torch.from_numpy(np.ascontiguousarray(image))[None],
-                "mask": torch.from_numpy(target)[None].float(),
-                "valid": torch.from_numpy(valid)[None],
-                "index": torch.tensor(index),
-            }
-        gray, mask = self._crop(index)
-        image = torch.from_numpy(normalize(np.ascontiguousarray(gray), self.preprocess))[None]
-        target = torch.from_numpy(np.ascontiguousarray(mask))[None].float()
-        if self.flip:
-            if torch.rand(()).item() < 0.5:
-                image, target = image.flip(-1), target.flip(-1)
-            if torch.rand(()).item() < 0.5:
-                image, target = image.flip(-2), target.flip(-2)
+    def crop_plan(self, index: int) -> dict[str, torch.Tensor]:
+        top, left = self.crop_box(index)
+        flip_h = self.flip and torch.rand(()).item() < 0.5
+        flip_v = self.flip and torch.rand(()).item() < 0.5
+        contrast, brightness = 1.0, 0.0
         if self.jitter > 0:
             contrast = 1.0 + (torch.rand(()).item() * 2 - 1) * self.jitter
             brightness = (torch.rand(()).item() * 2 - 1) * self.jitter / self.preprocess.std
-            image = image * contrast + brightness
-        return {"image": image.contiguous(), "mask": target.contiguous()}
+        return {
+            "index": torch.tensor(index), "top": torch.tensor(top), "left": torch.tensor(left),
+            "flip_h": torch.tensor(flip_h), "flip_v": torch.tensor(flip_v),
+            "contrast": torch.tensor(contrast, dtype=torch.float32),
+            "brightness": torch.tensor(brightness, dtype=torch.float32),
+        }
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self.train:
+            return self.crop_plan(index)
+        gray, mask = self.images[index], self.masks[index]
+        image = pad_to_stride(normalize(gray, self.preprocess), self.preprocess.stride)
+        valid = np.zeros(image.shape, dtype=bool)
+        valid[: gray.shape[0], : gray.shape[1]] = True
+        target = np.zeros(image.shape, dtype=bool)
+        target[: mask.shape[0], : mask.shape[1]] = mask
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image))[None],
+            "mask": torch.from_numpy(target)[None].float(),
+            "valid": torch.from_numpy(valid)[None],
+            "index": torch.tensor(index),
+        }
+
+
+def render_crops(
+    images: torch.Tensor, masks: torch.Tensor, plan: dict[str, torch.Tensor], size: int,
+    preprocess: PreprocessSettings,
+) -> dict[str, torch.Tensor]:
+    """A batch of crop plans → {"image": (B, 1, size, size) float32, "mask": same, 0/1}, computed on
+    the device of ``images`` by one gather: flips are reversed index ranges, the jitter is
+    ``image * contrast + brightness`` after normalisation."""
+    steps = torch.arange(size, device=images.device)
+    rows = plan["top"][:, None] + torch.where(plan["flip_v"][:, None], size - 1 - steps, steps)
+    cols = plan["left"][:, None] + torch.where(plan["flip_h"][:, None], size - 1 - steps, steps)
+    where = (plan["index"][:, None, None], rows[:, :, None], cols[:, None, :])
+    image = normalize(images[where], preprocess)
+    image = image * plan["contrast"][:, None, None] + plan["brightness"][:, None, None]
+    return {"image": image[:, None].contiguous(), "mask": masks[where][:, None].float()}

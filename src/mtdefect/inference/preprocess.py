@@ -48,9 +48,11 @@ def scale_mask(mask: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
     return resize_mask(mask, scaled_size(*mask.shape, settings))
 
 
-def normalize(gray: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
-    """uint8 → float32 (x/255 - mean) / std."""
-    return ((gray.astype(np.float32) / 255.0) - settings.mean) / settings.std
+def normalize(gray, settings: PreprocessSettings):
+    """uint8 → float32 (x/255 - mean) / std. A NumPy array, or a torch tensor on its own device (how
+    training normalises crops on the GPU); the same float32 arithmetic either way."""
+    values = gray.astype(np.float32) if isinstance(gray, np.ndarray) else gray.float()
+    return ((values / 255.0) - settings.mean) / settings.std
 
 
 def pad_to_stride(array: np.ndarray, stride: int) -> np.ndarray:

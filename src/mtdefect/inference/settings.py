@@ -37,10 +37,19 @@ class PostprocessSettings:
 
     threshold: pixel probability at or above which a pixel is a defect.
     min_region_area: connected regions smaller than this (pixels of the input image) are dropped.
+    score_window: the image score is the highest mean probability over any ``score_window`` ×
+        ``score_window`` window (1: the highest pixel probability). A window ignores the isolated
+        bright pixels a clean tile can have, so the score ranks tiles better.
+    decision_threshold: None: a tile is defective when a region survives ``threshold`` and
+        ``min_region_area``. A number: a tile is defective when its score reaches it, and a tile
+        judged clean reports no regions (an empty mask). Calibration sets it so the false-alarm
+        rate on defect-free validation tiles stays within budget.
     """
 
     threshold: float = 0.5
     min_region_area: int = 0
+    score_window: int = 1
+    decision_threshold: float | None = None
 
 
 @dataclass(frozen=True)

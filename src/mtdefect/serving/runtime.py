@@ -71,6 +71,12 @@ class ModelRuntime:
         assert self.predictor is not None
         return float(self.predictor.settings.postprocess.threshold)
 
+    @property
+    def decision_threshold(self) -> float | None:
+        assert self.predictor is not None
+        value = self.predictor.settings.postprocess.decision_threshold
+        return None if value is None else float(value)
+
     def load(self) -> ModelRuntime:
         """Resolve the tag in the model store, build the predictor, warm it up. Never raises."""
         from mtdefect import store

@@ -62,8 +62,19 @@ class DetectResult(bentoml.IODescriptor):
 
     model_config = ConfigDict(title="DetectResult")
 
-    defective: bool = Field(description="true when at least one defect region was found")
-    score: float = Field(ge=0.0, le=1.0, description="image-level defect probability (highest pixel probability)")
+    defective: bool = Field(
+        description="the reject decision: score >= decision_threshold (models without a decision threshold: "
+        "at least one defect region was found); a tile judged clean has no regions"
+    )
+    score: float = Field(
+        ge=0.0, le=1.0,
+        description="image-level defect score: the highest mean defect probability over any window of the "
+        "model's score_window x score_window pixels",
+    )
+    decision_threshold: float | None = Field(
+        ge=0.0, le=1.0, description="score at or above which the tile is defective (chosen on validation to keep "
+        "false alarms within budget); null for models that decide by regions"
+    )
     threshold: float = Field(ge=0.0, le=1.0, description="pixel probability at or above which a pixel is a defect")
     defect_area_fraction: float = Field(ge=0.0, le=1.0, description="fraction of the image's pixels marked defect")
     regions: list[RegionOut] = Field(description="connected defect regions (8-connectivity) that passed the minimum area")

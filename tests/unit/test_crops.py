@@ -1,0 +1,84 @@
+"""Training crops: plans drawn per item, pixels cut in one gather on the model's device."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mtdefect.data.datamodule import TileDataModule
+from mtdefect.data.dataset import TileDataset, render_crops
+from mtdefect.inference.preprocess import normalize
+from mtdefect.inference.settings import PreprocessSettings
+
+
+def test_normalize_is_the_same_for_arrays_and_tensors() -> None:
+    gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    settings = PreprocessSettings(mean=0.45, std=0.2)
+    assert np.array_equal(normalize(gray, settings), normalize(torch.from_numpy(gray), settings).numpy())
+
+
+def reference_crop(gray: np.ndarray, mask: np.ndarray, plan: dict, size: int, settings: PreprocessSettings):
+    """What a crop means, written the slow obvious way on one tile."""
+    h, w = gray.shape
+    gray = np.pad(gray, ((0, max(size - h, 0)), (0, max(size - w, 0))), mode="edge")
+    mask = np.pad(mask, ((0, max(size - h, 0)), (0, max(size - w, 0))))
+    top, left = int(plan["top"]), int(plan["left"])
+    image = normalize(gray[top:top + size, left:left + size], settings)
+    target = mask[top:top + size, left:left + size].astype(np.float32)
+    if plan["flip_h"]:
+        image, target = image[:, ::-1], target[:, ::-1]
+    if plan["flip_v"]:
+        image, target = image[::-1], target[::-1]
+    return image * float(plan["contrast"]) + float(plan["brightness"]), target
+
+
+@pytest.fixture(scope="module")
+def datamodule(synthetic_dataset: tuple[Path, Path]) -> TileDataModule:
+    dataset_dir, manifest = synthetic_dataset
+    dm = TileDataModule(str(dataset_dir), str(manifest), {"stride": 32, "mean": 0.5, "std": 0.25}, crop_size=48,
+                        batch_size=8, defect_crop_p=1.0, samples_per_epoch=16, jitter=0.2)
+    dm.setup("fit")
+    return dm
+
+
+def test_rendered_crops_match_the_reference(datamodule: TileDataModule) -> None:
+    torch.manual_seed(3)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert set(batch) == {"index", "top", "left", "flip_h", "flip_v", "contrast", "brightness"}
+    assert batch["flip_h"].any() and not batch["flip_h"].all()  # both branches are exercised
+    out = datamodule.on_after_batch_transfer(batch, 0)
+    assert out["image"].shape == (8, 1, 48, 48) and out["image"].dtype == torch.float32
+    assert out["mask"].shape == (8, 1, 48, 48) and set(out["mask"].unique().tolist()) <= {0.0, 1.0}
+    ts = datamodule.train_set
+    for b in range(8):
+        plan = {k: v[b] for k, v in batch.items()}
+        i = int(plan["index"])
+        image, target = reference_crop(ts.images[i], ts.masks[i], plan, 48, ts.preprocess)
+        np.testing.assert_allclose(out["image"][b, 0].numpy(), image, rtol=0, atol=1e-6)
+        assert np.array_equal(out["mask"][b, 0].numpy(), target)
+        if ts.is_defective(i):  # defect_crop_p = 1: every defective tile's crop shows its defect
+            assert target.any()
+
+
+def test_validation_batches_pass_through(datamodule: TileDataModule) -> None:
+    datamodule.setup("validate")
+    batch = next(iter(datamodule.val_dataloader()))
+    assert datamodule.on_after_batch_transfer(batch, 0) is batch
+
+
+def test_small_tiles_are_padded_like_inference() -> None:
+    """A tile smaller than the crop is edge-padded bottom/right (as inference pads), its mask with 0."""
+    ds = TileDataset.__new__(TileDataset)  # no files needed: two tiles in memory
+    ds.crop_size = 4
+    ds.images = [np.array([[10, 20], [30, 40]], np.uint8), np.full((3, 5), 7, np.uint8)]
+    ds.masks = [np.array([[0, 1], [0, 0]], bool), np.zeros((3, 5), bool)]
+    images, masks = ds.stacked()
+    assert images.shape == masks.shape == (2, 4, 5)
+    plan = {"index": torch.tensor([0]), "top": torch.tensor([0]), "left": torch.tensor([0]),
+            "flip_h": torch.tensor([True]), "flip_v": torch.tensor([False]),
+            "contrast": torch.tensor([1.0]), "brightness": torch.tensor([0.0])}
+    out = render_crops(images, masks, plan, 4, PreprocessSettings(mean=0.0, std=1.0 / 255))
+    assert out["image"][0, 0].round().tolist() == [[20, 20, 20, 10]] + [[40, 40, 40, 30]] * 3
+    assert out["mask"][0, 0].tolist() == [[0, 0, 1, 0]] + [[0, 0, 0, 0]] * 3
