@@ -77,12 +77,14 @@ def choose_postprocess(
     mask_rows = []
     for threshold in thresholds:
         for area in min_areas:
-            counts = PixelCounts()
-            for item in defective:
-                counts.add(find_regions(item.probability, float(threshold), int(area))[0] > 0, item.truth)
-            for item in missed:  # judged clean: an empty mask
-                counts.add(np.zeros(item.truth.shape, dtype=bool), item.truth)
-            mask_rows.append({"threshold": float(threshold), "min_region_area": int(area), "dice": counts.dice})
+            pooled, per_class = PixelCounts(), {}
+            for item, flagged in [(i, True) for i in defective] + [(i, False) for i in missed]:
+                predicted = (find_regions(item.probability, float(threshold), int(area))[0] > 0 if flagged
+                             else np.zeros(item.truth.shape, dtype=bool))  # judged clean: an empty mask
+                pooled.add(predicted, item.truth)
+                per_class.setdefault(item.record.class_name, PixelCounts()).add(predicted, item.truth)
+            mask_rows.append({"threshold": float(threshold), "min_region_area": int(area), "dice": pooled.dice,
+                              "per_class_dice": {c: n.dice for c, n in sorted(per_class.items())}})
     best = max(mask_rows, key=lambda r: r["dice"])  # max keeps the first of equals
     settings = replace(decision, threshold=best["threshold"], min_region_area=best["min_region_area"])
     chosen = {**best, **{k: decided[k] for k in ("score_window", "decision_threshold", "recall",

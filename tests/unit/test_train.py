@@ -78,7 +78,9 @@ def compose_cfg(tmp_path: Path, dataset: tuple[Path, Path], *extra: str):
 def test_train_writes_a_model_folder(synthetic_dataset: tuple[Path, Path], tmp_path: Path) -> None:
     cfg = compose_cfg(tmp_path, synthetic_dataset, "calibration.thresholds=[0.4,0.6]", "calibration.min_areas=[0,8]")
     result = train(cfg)
-    assert set(result) == {"val/dice", "val/recall", "val/objective"}
+    assert {"val/dice", "val/recall", "val/objective", "val/false_alarm_rate", "val/auroc", "train/seconds"} <= set(result)
+    assert {k for k in result if k.startswith("val/dice/")} == {f"val/dice/{c}" for c in ("MT_Blowhole", "MT_Break",
+                                                                                         "MT_Crack", "MT_Fray", "MT_Uneven")}
     settings = ModelSettings.load(tmp_path / "model")
     assert settings.net["encoder"] == "resnet10t" and settings.net["pretrained"] is False
     assert settings.postprocess.threshold in (0.4, 0.6) and settings.postprocess.min_region_area in (0, 8)

@@ -1,4 +1,11 @@
-"""Stage: params.yaml → train(cfg), the same function the Hydra entry point calls."""
+"""Stage: params.yaml → train(cfg), the same function the Hydra entry point calls.
+
+Writes ``reports/validation.json``: the calibrated validation metrics (what experiments are chosen
+by; the test split is only for reporting) and the training time.
+"""
+import json
+from pathlib import Path
+
 from omegaconf import DictConfig
 
 from mtdefect.stages._common import run
@@ -6,7 +13,10 @@ from mtdefect.train import train
 
 
 def stage(cfg: DictConfig) -> None:
-    train(cfg)
+    result = train(cfg)
+    path = Path(cfg.paths.reports_dir) / "validation.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
