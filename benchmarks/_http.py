@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,9 +19,9 @@ from typing import Sequence
 import psutil
 import requests
 
-import _common as C
+import _common as C  # puts src/ on sys.path
+from mtdefect.devtools import server as devserver
 
-BENTOML = str(Path(sys.executable).with_name("bentoml"))
 LOOPBACK = "127.0.0.1"
 
 
@@ -45,21 +43,8 @@ def store_model(model_dir: Path, home: Path) -> str:
 # ---------------------------------------------------------------- server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
 @dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    log_path: Path
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
+class Server(devserver.ServerProcess):
     def tree_rss(self) -> dict:
         """Resident memory of the server's process tree: total and per process (MiB)."""
         try:
@@ -79,40 +64,22 @@ class Server:
 
 def start_server(service: str, home: Path, log_path: Path, extra_env: dict[str, str] | None = None,
                  cwd: Path = C.REPO, timeout: float = 180.0) -> Server:
+    """``bentoml serve`` on a free loopback port with its own BentoML home; returns once /readyz is 200."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MT_")}
     env.update(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(C.REPO / "src"), str(C.REPO), env.get("PYTHONPATH")]))
     env.update(extra_env or {})
-    port = free_port()
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [BENTOML, "serve", service, "--host", LOOPBACK, "--port", str(port)],
-            cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    server = Server(url=f"http://{LOOPBACK}:{port}", process=process, log_path=log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log_tail()}")
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(server.url + "/readyz", timeout=2).status_code == 200:
-                return server
-        time.sleep(0.5)
-    stop_server(server)
-    raise TimeoutError(f"{server.url}/readyz not 200 after {timeout:.0f} s:\n{server.log_tail()}")
+    server = devserver.launch(service, env, log_path, cwd=cwd, host=LOOPBACK, cls=Server)
+    try:
+        devserver.wait_ready(server, "/readyz", timeout=timeout, interval=0.5)
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
 
 
 def stop_server(server: Server) -> None:
-    if server.process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.process.pid, signal.SIGTERM)
-    try:
-        server.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait(timeout=5)
+    devserver.stop(server, grace_s=20.0)
 
 
 # ---------------------------------------------------------------- requests

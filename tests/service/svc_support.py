@@ -5,11 +5,7 @@ import contextlib
 import inspect
 import io
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +13,10 @@ import numpy as np
 import requests
 from PIL import Image
 
+from mtdefect.devtools import server as devserver
+
 REPO = Path(__file__).resolve().parents[2]
-BENTOML = str(Path(sys.executable).with_name("bentoml"))
+BENTOML = devserver.BENTOML
 API_KEY = "test-key-0123456789"
 CLASS_NAMES = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven")
 START_TIMEOUT_S = 90.0
@@ -145,24 +143,12 @@ def bentoml_home_at(home: Path):
 # ---------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SERVICE = "service:MagneticTileService"
 
 
 @dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    log_path: Path
+class Server(devserver.ServerProcess):
     env: dict[str, str] = field(default_factory=dict)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
 
     def get(self, path: str, **kw) -> requests.Response:
         return requests.get(self.url + path, timeout=kw.pop("timeout", 30), **kw)
@@ -175,42 +161,18 @@ class Server:
 
 
 def start_server(env: dict[str, str], log_path: Path) -> Server:
-    port = free_port()
-    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(
-            [BENTOML, "serve", "service:MagneticTileService", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group: teardown kills the workers too
-        )
-    return Server(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, env=env)
+    """The service on a free loopback port; not yet ready (see wait_until)."""
+    server = devserver.launch(SERVICE, env, log_path, cwd=REPO, cls=Server)
+    server.env = env
+    return server
 
 
 def wait_until(server: Server, path: str, timeout: float = START_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()[-4000:]}")
-        with contextlib.suppress(requests.RequestException):
-            if server.get(path, timeout=2).status_code == 200:
-                return
-        time.sleep(0.25)
-    raise TimeoutError(f"{server.url}{path} not 200 after {timeout:.0f} s:\n{server.log()[-4000:]}")
+    devserver.wait_ready(server, path, timeout=timeout)
 
 
 def stop_server(server: Server) -> None:
-    if server.process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.process.pid, signal.SIGTERM)
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.process.pid, signal.SIGKILL)
-        server.process.wait(timeout=5)
+    devserver.stop(server, grace_s=15.0)
 
 
 def raw_connect(server: Server, timeout: float = 15.0) -> socket.socket:
