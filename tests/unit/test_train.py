@@ -82,7 +82,7 @@ def test_train_writes_a_model_folder(synthetic_dataset: tuple[Path, Path], tmp_p
     assert {k for k in result if k.startswith("val/dice/")} == {f"val/dice/{c}" for c in ("MT_Blowhole", "MT_Break",
                                                                                          "MT_Crack", "MT_Fray", "MT_Uneven")}
     settings = ModelSettings.load(tmp_path / "model")
-    assert settings.net["encoder"] == "resnet10t" and settings.net["pretrained"] is False
+    assert settings.net["encoder"] == cfg.model.encoder and settings.net["pretrained"] is False
     assert settings.postprocess.threshold in (0.4, 0.6) and settings.postprocess.min_region_area in (0, 8)
     assert settings.preprocess.stride == 32
     report = json.loads((tmp_path / "model" / "calibration.json").read_text())
