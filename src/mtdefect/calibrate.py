@@ -65,7 +65,8 @@ def choose_postprocess(
     score_windows: Sequence[int] = (1, 5, 9, 15),
 ) -> tuple[PostprocessSettings, dict[str, Any]]:
     """Returns the chosen settings and a report: ``decision`` rows (one per window), ``mask`` rows
-    (one per threshold × area, with the decision applied) and ``chosen`` (the winning mask row plus
+    (one per threshold × area: Dice with the decision applied, and ``dice_ungated``, the segmenter
+    alone, for comparing models whose decisions are weak) and ``chosen`` (the winning mask row plus
     the decision's recall, false-alarm rate and AUROC, and ``objective`` = mean of Dice and recall)."""
     decision, decision_rows = choose_decision(items, score_windows, max_false_alarm_rate)
     decided = next(r for r in decision_rows if r["score_window"] == decision.score_window)
@@ -77,13 +78,15 @@ def choose_postprocess(
     mask_rows = []
     for threshold in thresholds:
         for area in min_areas:
-            pooled, per_class = PixelCounts(), {}
+            pooled, ungated, per_class = PixelCounts(), PixelCounts(), {}
             for item, flagged in [(i, True) for i in defective] + [(i, False) for i in missed]:
-                predicted = (find_regions(item.probability, float(threshold), int(area))[0] > 0 if flagged
-                             else np.zeros(item.truth.shape, dtype=bool))  # judged clean: an empty mask
+                found = find_regions(item.probability, float(threshold), int(area))[0] > 0
+                predicted = found if flagged else np.zeros(item.truth.shape, dtype=bool)  # judged clean: empty
                 pooled.add(predicted, item.truth)
+                ungated.add(found, item.truth)
                 per_class.setdefault(item.record.class_name, PixelCounts()).add(predicted, item.truth)
             mask_rows.append({"threshold": float(threshold), "min_region_area": int(area), "dice": pooled.dice,
+                              "dice_ungated": ungated.dice,
                               "per_class_dice": {c: n.dice for c, n in sorted(per_class.items())}})
     best = max(mask_rows, key=lambda r: r["dice"])  # max keeps the first of equals
     settings = replace(decision, threshold=best["threshold"], min_region_area=best["min_region_area"])

@@ -14,6 +14,7 @@ from PIL import Image
 from mtdefect import metrics
 from mtdefect.data.split import Record, read_manifest
 from mtdefect.inference import Predictor, decode_image, postprocess
+from mtdefect.inference.postprocess import find_regions
 from mtdefect.inference.decode import DecodeLimits
 from mtdefect.inference.overlay import panel
 
@@ -66,11 +67,15 @@ def evaluate(
     if not records:
         raise ValueError(f"the manifest {manifest} has no {split!r} images")
     acc = metrics.EvaluationAccumulator()
+    ungated = metrics.PixelCounts()
     per_image = []
     panels: dict[str, np.ndarray] = {}
     sample_every = max(len(records) // max(n_overlays, 1), 1)
     for i, item in enumerate(iter_probabilities(predictor, dataset_dir, records)):
         prediction = postprocess(item.probability, predictor.settings.postprocess)
+        if item.record.class_name != acc.free_class:  # the segmenter alone, before the tile decision
+            post = predictor.settings.postprocess
+            ungated.add(find_regions(item.probability, post.threshold, post.min_region_area)[0] > 0, item.truth)
         image_dice = acc.add(item.record.class_name, prediction.mask, item.truth, prediction.score, prediction.defective)
         per_image.append({"image": item.record.image, "class": item.record.class_name, "dice": image_dice,
                           "score": prediction.score, "defective": prediction.defective})
@@ -89,6 +94,7 @@ def evaluate(
     result = {
         "test": {
             **summary,
+            "dice_ungated": ungated.dice,
             "images": len(records),
             "threshold": predictor.settings.postprocess.threshold,
             "min_region_area": predictor.settings.postprocess.min_region_area,

@@ -129,7 +129,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
           f"recall {chosen['recall']:.3f} false alarms {chosen['false_alarm_rate']:.3f} auroc {chosen['auroc']:.3f} "
           f"(pixel threshold {post.threshold}, min area {post.min_region_area}, score window {post.score_window}, "
           f"decision threshold {post.decision_threshold:.4f}) → {paths.model_dir}")
-    return {"val/dice": chosen["dice"], "val/recall": chosen["recall"], "val/objective": chosen["objective"],
+    return {"val/dice": chosen["dice"], "val/dice_ungated": chosen["dice_ungated"], "val/recall": chosen["recall"], "val/objective": chosen["objective"],
             "val/false_alarm_rate": chosen["false_alarm_rate"], "val/auroc": chosen["auroc"],
             **{f"val/dice/{c}": v for c, v in chosen["per_class_dice"].items()},
             "train/seconds": round(fit_seconds, 1), "train/epochs": trainer.current_epoch}

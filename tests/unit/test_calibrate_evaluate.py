@@ -64,6 +64,8 @@ def test_calibration_counts_missed_tiles_as_empty_masks() -> None:
                                       max_false_alarm_rate=0.0, score_windows=(1,))
     assert report["chosen"]["recall"] == 0.5 and report["chosen"]["false_alarm_rate"] == 0.0
     assert abs(report["chosen"]["dice"] - 2 * 25 / (2 * 25 + 25)) < 1e-9  # the faint tile's 25 px are missed
+    assert report["chosen"]["dice_ungated"] == 1.0  # the segmenter alone found both
+    assert report["chosen"]["per_class_dice"] == {"MT_Blowhole": 0.0, "MT_Crack": 1.0}
 
 
 def test_evaluate_writes_metrics_plots_and_overlays(synthetic_dataset: tuple[Path, Path], tmp_path: Path) -> None:
@@ -75,7 +77,7 @@ def test_evaluate_writes_metrics_plots_and_overlays(synthetic_dataset: tuple[Pat
     write_model_dir(build_net(**net_cfg).eval(), settings, tmp_path / "model")
     result = evaluate(tmp_path / "model", dataset_dir, manifest, tmp_path / "reports", n_overlays=3, worst_n=2)
     test = result["test"]
-    assert test["images"] == 12 and 0 <= test["dice"] <= 1
+    assert test["images"] == 12 and 0 <= test["dice"] <= 1 and 0 <= test["dice_ungated"] <= 1
     assert json.loads((tmp_path / "reports" / "metrics.json").read_text()) == json.loads(json.dumps(result))
     for name in ("roc", "pr", "per_class_dice", "per_image"):
         assert json.loads((tmp_path / "reports" / "plots" / f"{name}.json").read_text())
