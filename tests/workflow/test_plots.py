@@ -74,6 +74,8 @@ def test_plots_show_renders_every_defined_plot(plots_repo, tmp_path) -> None:
     assert {"train/loss.tsv", "val/loss.tsv"} <= sources  # DVC trims the common prefix
     for image in ("reports/overlays/sample_000_a.png", "reports/overlays/worst_00_a.png"):
         assert shown[image][0]["type"] == "image" and len(shown[image]) == 1, "each overlay once"
+    for name in ("roc", "pr", "per_class_dice", "per_image"):  # drawn by their definitions only, not twice
+        assert f"reports/plots/{name}.json" not in shown, sorted(shown)
 
     out = tmp_path / "html"
     run(["dvc", "plots", "show", "-o", str(out)], repo, env)
