@@ -121,3 +121,17 @@ def test_pretrained_flag_reaches_timm(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(RuntimeError, match="stop"):
         SegmentationModule(encoder="resnet34", pretrained=True)
     assert seen["encoder_name"] == "tu-resnet34" and seen["encoder_weights"] == "imagenet"
+
+
+@pytest.mark.slow
+def test_gpu_recipe_composes_and_runs_on_cpu(synthetic_dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    """experiment=gpu_full on the CPU with tiny sizes: EMA, class balance, crop plans from loader
+    workers, the time cap, and the model folder all work together (the GPU itself is not tested here)."""
+    cfg = compose_cfg(tmp_path, synthetic_dataset, "experiment=gpu_full", "trainer.accelerator=cpu",
+                      "trainer.devices=1")
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.max_time == "00:00:10:00"
+    assert cfg.callbacks.ema._target_.endswith("EMAWeightAveraging") and cfg.data.module.class_balance
+    assert cfg.data.module.num_workers == 2 and cfg.model.channels_last
+    result = train(cfg)
+    assert 0.0 <= result["val/dice"] <= 1.0
+    assert ModelSettings.load(tmp_path / "model").net["encoder"] == "resnet34"
