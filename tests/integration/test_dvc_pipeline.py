@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from tests.conftest import SHARED_ZIP, requires_dataset
 from tests.integration.dvc_repo import dvc, env, make_repo
@@ -43,7 +44,9 @@ def test_exp_show_lists_the_metric(pipeline) -> None:
     shown = json.loads(dvc(repo, environment, "exp", "show", "--json").stdout)
     text = json.dumps(shown)
     assert "reports/metrics.json" in text and '"dice"' in text
-    assert "model" in text and "resnet10t" in text
+    encoder = yaml.safe_load((repo / "params.yaml").read_text())["model"]["encoder"]
+    assert "model" in text and f'"encoder": "{encoder}"' in text
+    assert "reports/validation.json" in text and '"val/recall"' in text  # what experiments are chosen by
 
 
 def test_second_run_reruns_nothing_and_status_is_clean(pipeline) -> None:

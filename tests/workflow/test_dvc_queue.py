@@ -100,5 +100,8 @@ def test_plots_diff_overlays_both_experiments(queued, tmp_path) -> None:
         content = shown[title][0]["content"]
         revs = {point["rev"] for point in content["data"]["values"]}
         assert revs == set(names), (title, revs)
-    images = [k for k in shown if k.startswith("reports/overlays/worst_")]
-    assert images and all(len(shown[k]) == 2 for k in images), "each overlay shown for both experiments"
+    # the sampled panels are the same test tiles in both experiments: each shown twice, side by side
+    images = [k for k in shown if k.startswith("reports/overlays/sample_")]
+    assert images and all(len(shown[k]) == 2 for k in images), "each sampled overlay shown for both experiments"
+    # the worst panels depend on each model's mistakes: present, from either experiment
+    assert any(k.startswith("reports/overlays/worst_") for k in shown)
