@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mtdefect.evaluate import ScoredImage
-from mtdefect.inference.postprocess import find_regions, image_score
+from mtdefect.inference.postprocess import find_regions, image_score, postprocess
 from mtdefect.inference.settings import PostprocessSettings
 from mtdefect.metrics import EvaluationAccumulator, PixelCounts, auroc
 
@@ -70,23 +70,20 @@ def choose_postprocess(
     the decision's recall, false-alarm rate and AUROC, and ``objective`` = mean of Dice and recall)."""
     decision, decision_rows = choose_decision(items, score_windows, max_false_alarm_rate)
     decided = next(r for r in decision_rows if r["score_window"] == decision.score_window)
-    defective, missed = [], []  # defective validation tiles, by the decision
-    for item in items:
-        if item.record.class_name != FREE_CLASS:
-            flagged = image_score(item.probability, decision.score_window) >= decision.decision_threshold
-            (defective if flagged else missed).append(item)
+    defect_items = [item for item in items if item.record.class_name != FREE_CLASS]
     mask_rows = []
     for threshold in thresholds:
         for area in min_areas:
+            candidate = replace(decision, threshold=float(threshold), min_region_area=int(area))
             pooled, ungated, per_class = PixelCounts(), PixelCounts(), {}
-            for item, flagged in [(i, True) for i in defective] + [(i, False) for i in missed]:
-                found = find_regions(item.probability, float(threshold), int(area))[0] > 0
-                predicted = found if flagged else np.zeros(item.truth.shape, dtype=bool)  # judged clean: empty
+            for item in defect_items:
+                predicted = postprocess(item.probability, candidate).mask > 0  # what the service answers
                 pooled.add(predicted, item.truth)
-                ungated.add(found, item.truth)
+                ungated.add(find_regions(item.probability, candidate.threshold, candidate.min_region_area)[0] > 0,
+                            item.truth)
                 per_class.setdefault(item.record.class_name, PixelCounts()).add(predicted, item.truth)
-            mask_rows.append({"threshold": float(threshold), "min_region_area": int(area), "dice": pooled.dice,
-                              "dice_ungated": ungated.dice,
+            mask_rows.append({"threshold": candidate.threshold, "min_region_area": candidate.min_region_area,
+                              "dice": pooled.dice, "dice_ungated": ungated.dice,
                               "per_class_dice": {c: n.dice for c, n in sorted(per_class.items())}})
     best = max(mask_rows, key=lambda r: r["dice"])  # max keeps the first of equals
     settings = replace(decision, threshold=best["threshold"], min_region_area=best["min_region_area"])

@@ -68,13 +68,8 @@ def calibrate_on_validation(
 ) -> tuple[PostprocessSettings, dict[str, Any]]:
     """The postprocessing (decision and mask settings) chosen on the validation split."""
     items = list(iter_probabilities(predictor, data_dir, val_records))
-    return choose_postprocess(
-        items,
-        thresholds=list(calibration.get("thresholds", (0.3, 0.4, 0.5, 0.6, 0.7, 0.8))),
-        min_areas=list(calibration.get("min_areas", (0, 16, 48, 128))),
-        max_false_alarm_rate=float(calibration.get("max_false_alarm_rate", 0.01)),
-        score_windows=list(calibration.get("score_windows", (1, 5, 9, 15))),
-    )
+    options = OmegaConf.to_container(calibration, resolve=True) if isinstance(calibration, DictConfig) else calibration
+    return choose_postprocess(items, **dict(options or {}))  # keys = choose_postprocess's arguments
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
