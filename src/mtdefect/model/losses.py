@@ -2,15 +2,42 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
+class TileScoreLoss(nn.Module):
+    """Binary cross-entropy on the *tile score*, the number the service decides with.
+
+    The score is the highest mean probability over any ``window`` × ``window`` window
+    (``inference.postprocess.image_score``); the label is whether the crop holds any defect pixel.
+    Pixel losses barely notice a confident blob on a defect-free crop (a few hundred pixels out of
+    ~400k in a batch), yet that blob alone raises a false alarm. This term charges it per crop, and
+    its gradient goes to exactly the window that would fire. The pooling runs over valid windows only
+    (``image_score`` clips the window at the border instead: the same number away from the edges).
+    """
+
+    def __init__(self, window: int = 5) -> None:
+        super().__init__()
+        self.window = window
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probability = torch.sigmoid(logits.float())
+        window = min(self.window, *probability.shape[-2:])
+        if window > 1:
+            probability = F.avg_pool2d(probability, window, stride=1)
+        score = probability.flatten(1).amax(1).clamp(1e-6, 1 - 1e-6)
+        label = target.flatten(1).amax(1).float()
+        return F.binary_cross_entropy(score, label)
+
+
 class CombinedLoss(nn.Module):
-    """``bce * BCEWithLogits + dice * Dice + focal * Focal + tversky * Tversky + lovasz * Lovasz``;
-    a zero weight leaves a term out."""
+    """``bce * BCEWithLogits + dice * Dice + focal * Focal + tversky * Tversky + lovasz * Lovasz
+    + tile * TileScoreLoss(tile_window)``; a zero weight leaves a term out."""
 
     def __init__(self, bce: float = 1.0, dice: float = 1.0, focal: float = 0.0, tversky: float = 0.0,
-                 lovasz: float = 0.0, pos_weight: float | None = None) -> None:
+                 lovasz: float = 0.0, pos_weight: float | None = None, tile: float = 0.0,
+                 tile_window: int = 5) -> None:
         super().__init__()
         import segmentation_models_pytorch as smp
 
@@ -26,6 +53,8 @@ class CombinedLoss(nn.Module):
             self.terms.append((tversky, smp.losses.TverskyLoss("binary", alpha=0.3, beta=0.7)))
         if lovasz:
             self.terms.append((lovasz, smp.losses.LovaszLoss("binary")))
+        if tile:
+            self.terms.append((tile, TileScoreLoss(tile_window)))
         if not self.terms:
             raise ValueError("every loss weight is zero")
         self._modules_list = nn.ModuleList([m for _, m in self.terms])

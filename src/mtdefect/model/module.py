@@ -62,7 +62,8 @@ class SegmentationModule(pl.LightningModule):
         logits = self(batch["image"]).float()
         valid = batch["valid"]
         target = batch["mask"]
-        loss = self.loss_fn(logits * valid, target)
+        # padding: confidently "no defect", so no loss term (the tile score's included) sees it
+        loss = self.loss_fn(logits.masked_fill(~valid, -30.0), target)
         self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(logits), sync_dist=True)
         pred = (logits > 0) & valid
         truth = target.bool() & valid
