@@ -53,6 +53,7 @@ class TileDataModule(pl.LightningDataModule):
         self.train_set: TileDataset | None = None
         self.val_set: TileDataset | None = None
         self._stacked: tuple[torch.Tensor, torch.Tensor] | None = None  # training tiles, on the model's device
+        self._train_sampler: WeightedRandomSampler | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and stage in (None, "fit"):
@@ -80,8 +81,25 @@ class TileDataModule(pl.LightningDataModule):
                               (1 - self.defect_fraction) / (len(flags) - n_def))
         return WeightedRandomSampler(weights.double(), n, replacement=True)
 
+    def reweight_free_tiles(self, scores: dict[int, float], hard_share: float) -> None:
+        """Redistribute the defect-free tiles' share of the draw: ``1 - hard_share`` of it uniformly,
+        ``hard_share`` in proportion to ``scores`` ({training index: score ≥ 0}). Takes effect from
+        the next epoch: the sampler draws from its weights tensor afresh each epoch."""
+        sampler = self._train_sampler
+        if sampler is None:
+            raise RuntimeError("reweight_free_tiles needs the weighted training sampler (defect_fraction set)")
+        weights = sampler.weights
+        index = torch.tensor(sorted(scores))
+        values = torch.tensor([max(float(scores[i]), 0.0) for i in index.tolist()], dtype=weights.dtype)
+        total = weights[index].sum()
+        share = torch.full_like(values, 1.0 / len(values))
+        if values.sum() > 0:
+            share = (1 - hard_share) * share + hard_share * values / values.sum()
+        weights[index] = total * share
+
     def train_dataloader(self) -> DataLoader:
         sampler = self._sampler()
+        self._train_sampler = sampler
         return DataLoader(
             self.train_set, batch_size=self.batch_size, sampler=sampler, shuffle=sampler is None,
             num_workers=self.num_workers, drop_last=len(self.train_set) > self.batch_size,

@@ -6,6 +6,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def tile_scores(probability: torch.Tensor, window: int) -> torch.Tensor:
+    """(N, 1, H, W) probabilities → (N,) highest mean over any ``window``² window inside the map:
+    ``inference.postprocess.image_score`` in torch (differentiable, batched, on any device)."""
+    window = min(window, *probability.shape[-2:])
+    if window > 1:
+        probability = F.avg_pool2d(probability, window, stride=1)
+    return probability.flatten(1).amax(1)
+
+
 class TileScoreLoss(nn.Module):
     """Binary cross-entropy on the *tile score*, the number the service decides with.
 
@@ -22,11 +31,7 @@ class TileScoreLoss(nn.Module):
         self.window = window
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        probability = torch.sigmoid(logits.float())
-        window = min(self.window, *probability.shape[-2:])
-        if window > 1:
-            probability = F.avg_pool2d(probability, window, stride=1)
-        score = probability.flatten(1).amax(1).clamp(1e-6, 1 - 1e-6)
+        score = tile_scores(torch.sigmoid(logits.float()), self.window).clamp(1e-6, 1 - 1e-6)
         label = target.flatten(1).amax(1).float()
         return F.binary_cross_entropy(score, label)
 
