@@ -100,6 +100,7 @@ def evaluate(
             "min_region_area": predictor.settings.postprocess.min_region_area,
             "score_window": predictor.settings.postprocess.score_window,
             "decision_threshold": predictor.settings.postprocess.decision_threshold,
+            "test_time_flips": "+".join(predictor.settings.test_time_flips) or "none",
         }
     }
     _write_json(reports_dir / "metrics.json", result)

@@ -89,6 +89,9 @@ def test_train_writes_a_model_folder(synthetic_dataset: tuple[Path, Path], tmp_p
     assert len(report["mask"]) == 4 and {r["score_window"] for r in report["decision"]} == {1, 5, 9, 15}
     assert settings.postprocess.score_window in (1, 5, 9, 15) and 0 <= settings.postprocess.decision_threshold <= 1
     assert report["chosen"]["decision_threshold"] == settings.postprocess.decision_threshold
+    # both candidate flip sets were calibrated in full; the saved model runs the winner
+    assert [row["flips"] for row in report["test_time_flips"]] == [[], ["vertical"]]
+    assert list(settings.test_time_flips) == report["chosen"]["test_time_flips"]
     assert not (tmp_path / "ckpt").exists(), "checkpoints of a finished run are cleaned up"
     gray = np.full((50, 70), 128, np.uint8)
     prediction, _ = Predictor.from_dir(tmp_path / "model", backend="torch").predict(gray)

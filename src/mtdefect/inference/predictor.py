@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 
 from mtdefect.inference.postprocess import Prediction, postprocess, restore_probability
 from mtdefect.inference.preprocess import preprocess
-from mtdefect.inference.settings import ONNX_FILE, WEIGHTS_FILE, ModelSettings
+from mtdefect.inference.settings import FLIP_AXES, ONNX_FILE, WEIGHTS_FILE, ModelSettings
 
 Backend = Literal["auto", "torch", "onnx"]
 Runner = Callable[[np.ndarray], np.ndarray]  # N x 1 x H x W float32 → N x 1 x H x W logits
@@ -100,11 +101,22 @@ class Predictor:
             return cls(settings, torch_runner(net, device), f"torch-{device}")
         raise ValueError(f"unknown backend {backend!r}: choose auto, torch or onnx")
 
+    def with_flips(self, flips: Sequence[str]) -> "Predictor":
+        """The same network and settings with other test-time flips (for calibration)."""
+        return Predictor(replace(self.settings, test_time_flips=tuple(flips)), self.runner, self.backend)
+
     def probability(self, gray: np.ndarray) -> np.ndarray:
-        """HxW uint8 → HxW float32 defect probability at the input's size."""
+        """HxW uint8 → HxW float32 defect probability at the input's size. With test-time flips, the
+        original and its flipped copies go through the network as one batch and the logits, flipped
+        back, are averaged."""
         batch, geometry = preprocess(gray, self.settings.preprocess)
-        logits = self.runner(batch)
-        return restore_probability(logits[0, 0], geometry)
+        axes = [FLIP_AXES[name] for name in self.settings.test_time_flips]
+        if not axes:
+            return restore_probability(self.runner(batch)[0, 0], geometry)
+        views = np.concatenate([batch] + [np.flip(batch, a) for a in axes])
+        logits = self.runner(np.ascontiguousarray(views))
+        merged = logits[0] + sum(np.flip(logits[i + 1], tuple(x - 1 for x in a)) for i, a in enumerate(axes))
+        return restore_probability(merged[0] / (len(axes) + 1), geometry)
 
     def predict(self, gray: np.ndarray) -> tuple[Prediction, float]:
         """HxW uint8 → (Prediction, milliseconds spent)."""

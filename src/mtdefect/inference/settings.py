@@ -52,19 +52,36 @@ class PostprocessSettings:
     decision_threshold: float | None = None
 
 
+# test-time flips: name → the image axes (of an N x 1 x H x W batch) the flip reverses
+FLIP_AXES: dict[str, tuple[int, ...]] = {"horizontal": (3,), "vertical": (2,), "both": (2, 3)}
+
+
 @dataclass(frozen=True)
 class ModelSettings:
-    """Everything needed to rebuild and use a model, besides its weights."""
+    """Everything needed to rebuild and use a model, besides its weights.
+
+    test_time_flips: flipped copies of the input (names from ``FLIP_AXES``) run through the network
+    next to the original, in one batch; the logits are flipped back and averaged. Chosen on the
+    validation split by calibration; each flip adds one network pass per image.
+    """
 
     net: dict[str, Any]
     preprocess: PreprocessSettings = field(default_factory=PreprocessSettings)
     postprocess: PostprocessSettings = field(default_factory=PostprocessSettings)
     class_names: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
+    test_time_flips: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.test_time_flips if f not in FLIP_AXES]
+        if unknown or len(set(self.test_time_flips)) != len(self.test_time_flips):
+            raise ValueError(f"test_time_flips must be distinct names from {sorted(FLIP_AXES)}, "
+                             f"got {list(self.test_time_flips)}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["class_names"] = list(self.class_names)
+        data["test_time_flips"] = list(self.test_time_flips)
         return data
 
     @classmethod
@@ -75,6 +92,7 @@ class ModelSettings:
             postprocess=PostprocessSettings(**data.get("postprocess", {})),
             class_names=tuple(data.get("class_names", ())),
             info=dict(data.get("info", {})),
+            test_time_flips=tuple(data.get("test_time_flips", ())),
         )
 
     def save(self, directory: str | Path) -> Path:
@@ -89,5 +107,5 @@ class ModelSettings:
             return cls.from_dict(json.loads(path.read_text()))
         except FileNotFoundError:
             raise FileNotFoundError(f"model settings missing: {path}") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"model settings unreadable: {path}: {exc}") from None
