@@ -87,3 +87,17 @@ def test_mining_inside_a_fit(synthetic_dataset: tuple[Path, Path], tmp_path: Pat
     expected = torch.tensor([seen[-1][i] for i in sorted(free)], dtype=shares.dtype)
     assert torch.allclose(shares[free_mask], 0.4 * expected / expected.sum())
     assert "mining/free_score_mean" in trainer.callback_metrics
+
+
+def test_callbacks_mining_config_adds_the_callback_to_the_defaults() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from mtdefect.train import instantiate_all
+
+    conf = str(Path(__file__).resolve().parents[2] / "conf")
+    with initialize_config_dir(conf, version_base="1.3"):
+        cfg = compose("config", overrides=["callbacks=mining"])
+    callbacks = instantiate_all(cfg.callbacks)
+    mining = [c for c in callbacks if isinstance(c, HardNegativeMining)]
+    assert len(mining) == 1 and mining[0].hard_share == 0.5
+    assert any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks)  # the defaults stay
