@@ -108,3 +108,18 @@ def test_an_invalid_backend_for_the_model_leaves_the_service_unready(model_home,
     tag = save_model_dir(model_dir, name="no-onnx")
     assert not load(tag, "onnx").ready
     assert load(tag, "auto").predictor.backend == "torch-cpu"
+
+
+def test_test_time_flips_run_the_same_on_both_backends(copy_model_dir):
+    """A model saved with flips: ONNX Runtime takes the batch of views (dynamic batch axis) and agrees
+    with PyTorch; the flips really change the answer of this (not flip-symmetric) tiny model."""
+    model_dir = copy_model_dir("flips")
+    settings = json.loads((model_dir / SETTINGS_FILE).read_text())
+    gray = decode_image(encode(tile(97, 150, seed=5)))
+    plain = Predictor.from_dir(model_dir, backend="onnx").probability(gray)
+    settings["test_time_flips"] = ["vertical", "horizontal"]
+    (model_dir / SETTINGS_FILE).write_text(json.dumps(settings))
+    onnx = Predictor.from_dir(model_dir, backend="onnx").probability(gray)
+    eager = Predictor.from_dir(model_dir, backend="torch").probability(gray)
+    np.testing.assert_allclose(onnx, eager, rtol=0, atol=1e-4)
+    assert np.abs(onnx - plain).max() > 1e-3
