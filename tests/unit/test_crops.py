@@ -82,3 +82,49 @@ def test_small_tiles_are_padded_like_inference() -> None:
     out = render_crops(images, masks, plan, 4, PreprocessSettings(mean=0.0, std=1.0 / 255))
     assert out["image"][0, 0].round().tolist() == [[20, 20, 20, 10]] + [[40, 40, 40, 30]] * 3
     assert out["mask"][0, 0].tolist() == [[0, 0, 1, 0]] + [[0, 0, 0, 0]] * 3
+
+
+def test_per_image_normalisation_uses_the_whole_tiles_stats(synthetic_dataset: tuple[Path, Path]) -> None:
+    """Training crops are normalised with their tile's mean/std (not the crop's), the same numbers
+    inference computes on the whole image, so a crop's pixels equal the whole image's normalised pixels."""
+    from mtdefect.inference.preprocess import image_stats, preprocess
+
+    dataset_dir, manifest = synthetic_dataset
+    settings = {"stride": 32, "per_image": True}
+    dm = TileDataModule(str(dataset_dir), str(manifest), settings, crop_size=48, batch_size=8,
+                        defect_crop_p=1.0, samples_per_epoch=16, jitter=0.0, flip=False)
+    dm.setup("fit")
+    torch.manual_seed(5)
+    batch = next(iter(dm.train_dataloader()))
+    out = dm.on_after_batch_transfer(batch, 0)
+    ts = dm.train_set
+    for b in range(8):
+        plan = {k: v[b] for k, v in batch.items()}
+        i, top, left = int(plan["index"]), int(plan["top"]), int(plan["left"])
+        whole, _ = preprocess(ts.images[i], ts.preprocess)  # what the service feeds the network
+        h, w = ts.images[i].shape
+        if top + 48 <= h and left + 48 <= w:  # inside the tile: no padding differences
+            np.testing.assert_allclose(out["image"][b, 0].numpy(), whole[0, 0, top:top + 48, left:left + 48],
+                                       rtol=0, atol=1e-5)
+        mean, std = image_stats(ts.images[i])
+        image = normalize(np.pad(ts.images[i], ((0, max(48 - h, 0)), (0, max(48 - w, 0))), mode="edge")
+                          [top:top + 48, left:left + 48], ts.preprocess, (mean, std))
+        np.testing.assert_allclose(out["image"][b, 0].numpy(), image, rtol=0, atol=1e-5)
+
+
+def test_per_image_normalisation_edge_cases() -> None:
+    from mtdefect.inference.preprocess import MIN_STD, image_stats
+
+    settings = PreprocessSettings(per_image=True)
+    flat = np.full((8, 8), 200, np.uint8)
+    assert image_stats(flat) == pytest.approx((200 / 255, MIN_STD))
+    assert np.allclose(normalize(flat, settings), 0.0, atol=1e-5)  # a flat tile is not blown up
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
+    assert abs(float(normalize(gray, settings).mean())) < 1e-5
+    assert float(normalize(gray, settings).std()) == pytest.approx(1.0, rel=1e-4)
+    # brightness-invariant: a uniformly brighter tile gives the same input (fixed stats would not)
+    np.testing.assert_allclose(normalize(gray, settings), normalize(gray + 50, settings), atol=1e-5)
+    fixed = PreprocessSettings()
+    assert not np.allclose(normalize(gray, fixed), normalize(gray + 50, fixed), atol=1e-2)
+    with pytest.raises(ValueError, match="stats"):
+        normalize(torch.from_numpy(gray), settings)

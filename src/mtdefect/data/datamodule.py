@@ -52,7 +52,8 @@ class TileDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.train_set: TileDataset | None = None
         self.val_set: TileDataset | None = None
-        self._stacked: tuple[torch.Tensor, torch.Tensor] | None = None  # training tiles, on the model's device
+        # training tiles, their masks and (mean, std) per tile, on the model's device
+        self._stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._train_sampler: WeightedRandomSampler | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -114,9 +115,10 @@ class TileDataModule(pl.LightningDataModule):
         assert self.train_set is not None
         device = batch["top"].device
         if self._stacked is None or self._stacked[0].device != device:
-            self._stacked = tuple(t.to(device) for t in self.train_set.stacked())  # type: ignore[assignment]
-        images, masks = self._stacked
-        return render_crops(images, masks, batch, self.crop_size, self.preprocess)
+            tensors = (*self.train_set.stacked(), self.train_set.tile_stats())
+            self._stacked = tuple(t.to(device) for t in tensors)  # type: ignore[assignment]
+        images, masks, stats = self._stacked
+        return render_crops(images, masks, batch, self.crop_size, self.preprocess, stats)
 
     def val_dataloader(self) -> DataLoader:
         # whole images of varied sizes: one per batch

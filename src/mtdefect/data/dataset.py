@@ -9,7 +9,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mtdefect.data.split import Record
-from mtdefect.inference.preprocess import normalize, pad_to_stride, scale_image, scale_mask
+from mtdefect.inference.preprocess import image_stats, normalize, pad_to_stride, scale_image, scale_mask
 from mtdefect.inference.settings import PreprocessSettings
 
 
@@ -64,6 +64,10 @@ class TileDataset(Dataset):
 
     def is_defective(self, index: int) -> bool:
         return len(self.defect_pixels[index]) > 0
+
+    def tile_stats(self) -> torch.Tensor:
+        """(N, 2) float32: each tile's (mean, std) for per-image normalisation, of the unpadded tile."""
+        return torch.tensor([image_stats(gray) for gray in self.images], dtype=torch.float32)
 
     def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All tiles in one (N, H, W) uint8 tensor and their masks as (N, H, W) bool, H and W the
@@ -126,15 +130,22 @@ class TileDataset(Dataset):
 
 def render_crops(
     images: torch.Tensor, masks: torch.Tensor, plan: dict[str, torch.Tensor], size: int,
-    preprocess: PreprocessSettings,
+    preprocess: PreprocessSettings, tile_stats: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """A batch of crop plans → {"image": (B, 1, size, size) float32, "mask": same, 0/1}, computed on
     the device of ``images`` by one gather: flips are reversed index ranges, the jitter is
-    ``image * contrast + brightness`` after normalisation."""
+    ``image * contrast + brightness`` after normalisation. ``tile_stats`` ((N, 2), on the same
+    device): each tile's mean and std, for per-image normalisation."""
     steps = torch.arange(size, device=images.device)
     rows = plan["top"][:, None] + torch.where(plan["flip_v"][:, None], size - 1 - steps, steps)
     cols = plan["left"][:, None] + torch.where(plan["flip_h"][:, None], size - 1 - steps, steps)
     where = (plan["index"][:, None, None], rows[:, :, None], cols[:, None, :])
-    image = normalize(images[where], preprocess)
+    stats = None
+    if preprocess.per_image:
+        if tile_stats is None:
+            raise ValueError("per-image normalisation needs tile_stats")
+        chosen = tile_stats[plan["index"]]
+        stats = (chosen[:, 0, None, None], chosen[:, 1, None, None])
+    image = normalize(images[where], preprocess, stats)
     image = image * plan["contrast"][:, None, None] + plan["brightness"][:, None, None]
     return {"image": image[:, None].contiguous(), "mask": masks[where][:, None].float()}

@@ -48,11 +48,31 @@ def scale_mask(mask: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
     return resize_mask(mask, scaled_size(*mask.shape, settings))
 
 
-def normalize(gray, settings: PreprocessSettings):
+MIN_STD = 1e-2  # a flat image is not blown up into noise
+
+
+def image_stats(gray: np.ndarray) -> tuple[float, float]:
+    """(mean, std) of a uint8 image in [0, 1] units, the std at least ``MIN_STD``: what
+    ``per_image`` normalisation divides by. Training computes it on the whole tile, before cropping."""
+    values = gray.astype(np.float64) / 255.0
+    return float(np.float32(values.mean())), float(np.float32(max(values.std(), MIN_STD)))
+
+
+def normalize(gray, settings: PreprocessSettings, stats=None):
     """uint8 → float32 (x/255 - mean) / std. A NumPy array, or a torch tensor on its own device (how
-    training normalises crops on the GPU); the same float32 arithmetic either way."""
+    training normalises crops on the GPU); the same float32 arithmetic either way.
+
+    With ``settings.per_image``, mean and std are the image's own (``image_stats``); ``stats`` passes
+    them in where ``gray`` is a crop of a larger tile (training: broadcastable tensors, one per crop)."""
     values = gray.astype(np.float32) if isinstance(gray, np.ndarray) else gray.float()
-    return ((values / 255.0) - settings.mean) / settings.std
+    mean, std = settings.mean, settings.std
+    if settings.per_image:
+        if stats is None:
+            if not isinstance(gray, np.ndarray):
+                raise ValueError("per-image normalisation of a tensor needs the tile's stats")
+            stats = image_stats(gray)
+        mean, std = stats
+    return ((values / 255.0) - mean) / std
 
 
 def pad_to_stride(array: np.ndarray, stride: int) -> np.ndarray:

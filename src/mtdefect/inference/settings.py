@@ -23,12 +23,16 @@ class PreprocessSettings:
         None keeps the native resolution.
     stride: the padded input is a multiple of this (the encoder's output stride).
     mean/std: normalisation of the [0, 1] grayscale intensities.
+    per_image: normalise by the image's own mean and standard deviation instead of ``mean``/``std``,
+        so the network sees brightness relative to the rest of the tile, not absolute brightness
+        (tiles differ in overall brightness; a bright area of one tile is not a defect).
     """
 
     long_side: int | None = None
     stride: int = 32
     mean: float = 0.5
     std: float = 0.25
+    per_image: bool = False
 
 
 @dataclass(frozen=True)
