@@ -35,7 +35,6 @@ import numpy as np  # noqa: E402
 
 from mtdefect.inference import DecodeError, Predictor, decode_image  # noqa: E402
 from mtdefect.inference.postprocess import postprocess, restore_probability  # noqa: E402
-from mtdefect.inference.preprocess import preprocess  # noqa: E402
 
 BATCHING = os.environ.get("MT_BENCH_BATCHING", "1").strip() not in ("0", "false", "no", "")
 MAX_BATCH = int(os.environ.get("MT_BENCH_MAX_BATCH", "8"))
@@ -51,20 +50,31 @@ def pad_to(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.pad(array, ((0, 0), (0, 0), (0, height - h), (0, width - w)), mode="edge")
 
 
-def infer_batch(predictor: Predictor, images: list[np.ndarray]) -> tuple[list[dict], float]:
-    """Several HxW uint8 images → one padded N-image network call → one answer per image."""
-    settings = predictor.settings
-    prepared = [preprocess(gray, settings.preprocess) for gray in images]
+def batched_probabilities(predictor: Predictor, images: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+    """Several HxW uint8 images (each with its test-time flip views) → one network call, padded to
+    the largest height and width → one probability map per image, and the network milliseconds."""
+    prepared = [predictor.network_input(gray) for gray in images]
     height = max(batch.shape[-2] for batch, _ in prepared)
     width = max(batch.shape[-1] for batch, _ in prepared)
     stacked = np.concatenate([pad_to(batch, height, width) for batch, _ in prepared], axis=0)
     t0 = time.perf_counter()
     logits = predictor.runner(np.ascontiguousarray(stacked))
     network_ms = (time.perf_counter() - t0) * 1000.0
-    answers = []
-    for i, (batch, geometry) in enumerate(prepared):
+    probabilities, start = [], 0
+    for batch, geometry in prepared:
         h, w = batch.shape[-2:]
-        probability = restore_probability(logits[i, 0, :h, :w], geometry)
+        views = logits[start:start + len(batch), :, :h, :w]
+        probabilities.append(restore_probability(predictor.merge_views(views), geometry))
+        start += len(batch)
+    return probabilities, network_ms
+
+
+def infer_batch(predictor: Predictor, images: list[np.ndarray]) -> tuple[list[dict], float]:
+    """Several HxW uint8 images → one padded network call → one answer per image."""
+    settings = predictor.settings
+    probabilities, network_ms = batched_probabilities(predictor, images)
+    answers = []
+    for probability in probabilities:
         prediction = postprocess(probability, settings.postprocess)
         answers.append({
             "defective": prediction.defective,

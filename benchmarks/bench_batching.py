@@ -28,10 +28,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 import _http as H  # noqa: E402
-from batched_service import infer_batch, pad_to  # noqa: E402
+from batched_service import batched_probabilities, infer_batch  # noqa: E402
 
 from mtdefect.inference import Predictor  # noqa: E402
-from mtdefect.inference.postprocess import postprocess, restore_probability  # noqa: E402
+from mtdefect.inference.postprocess import postprocess  # noqa: E402
 from mtdefect.inference.preprocess import preprocess  # noqa: E402
 
 
@@ -84,13 +84,8 @@ def padding_effect(predictor: Predictor, images: list[np.ndarray], b: int) -> di
     max_delta, flips, pixels = 0.0, 0, 0
     for i in range(0, len(images) // b * b, b):
         group = images[i:i + b]
-        prepared = [preprocess(x, settings.preprocess) for x in group]
-        hmax = max(p[0].shape[-2] for p in prepared)
-        wmax = max(p[0].shape[-1] for p in prepared)
-        logits = predictor.runner(np.concatenate([pad_to(p[0], hmax, wmax) for p in prepared]))
-        for j, (batch, geometry) in enumerate(prepared):
-            h, w = batch.shape[-2:]
-            p_batched = restore_probability(logits[j, 0, :h, :w], geometry)
+        batched, _ = batched_probabilities(predictor, group)
+        for j, p_batched in enumerate(batched):
             p_single = predictor.probability(group[j])
             max_delta = max(max_delta, float(np.abs(p_batched - p_single).max()))
             m1 = postprocess(p_batched, settings.postprocess).mask

@@ -26,7 +26,6 @@ import _common as C  # noqa: E402
 
 from mtdefect.inference import Predictor  # noqa: E402
 from mtdefect.inference.postprocess import postprocess, restore_probability  # noqa: E402
-from mtdefect.inference.preprocess import preprocess  # noqa: E402
 
 STAGES = ("preprocess", "network", "restore", "postprocess")
 
@@ -62,11 +61,11 @@ class Config:
         self.activate()
         p = self.predictor
         t0 = time.perf_counter()
-        batch, geometry = preprocess(gray, p.settings.preprocess)
+        batch, geometry = p.network_input(gray)  # test-time flips included
         t1 = time.perf_counter()
         logits = p.runner(batch)
         t2 = time.perf_counter()
-        probability = restore_probability(logits[0, 0], geometry)
+        probability = restore_probability(p.merge_views(logits), geometry)
         t3 = time.perf_counter()
         prediction = postprocess(probability, p.settings.postprocess)
         t4 = time.perf_counter()

@@ -10,7 +10,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 
 from mtdefect.inference.postprocess import Prediction, postprocess, restore_probability
-from mtdefect.inference.preprocess import preprocess
+from mtdefect.inference.preprocess import InputGeometry, preprocess
 from mtdefect.inference.settings import FLIP_AXES, ONNX_FILE, WEIGHTS_FILE, ModelSettings
 
 Backend = Literal["auto", "torch", "onnx"]
@@ -105,18 +105,33 @@ class Predictor:
         """The same network and settings with other test-time flips (for calibration)."""
         return Predictor(replace(self.settings, test_time_flips=tuple(flips)), self.runner, self.backend)
 
+    @property
+    def views(self) -> int:
+        """Network inputs per image: the original plus one per test-time flip."""
+        return 1 + len(self.settings.test_time_flips)
+
+    def network_input(self, gray: np.ndarray) -> tuple[np.ndarray, InputGeometry]:
+        """HxW uint8 → (views x 1 x H' x W' float32: the preprocessed image, then its flipped
+        copies), and the geometry that undoes the preprocessing."""
+        batch, geometry = preprocess(gray, self.settings.preprocess)
+        flips = self.settings.test_time_flips
+        if flips:
+            batch = np.ascontiguousarray(np.concatenate([batch] + [np.flip(batch, FLIP_AXES[f]) for f in flips]))
+        return batch, geometry
+
+    def merge_views(self, logits: np.ndarray) -> np.ndarray:
+        """(views x 1 x H x W) logits of one image → H x W: each flipped view flipped back, averaged."""
+        merged = logits[0, 0]
+        for view, name in zip(logits[1:], self.settings.test_time_flips):
+            merged = merged + np.flip(view[0], tuple(axis - 2 for axis in FLIP_AXES[name]))
+        return merged / self.views if self.views > 1 else merged
+
     def probability(self, gray: np.ndarray) -> np.ndarray:
         """HxW uint8 → HxW float32 defect probability at the input's size. With test-time flips, the
         original and its flipped copies go through the network as one batch and the logits, flipped
         back, are averaged."""
-        batch, geometry = preprocess(gray, self.settings.preprocess)
-        axes = [FLIP_AXES[name] for name in self.settings.test_time_flips]
-        if not axes:
-            return restore_probability(self.runner(batch)[0, 0], geometry)
-        views = np.concatenate([batch] + [np.flip(batch, a) for a in axes])
-        logits = self.runner(np.ascontiguousarray(views))
-        merged = logits[0] + sum(np.flip(logits[i + 1], tuple(x - 1 for x in a)) for i, a in enumerate(axes))
-        return restore_probability(merged[0] / (len(axes) + 1), geometry)
+        batch, geometry = self.network_input(gray)
+        return restore_probability(self.merge_views(self.runner(batch)), geometry)
 
     def predict(self, gray: np.ndarray) -> tuple[Prediction, float]:
         """HxW uint8 → (Prediction, milliseconds spent)."""
