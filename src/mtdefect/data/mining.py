@@ -4,8 +4,8 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
-from mtdefect.inference.preprocess import normalize, pad_to_stride
-from mtdefect.model.losses import tile_scores
+from mtdefect.inference.postprocess import image_score, restore_probability
+from mtdefect.inference.preprocess import preprocess
 
 
 class HardNegativeMining(pl.Callback):
@@ -44,10 +44,10 @@ class HardNegativeMining(pl.Callback):
                 for index, gray in enumerate(dataset.images):
                     if dataset.is_defective(index):
                         continue
-                    image = pad_to_stride(normalize(gray, dataset.preprocess), dataset.preprocess.stride)
-                    logits = pl_module(torch.from_numpy(image)[None, None].to(pl_module.device))
-                    probability = torch.sigmoid(logits.float()[..., : gray.shape[0], : gray.shape[1]])
-                    scores[index] = float(tile_scores(probability, self.window)[0])
+                    # the service's path: its preprocessing, restoration and score, one network pass
+                    image, geometry = preprocess(gray, dataset.preprocess)
+                    logits = pl_module(torch.from_numpy(image).to(pl_module.device)).float().cpu().numpy()
+                    scores[index] = image_score(restore_probability(logits[0, 0], geometry), self.window)
         finally:
             pl_module.train(was_training)
         return scores
