@@ -90,14 +90,13 @@ def describe_machine(info: dict[str, Any]) -> str:
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     """benchmarks/results/<name>.json, written atomically (tmp file + rename)."""
+    from mtdefect.fileio import write_text_atomic
+
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = dict(payload)
     payload.setdefault("machine", {})["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    target = RESULTS / f"{name}.json"
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n")
-    tmp.replace(target)
-    return target
+    text = json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n"
+    return write_text_atomic(RESULTS / f"{name}.json", text)
 
 
 def _jsonable(value: Any) -> Any:

@@ -23,6 +23,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from mtdefect.devtools.server import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc")
@@ -159,12 +161,6 @@ def kill_group(proc: subprocess.Popen) -> int:
     except ProcessLookupError:
         pass
     return proc.wait(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

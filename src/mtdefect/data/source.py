@@ -8,7 +8,6 @@ Output layout (written atomically: a staging folder renamed into place at the en
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -24,6 +23,8 @@ from typing import Iterator
 
 import numpy as np
 from PIL import Image
+
+from mtdefect.fileio import sha256_file
 
 MASK_THRESHOLD = 127  # mask pixel > 127 → defect; documents how soft edge values are binarised
 PAIR_PATTERN = re.compile(r"(?:^|/)(MT_[A-Za-z]+)/Imgs/([^/]+)\.(jpg|png)$", re.IGNORECASE)
@@ -46,14 +47,6 @@ class Sample:
     stem: str
     image: bytes
     mask: bytes
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_url(source: str) -> bool:

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
-import tempfile
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mtdefect.data.source import read_summary
+from mtdefect.fileio import sha256_file, write_text_atomic
 
-SPLITS = ("train", "val", "test")
 COLUMNS = ("image", "mask", "class", "split", "sha256", "mask_sha256", "archive_sha256")
 
 
@@ -69,10 +68,6 @@ def assign_splits(
     return assignment
 
 
-def sha256_bytes(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def make_split(
     dataset_dir: str | Path,
     manifest_path: str | Path,
@@ -91,8 +86,8 @@ def make_split(
             mask=f"{cls}/{stem}.png",
             class_name=cls,
             split=split,
-            sha256=sha256_bytes(dataset_dir / cls / f"{stem}.jpg"),
-            mask_sha256=sha256_bytes(dataset_dir / cls / f"{stem}.png"),
+            sha256=sha256_file(dataset_dir / cls / f"{stem}.jpg"),
+            mask_sha256=sha256_file(dataset_dir / cls / f"{stem}.png"),
             archive_sha256=summary.get("archive_sha256", ""),
         )
         for (cls, stem), split in sorted(assignment.items())
@@ -103,19 +98,12 @@ def make_split(
 
 def write_manifest(records: list[Record], path: str | Path) -> None:
     """Write the CSV through a temporary file and rename it into place (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(COLUMNS)
-            for r in records:
-                writer.writerow((r.image, r.mask, r.class_name, r.split, r.sha256, r.mask_sha256, r.archive_sha256))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)  # \r\n line ends, as csv writes them: the data version hashes these bytes
+    writer.writerow(COLUMNS)
+    for r in records:
+        writer.writerow((r.image, r.mask, r.class_name, r.split, r.sha256, r.mask_sha256, r.archive_sha256))
+    write_text_atomic(path, buffer.getvalue())
 
 
 def read_manifest(path: str | Path, split: str | None = None) -> list[Record]:
@@ -131,4 +119,4 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[Record]:
 
 def manifest_digest(path: str | Path) -> str:
     """The data version: sha256 of the manifest file."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return sha256_file(path)

@@ -1,12 +1,12 @@
 """Stage: write the exact installed package list (always runs; downstream reruns only if it changed)."""
 from __future__ import annotations
 
-import os
 import platform
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
+
+from mtdefect.fileio import write_text_atomic
 
 OUTPUT = Path("reports/environment.txt")
 
@@ -21,12 +21,8 @@ def installed_packages() -> list[str]:
 
 
 def main(output: Path = OUTPUT) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"# python {platform.python_version()} ({sys.implementation.name})", *installed_packages()]
-    fd, tmp = tempfile.mkstemp(prefix=".environment.", dir=output.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
-    os.replace(tmp, output)
+    write_text_atomic(output, "\n".join(lines) + "\n")
     print(f"freeze: {len(lines) - 1} packages → {output}")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from mtdefect.data.split import manifest_digest
+from mtdefect.fileio import write_json_atomic
 from mtdefect.inference.settings import ONNX_FILE
 from mtdefect.stages._common import run
 from mtdefect.store import save_model_dir
@@ -35,7 +36,7 @@ def stage(cfg: DictConfig) -> None:
             metadata={"test_metrics": metrics, "data_version": data_version, "git_commit": git_commit()},
         )
     out = Path(cfg.paths.reports_dir) / "package.json"
-    out.write_text(json.dumps({"tag": tag, "data_version": data_version}, indent=2))
+    write_json_atomic(out, {"tag": tag, "data_version": data_version}, indent=2)
     print(f"package: saved {tag} to the BentoML model store")
 
 
