@@ -1,4 +1,5 @@
 """The report builder on hand-made evaluate outputs (no model, no dataset)."""
+
 from __future__ import annotations
 
 import json
@@ -11,30 +12,36 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from mtdefect.report import (
-    Series,
-    average_precision,
-    bar_chart,
-    build_report,
-    fmt,
-    line_chart,
-    nice_ticks,
-    read_tsv,
-    render_markdown,
-    training_curves,
-)
+from mtdefect.report import average_precision, build_report, figures, fmt, read_tsv, render_markdown
+from mtdefect.report.data import confusion_counts, load_inputs
 
 METRICS = {
     "test": {
-        "dice": 0.61234, "iou": 0.44123,
-        "detection": {"recall": 0.9, "false_alarm_rate": 0.05, "auroc": 0.875, "n_defective": 10, "n_free": 20},
+        "dice": 0.61234,
+        "iou": 0.44123,
+        "detection": {
+            "recall": 0.9,
+            "false_alarm_rate": 0.05,
+            "auroc": 0.875,
+            "n_defective": 10,
+            "n_free": 20,
+        },
         "per_class_dice": {"MT_Blowhole": 0.7, "MT_Crack": float("nan")},
-        "free_clean_rate": 0.95, "images": 30, "threshold": 0.6, "min_region_area": 16,
+        "free_clean_rate": 0.95,
+        "images": 30,
+        "threshold": 0.6,
+        "min_region_area": 16,
     }
 }
-PR = [{"recall": 0.5, "precision": 1.0, "threshold": 0.9}, {"recall": 1.0, "precision": 0.5, "threshold": 0.2}]
-ROC = [{"fpr": 0.0, "tpr": 0.0, "threshold": 1.0}, {"fpr": 0.0, "tpr": 0.5, "threshold": 0.9},
-       {"fpr": 1.0, "tpr": 1.0, "threshold": 0.2}]
+PR = [
+    {"recall": 0.5, "precision": 1.0, "threshold": 0.9},
+    {"recall": 1.0, "precision": 0.5, "threshold": 0.2},
+]
+ROC = [
+    {"fpr": 0.0, "tpr": 0.0, "threshold": 1.0},
+    {"fpr": 0.0, "tpr": 0.5, "threshold": 0.9},
+    {"fpr": 1.0, "tpr": 1.0, "threshold": 0.2},
+]
 PER_IMAGE = [
     {"image": "MT_Blowhole/b1.jpg", "class": "MT_Blowhole", "dice": 0.1, "score": 0.91, "defective": True},
     {"image": "MT_Blowhole/b2.jpg", "class": "MT_Blowhole", "dice": 0.9, "score": 0.95, "defective": True},
@@ -48,8 +55,9 @@ def write_inputs(reports: Path, wide: int = 300) -> Path:
     (reports / "metrics.json").write_text(json.dumps(METRICS))  # NaN written as NaN, like evaluate does
     (reports / "plots" / "pr.json").write_text(json.dumps(PR))
     (reports / "plots" / "roc.json").write_text(json.dumps(ROC))
-    (reports / "plots" / "per_class_dice.json").write_text(json.dumps(
-        [{"class": k, "dice": v} for k, v in METRICS["test"]["per_class_dice"].items()]))
+    (reports / "plots" / "per_class_dice.json").write_text(
+        json.dumps([{"class": k, "dice": v} for k, v in METRICS["test"]["per_class_dice"].items()])
+    )
     (reports / "plots" / "per_image.json").write_text(json.dumps(PER_IMAGE))
     overlays = reports / "overlays"
     overlays.mkdir()
@@ -65,8 +73,13 @@ def linked_images(markdown: str) -> list[str]:
 
 def test_report_has_tables_curves_and_worst_panels(tmp_path) -> None:
     reports = write_inputs(tmp_path / "reports")
-    out = build_report(reports, reports / "report.md", reports / "report_assets", worst_n=2,
-                       params={"model.encoder": "resnet34", "model.lr": 0.001})
+    out = build_report(
+        reports,
+        reports / "report.md",
+        reports / "report_assets",
+        worst_n=2,
+        params={"model.encoder": "resnet34", "model.lr": 0.001},
+    )
     md = out.read_text()
     assert "| Dice (pooled pixels) | 0.612 |" in md
     assert "| IoU (pooled pixels) | 0.441 |" in md
@@ -85,12 +98,19 @@ def test_report_has_tables_curves_and_worst_panels(tmp_path) -> None:
     assert "2. `MT_Free/f1.jpg` — defect-free tile, false alarm (score 0.70)" in md
     assert "b1" not in md.split("## Worst")[1] and "sample_" not in md
     links = linked_images(md)
-    assert links == ["report_assets/per_class_dice.png", "report_assets/pr.png", "report_assets/roc.png",
-                     "report_assets/worst_00_c1.png", "report_assets/worst_01_f1.png"]
+    assert links == [
+        "report_assets/per_class_dice.png",
+        "report_assets/pr.png",
+        "report_assets/roc.png",
+        "report_assets/worst_00_c1.png",
+        "report_assets/worst_01_f1.png",
+    ]
     for link in links:
         with Image.open(reports / link) as picture:
             assert picture.width > 100 and picture.height > 30
-    assert sorted(p.name for p in (reports / "report_assets").iterdir()) == sorted(Path(x).name for x in links)
+    assert sorted(p.name for p in (reports / "report_assets").iterdir()) == sorted(
+        Path(x).name for x in links
+    )
 
 
 def test_wide_panels_are_scaled_down_and_assets_replaced(tmp_path) -> None:
@@ -135,12 +155,20 @@ def test_stage_reads_params_and_writes_into_reports_dir(tmp_path, monkeypatch) -
     from mtdefect.stages.report import stage
 
     write_inputs(tmp_path / "out")
-    cfg = OmegaConf.create({"paths": {"reports_dir": str(tmp_path / "out")}, "evaluate": {"worst": 1},
-                            "model": {"arch": "Unet", "encoder": "resnet10t", "lr": 0.002},
-                            "trainer": {"max_epochs": 45}})
+    cfg = OmegaConf.create(
+        {
+            "paths": {"reports_dir": str(tmp_path / "out")},
+            "evaluate": {"worst": 1},
+            "model": {"arch": "Unet", "encoder": "resnet10t", "lr": 0.002},
+            "trainer": {"max_epochs": 45},
+        }
+    )
     stage(cfg)
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "`model.arch` = Unet · `model.encoder` = resnet10t · `model.lr` = 0.002 · `trainer.max_epochs` = 45" in md
+    assert (
+        "`model.arch` = Unet · `model.encoder` = resnet10t · `model.lr` = 0.002 · `trainer.max_epochs` = 45"
+        in md
+    )
     assert "data.module.crop_size" not in md  # missing params are skipped
     assert len(list((tmp_path / "out" / "report_assets").glob("worst_*.png"))) == 1
 
@@ -153,28 +181,98 @@ def test_average_precision_and_formatting() -> None:
     assert fmt(float("nan")) == "n/a" and fmt(None) == "n/a" and fmt(3) == "3" and fmt(0.12345) == "0.123"
 
 
-@pytest.mark.parametrize("low,high,expected", [(0, 1.02, [0, 0.2, 0.4, 0.6, 0.8, 1.0]), (0, 45, [0, 10, 20, 30, 40]),
-                                               (1, 3, [1, 1.5, 2, 2.5, 3])])
-def test_nice_ticks(low, high, expected) -> None:
-    assert nice_ticks(low, high) == pytest.approx(expected)
+def _line(figure, gid: str):
+    (axes,) = figure.axes
+    (line,) = [artist for artist in axes.get_lines() if artist.get_gid() == gid]
+    return line
 
 
-def test_charts_draw_their_series(tmp_path) -> None:
-    chart = line_chart([Series("a", [0, 1], [0, 1], color=(255, 0, 0))], "t", "x", "y", xlim=(0, 1), ylim=(0, 1))
-    pixels = np.asarray(chart)
-    assert chart.size == (560, 420)
-    assert ((pixels[..., 0] == 255) & (pixels[..., 1] == 0)).sum() > 200, "the red diagonal is drawn"
-    bars = np.asarray(bar_chart(["A", "B"], [1.0, float("nan")], "t", "Dice"))
-    assert (np.all(bars == (31, 119, 180), axis=-1)).sum() > 1000, "the full-length bar is drawn"
+def test_pr_and_roc_figures_plot_the_points_sorted_with_chance_and_the_summary_in_the_legend() -> None:
+    pr = figures.pr_curve(list(reversed(PR)), ap=0.75, chance=1 / 3)
+    detector = _line(pr, "detector")
+    assert list(detector.get_xdata()) == [0.5, 1.0] and list(detector.get_ydata()) == [1.0, 0.5]
+    assert list(_line(pr, "chance").get_ydata()) == pytest.approx([1 / 3, 1 / 3])
+    legend = [text.get_text() for text in pr.axes[0].get_legend().get_texts()]
+    assert legend == ["detector (AP 0.750)", "chance (0.33)"]
+    assert pr.axes[0].get_xlim() == pytest.approx((0.0, 1.02))
+    assert [line.get_gid() for line in figures.pr_curve(PR, ap=0.75).axes[0].get_lines()] == ["detector"]
+
+    roc = figures.roc_curve(list(reversed(ROC)), auroc=0.875)
+    assert list(_line(roc, "detector").get_xdata()) == [0.0, 0.0, 1.0]
+    assert list(_line(roc, "detector").get_ydata()) == [0.0, 0.5, 1.0]
+    assert list(_line(roc, "chance").get_xdata()) == [0, 1]
+    assert roc.axes[0].get_legend().get_texts()[0].get_text() == "detector (AUROC 0.875)"
+
+
+def test_per_class_figure_draws_a_bar_per_class_and_says_n_a_for_a_missing_dice() -> None:
+    rows = [
+        {"class": "MT_Blowhole", "dice": 0.7},
+        {"class": "MT_Crack", "dice": float("nan")},
+        {"class": "MT_Fray", "dice": None},
+    ]
+    (axes,) = figures.per_class_dice(rows).axes
+    widths = [patch.get_width() for patch in axes.patches]
+    assert widths == pytest.approx([0.7, 0.0, 0.0])
+    assert [label.get_text() for label in axes.get_yticklabels()] == ["Blowhole", "Crack", "Fray"]
+    assert [text.get_text() for text in axes.texts] == ["0.700", "n/a", "n/a"]
+    assert axes.yaxis_inverted(), "the first class is on top"
+
+
+def test_confusion_counts_and_figure() -> None:
+    rows = [
+        {"actual": "MT_Crack", "predicted": "MT_Crack"},
+        {"actual": "MT_Crack", "predicted": "MT_Free"},
+        {"actual": "MT_Free", "predicted": "MT_Free"},
+        {"actual": "MT_Free", "predicted": "MT_Free"},
+        {"actual": "MT_Free", "predicted": "MT_Blowhole"},
+    ]
+    classes, counts = confusion_counts(rows)
+    assert classes == ["MT_Blowhole", "MT_Crack", "MT_Free"], "a class only ever predicted still gets a row"
+    assert counts == [[0, 0, 0], [0, 1, 1], [1, 0, 2]]
+    figure = figures.confusion_matrix(classes, counts)
+    axes = figure.axes[0]
+    assert axes.images[0].get_array().tolist() == counts
+    assert [t.get_text() for t in axes.texts] == [str(v) for row in counts for v in row]
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["Blowhole", "Crack", "Free"]
+    assert axes.get_xlabel() == "predicted" and axes.get_ylabel() == "actual"
+
+
+def test_confusion_rows_add_a_figure_and_a_section_to_the_report(tmp_path) -> None:
+    reports = write_inputs(tmp_path / "reports")
+    rows = [{"actual": "MT_Crack", "predicted": "MT_Crack"}, {"actual": "MT_Free", "predicted": "MT_Crack"}]
+    (reports / "plots" / "confusion.json").write_text(json.dumps(rows))
+    assert load_inputs(reports).confusion == rows
+    md = build_report(reports, reports / "report.md", reports / "report_assets", worst_n=0).read_text()
+    assert "## Tile class (test)" in md and "1 of 2 test tiles given their actual class (0.500)." in md
+    assert "report_assets/confusion.png" in linked_images(md)
+    with Image.open(reports / "report_assets" / "confusion.png") as picture:
+        assert picture.width > 200 and picture.height > 200
+
+
+def test_pngs_are_identical_run_to_run(tmp_path) -> None:
+    reports = write_inputs(tmp_path / "reports")
+    first = build_report(reports, tmp_path / "a" / "r.md", tmp_path / "a" / "assets")
+    second = build_report(reports, tmp_path / "b" / "r.md", tmp_path / "b" / "assets")
+    assert first.read_text().replace("../a/", "") == second.read_text().replace("../b/", "")
+    for png in sorted((tmp_path / "a" / "assets").glob("*.png")):
+        assert png.read_bytes() == (tmp_path / "b" / "assets" / png.name).read_bytes(), png.name
+
+
+def test_training_curves(tmp_path) -> None:
     live = tmp_path / "dvclive" / "plots" / "metrics"
     (live / "train").mkdir(parents=True)
     (live / "val").mkdir()
     (live / "train" / "loss.tsv").write_text("step\tloss\n1\t1.5\n2\t1.0\n3\t0.7\n")
     (live / "val" / "dice.tsv").write_text("step\tdice\n1\t0.2\n3\t0.4\n")
     assert read_tsv(live / "val" / "dice.tsv") == ([1.0, 3.0], [0.2, 0.4])
-    assert training_curves(tmp_path / "dvclive").size == (560, 380)
+    figure = figures.training_curves(tmp_path / "dvclive")
+    assert [line.get_gid() for line in figure.axes[0].get_lines()] == ["train loss", "val Dice"]
+    assert list(_line(figure, "train loss").get_ydata()) == [1.5, 1.0, 0.7]
+    out = figures.save_png(figure, tmp_path / "curves.png")
+    with Image.open(out) as picture:
+        assert picture.size == (560, 380)
     with pytest.raises(FileNotFoundError):
-        training_curves(tmp_path / "nothing")
+        figures.training_curves(tmp_path / "nothing")
 
 
 def test_render_markdown_without_assets() -> None:

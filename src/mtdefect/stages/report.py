@@ -1,4 +1,5 @@
 """Stage: evaluate's outputs → reports/report.md + reports/report_assets/ (what CI posts with CML)."""
+
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -13,9 +14,13 @@ SHOWN_PARAMS = ("model.arch", "model.encoder", "model.lr", "trainer.max_epochs",
 def stage(cfg: DictConfig) -> None:
     reports = Path(cfg.paths.reports_dir)
     shown = {key: OmegaConf.select(cfg, key) for key in SHOWN_PARAMS}
-    out = build_report(reports, reports / "report.md", reports / "report_assets",
-                       worst_n=int(OmegaConf.select(cfg, "evaluate.worst", default=6)),
-                       params={k: v for k, v in shown.items() if v is not None})
+    out = build_report(
+        reports,
+        reports / "report.md",
+        reports / "report_assets",
+        worst_n=int(OmegaConf.select(cfg, "evaluate.worst", default=6)),
+        params={k: v for k, v in shown.items() if v is not None},
+    )
     print(f"report: {out} ({len(list((reports / 'report_assets').glob('*.png')))} images)")
 
 
