@@ -58,7 +58,7 @@ def batched_probabilities(predictor: Predictor, images: list[np.ndarray]) -> tup
     width = max(batch.shape[-1] for batch, _ in prepared)
     stacked = np.concatenate([pad_to(batch, height, width) for batch, _ in prepared], axis=0)
     t0 = time.perf_counter()
-    logits = predictor.runner(np.ascontiguousarray(stacked))
+    logits = predictor.runner(np.ascontiguousarray(stacked))[0]
     network_ms = (time.perf_counter() - t0) * 1000.0
     probabilities, start = [], 0
     for batch, geometry in prepared:

@@ -63,7 +63,7 @@ class Config:
         t0 = time.perf_counter()
         batch, geometry = p.network_input(gray)  # test-time flips included
         t1 = time.perf_counter()
-        logits = p.runner(batch)
+        logits = p.runner(batch)[0]
         t2 = time.perf_counter()
         probability = restore_probability(p.merge_views(logits), geometry)
         t3 = time.perf_counter()

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                   [[n, v["ms"], f"{v['paired_speedup']:.2f}x"] for n, v in ort_ms.items()]))
 
     settings = predictor.settings.postprocess
-    probs = [restore_probability(predictor.runner(b)[0, 0], preprocess(g, predictor.settings.preprocess)[1])
+    probs = [restore_probability(predictor.runner(b)[0][0, 0], preprocess(g, predictor.settings.preprocess)[1])
              for g, b in zip(images, batches)]
     region_counts = [len(postprocess(p, settings).regions) for p in probs]
     window = max(settings.score_window, 1)

@@ -1,28 +1,33 @@
-"""Choose the postprocessing on the validation split; never looks at the test split.
+"""Choose the postprocessing (and test-time flips) on the validation split; never sees the test split.
 
-Two decisions, made in order:
-1. The tile decision. For each score window, the decision threshold is the lowest score that keeps
-   the false-alarm rate on defect-free validation tiles within ``max_false_alarm_rate``; the window
-   with the highest recall of defective tiles at that threshold wins (ties: higher AUROC, then the
-   smaller window).
-2. The mask. With that decision applied (a tile judged clean shows no defects), the pixel threshold
-   and minimum region area that give the highest pooled Dice on defective validation tiles win
-   (ties: the first in grid order).
+Decisions, made in order for each candidate set of test-time flips:
+1. The tile decision. Each score source — the tile head (1 − P(free), models with a head) and the
+   mask's windowed probability for each ``score_windows`` entry — gets the lowest decision threshold
+   that keeps false alarms on defect-free validation tiles within ``max_false_alarm_rate``; the
+   source with the highest recall there wins (ties: higher AUROC, then the head, then the smaller
+   window).
+2. The mask. With that decision applied, the pixel threshold and minimum region area with the best
+   ``mask_criterion`` win: ``mean_class_dice`` (default; each defect class weighs the same, so
+   settings that delete every blowhole lose) or ``dice`` (pooled; dominated by the big classes).
+Then the flip set with the best recall, AUROC, criterion, and fewest flips wins.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mtdefect.evaluate import ScoredImage
-from mtdefect.inference.postprocess import find_regions, image_score, postprocess
+from mtdefect import metrics
+from mtdefect.data.split import Record
+from mtdefect.inference import Predictor
+from mtdefect.inference.postprocess import tile_score
 from mtdefect.inference.settings import PostprocessSettings
-from mtdefect.metrics import EvaluationAccumulator, PixelCounts, auroc
+from mtdefect.scoring import ScoredImage, score_split, split_metrics
 
-FREE_CLASS = EvaluationAccumulator.free_class
+MASK_CRITERIA = ("mean_class_dice", "dice")
 
 
 def budget_threshold(free_scores: Sequence[float], max_false_alarm_rate: float) -> float:
@@ -37,57 +42,89 @@ def budget_threshold(free_scores: Sequence[float], max_false_alarm_rate: float) 
     return float(min(np.nextafter(ranked[allowed], np.inf), 1.0))
 
 
+def _finite(value: float) -> float:
+    return 0.0 if math.isnan(value) else value
+
+
 def choose_decision(
-    items: Sequence[ScoredImage], score_windows: Sequence[int], max_false_alarm_rate: float
+    items: Sequence[ScoredImage], score_windows: Sequence[int], max_false_alarm_rate: float,
+    free_class: str = "MT_Free",
 ) -> tuple[PostprocessSettings, list[dict[str, Any]]]:
-    labels = np.array([item.record.class_name != FREE_CLASS for item in items], dtype=bool)
+    """The score source and decision threshold (step 1 of the module docstring), and one row per source."""
+    labels = np.array([item.record.class_name != free_class for item in items], dtype=bool)
+    candidates = [PostprocessSettings(score_source="head", free_class=free_class)] if items and items[0].class_scores else []
+    candidates += [PostprocessSettings(score_window=int(w), free_class=free_class) for w in score_windows]
     rows = []
-    for window in score_windows:
-        scores = np.array([image_score(item.probability, int(window)) for item in items])
+    for candidate in candidates:
+        scores = np.array([tile_score(item.probability, candidate, item.class_scores) for item in items])
         threshold = budget_threshold(scores[~labels], max_false_alarm_rate)
-        flagged = scores >= threshold
-        rows.append({
-            "score_window": int(window),
-            "decision_threshold": threshold,
-            "recall": float(flagged[labels].mean()) if labels.any() else 0.0,
-            "false_alarm_rate": float(flagged[~labels].mean()) if (~labels).any() else 0.0,
-            "auroc": auroc(scores, labels),
-        })
-    best = max(rows, key=lambda r: (r["recall"], np.nan_to_num(r["auroc"]), -r["score_window"]))
-    return PostprocessSettings(score_window=best["score_window"], decision_threshold=best["decision_threshold"]), rows
+        rates = metrics.detection_rates(scores >= threshold, labels)
+        rows.append({"score_source": candidate.score_source, "score_window": candidate.score_window,
+                     "decision_threshold": threshold, "recall": _finite(rates["recall"]),
+                     "false_alarm_rate": _finite(rates["false_alarm_rate"]),
+                     "auroc": metrics.binary_auroc(scores, labels)})
+    best = max(rows, key=lambda r: (r["recall"], _finite(r["auroc"]), r["score_source"] == "head", -r["score_window"]))
+    settings = PostprocessSettings(score_source=best["score_source"], score_window=best["score_window"],
+                                   decision_threshold=best["decision_threshold"], free_class=free_class)
+    return settings, rows
 
 
 def choose_postprocess(
     items: Sequence[ScoredImage],
-    thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
-    min_areas: Sequence[int] = (0, 16, 48, 128),
-    max_false_alarm_rate: float = 0.01,
-    score_windows: Sequence[int] = (1, 5, 9, 15),
+    thresholds: Sequence[float],
+    min_areas: Sequence[int],
+    max_false_alarm_rate: float,
+    score_windows: Sequence[int],
+    mask_criterion: str = "mean_class_dice",
+    free_class: str = "MT_Free",
 ) -> tuple[PostprocessSettings, dict[str, Any]]:
-    """Returns the chosen settings and a report: ``decision`` rows (one per window), ``mask`` rows
-    (one per threshold × area: Dice with the decision applied, and ``dice_ungated``, the segmenter
-    alone, for comparing models whose decisions are weak) and ``chosen`` (the winning mask row plus
-    the decision's recall, false-alarm rate and AUROC, and ``objective`` = mean of Dice and recall)."""
-    decision, decision_rows = choose_decision(items, score_windows, max_false_alarm_rate)
-    decided = next(r for r in decision_rows if r["score_window"] == decision.score_window)
-    defect_items = [item for item in items if item.record.class_name != FREE_CLASS]
+    """Returns the chosen settings and a report: ``decision`` rows (one per score source), ``mask``
+    rows (one per threshold × area, from ``split_metrics``) and ``chosen`` (the winning mask row
+    with the decision's numbers, and ``objective`` = mean of the criterion and recall, for sweeps)."""
+    if mask_criterion not in MASK_CRITERIA:
+        raise ValueError(f"calibration.mask_criterion must be one of {MASK_CRITERIA}, got {mask_criterion!r}")
+    decision, decision_rows = choose_decision(items, score_windows, max_false_alarm_rate, free_class)
     mask_rows = []
     for threshold in thresholds:
         for area in min_areas:
             candidate = replace(decision, threshold=float(threshold), min_region_area=int(area))
-            pooled, ungated, per_class = PixelCounts(), PixelCounts(), {}
-            for item in defect_items:
-                predicted = postprocess(item.probability, candidate).mask > 0  # what the service answers
-                pooled.add(predicted, item.truth)
-                ungated.add(find_regions(item.probability, candidate.threshold, candidate.min_region_area)[0] > 0,
-                            item.truth)
-                per_class.setdefault(item.record.class_name, PixelCounts()).add(predicted, item.truth)
+            result = split_metrics(items, candidate)
             mask_rows.append({"threshold": candidate.threshold, "min_region_area": candidate.min_region_area,
-                              "dice": pooled.dice, "dice_ungated": ungated.dice,
-                              "per_class_dice": {c: n.dice for c, n in sorted(per_class.items())}})
-    best = max(mask_rows, key=lambda r: r["dice"])  # max keeps the first of equals
+                              **{k: v for k, v in result.items() if k not in ("detection",)},
+                              **result["detection"]})
+    best = max(mask_rows, key=lambda r: _finite(r[mask_criterion]))  # max keeps the first of equals
     settings = replace(decision, threshold=best["threshold"], min_region_area=best["min_region_area"])
-    chosen = {**best, **{k: decided[k] for k in ("score_window", "decision_threshold", "recall",
-                                                 "false_alarm_rate", "auroc")}}
-    chosen["objective"] = 0.5 * (chosen["dice"] + chosen["recall"])
+    chosen = {**best, "score_source": decision.score_source, "score_window": decision.score_window,
+              "decision_threshold": decision.decision_threshold, "mask_criterion": mask_criterion}
+    chosen["objective"] = 0.5 * (_finite(best[mask_criterion]) + _finite(best["recall"]))
+    for row in mask_rows:  # the report keeps the grid's numbers; the confusion matrices only for the winner
+        row.pop("confusion", None)
+        row.pop("classification", None)
     return settings, {"decision": decision_rows, "mask": mask_rows, "chosen": chosen}
+
+
+def calibrate_on_validation(
+    predictor: Predictor, data_dir: str | Path, val_records: Sequence[Record], calibration: Mapping[str, Any]
+) -> tuple[tuple[str, ...], PostprocessSettings, dict[str, Any]]:
+    """The test-time flips and the postprocessing chosen on the validation split. Each candidate set
+    of flips is calibrated in full; the best recall at the false-alarm budget wins, then AUROC, then
+    the mask criterion, then fewer flips (each costs a network pass)."""
+    options = dict(calibration or {})
+    candidates = [tuple(flips) for flips in options.pop("test_time_flips", [[]])] or [()]
+    free_class = predictor.settings.postprocess.free_class
+    results = []
+    for flips in candidates:
+        items = list(score_split(predictor.with_flips(flips), data_dir, val_records))
+        post, report = choose_postprocess(items, free_class=free_class, **options)
+        results.append((flips, post, report))
+
+    def rank(result: tuple) -> tuple:
+        flips, _, report = result
+        chosen = report["chosen"]
+        return chosen["recall"], _finite(chosen["auroc"]), _finite(chosen[chosen["mask_criterion"]]), -len(flips)
+
+    flips, post, report = max(results, key=rank)
+    report["test_time_flips"] = [{"flips": list(f), **{k: r["chosen"][k] for k in ("recall", "auroc", "dice")}}
+                                 for f, _, r in results]
+    report["chosen"]["test_time_flips"] = list(flips)
+    return flips, post, report

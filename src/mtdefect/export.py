@@ -14,7 +14,8 @@ OPSET = 18
 
 
 def export_onnx(model_dir: str | Path, opset: int = OPSET) -> Path:
-    """Write ``model.onnx`` next to the weights: input ``image`` N×1×H×W, output ``logits``."""
+    """Write ``model.onnx`` next to the weights: input ``image`` N×1×H×W, outputs ``logits``
+    (N×1×H×W) and, for a model with a tile head, ``class_logits`` (N×K): one graph, one pass."""
     model_dir = Path(model_dir)
     settings = ModelSettings.load(model_dir)
     net = load_torch_net(model_dir, settings, "cpu")
@@ -22,14 +23,17 @@ def export_onnx(model_dir: str | Path, opset: int = OPSET) -> Path:
     example = torch.zeros(1, settings.net.get("in_channels", 1), stride * 8, stride * 10)
     target = model_dir / ONNX_FILE
     tmp = target.with_suffix(".onnx.tmp")
+    outputs = ["logits", "class_logits"] if settings.net.get("tile_classes") else ["logits"]
+    axes = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"},
+            "class_logits": {0: "batch"}}
     torch.onnx.export(
         net,
         (example,),
         str(tmp),
         input_names=["image"],
-        output_names=["logits"],
+        output_names=outputs,
         opset_version=opset,
-        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}},
+        dynamic_axes={name: axes[name] for name in ["image", *outputs]},
         dynamo=False,
     )
     tmp.replace(target)
@@ -48,18 +52,23 @@ def check_parity(model_dir: str | Path, images: list[np.ndarray], tolerance: flo
     settings = ModelSettings.load(model_dir)
     torch_pred = Predictor(settings, torch_runner(load_torch_net(model_dir, settings, "cpu")), "torch-cpu")
     onnx_pred = Predictor(settings, onnx_runner(model_dir / ONNX_FILE), "onnx")
-    max_delta, mask_mismatches, pixels, unexplained = 0.0, 0, 0, 0
+    max_delta, class_delta, mask_mismatches, pixels, unexplained = 0.0, 0.0, 0, 0, 0
     threshold = settings.postprocess.threshold
     for gray in images:
-        p_torch = torch_pred.probability(gray)
-        p_onnx = onnx_pred.probability(gray)
+        p_torch, c_torch = torch_pred.infer(gray)
+        p_onnx, c_onnx = onnx_pred.infer(gray)
         max_delta = max(max_delta, float(np.abs(p_torch - p_onnx).max()))
-        differ = postprocess(p_torch, settings.postprocess).mask != postprocess(p_onnx, settings.postprocess).mask
+        if set(c_torch) != set(c_onnx):
+            raise RuntimeError(f"ONNX parity check failed: class outputs {sorted(c_onnx)} vs {sorted(c_torch)}")
+        class_delta = max([class_delta] + [abs(c_torch[k] - c_onnx[k]) for k in c_torch])
+        differ = (postprocess(p_torch, settings.postprocess, c_torch).mask
+                  != postprocess(p_onnx, settings.postprocess, c_onnx).mask)
         mask_mismatches += int(differ.any())
         pixels += int(differ.sum())
         unexplained += int((differ & (np.abs(p_torch - threshold) >= tolerance)).sum())
-    report = {"images": len(images), "max_abs_prob_delta": max_delta, "mask_mismatches": mask_mismatches,
-              "mismatched_pixels": pixels, "mismatched_pixels_off_threshold": unexplained, "tolerance": tolerance}
-    if max_delta >= tolerance or unexplained:
+    report = {"images": len(images), "max_abs_prob_delta": max_delta, "max_abs_class_prob_delta": class_delta,
+              "mask_mismatches": mask_mismatches, "mismatched_pixels": pixels,
+              "mismatched_pixels_off_threshold": unexplained, "tolerance": tolerance}
+    if max_delta >= tolerance or class_delta >= tolerance or unexplained:
         raise RuntimeError(f"ONNX parity check failed: {report}")
     return report

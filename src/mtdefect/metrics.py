@@ -1,16 +1,18 @@
-"""Segmentation and detection metrics as plain functions over numpy arrays.
+"""Segmentation, detection and classification metrics as plain functions over numpy arrays.
 
 Conventions (documented in the README):
 - masks are boolean (or {0, 255}); Dice/IoU are *pooled*: pixel counts are summed over images
-  first, then the ratio is taken, so large defects do not drown small ones less than a mean of
-  per-image ratios would let empty images dominate;
+  first, then the ratio is taken (a mean of per-image ratios lets empty images dominate);
 - a Dice or IoU whose prediction and truth are both empty is 1.0 (nothing to find, nothing found);
-- detection: a tile is flagged when its prediction keeps at least one region; recall is over
-  defective tiles, the false-alarm rate over defect-free tiles.
+- detection: recall is over defective tiles, the false-alarm rate over defect-free tiles;
+- AUROC and the ROC / precision-recall curves come from torchmetrics (tests cross-check them
+  against the rank statistic); pooled Dice stays here, where it is four lines.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -53,96 +55,81 @@ def iou(prediction: np.ndarray, truth: np.ndarray) -> float:
     return PixelCounts().add(prediction, truth).iou
 
 
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve by the rank statistic (ties count one half); NaN if one class is absent."""
-    scores = np.asarray(scores, dtype=np.float64)
+def _tensors(scores: np.ndarray, labels: np.ndarray):
+    import torch
+
+    return (torch.as_tensor(np.asarray(scores, dtype=np.float64)).clamp(0.0, 1.0),
+            torch.as_tensor(np.asarray(labels).astype(bool)).long())
+
+
+def binary_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve of scores in [0, 1] (ties count one half); NaN if a class is absent."""
+    from torchmetrics.functional.classification import binary_auroc as _auroc
+
     labels = np.asarray(labels).astype(bool)
-    positives, negatives = scores[labels], scores[~labels]
-    if positives.size == 0 or negatives.size == 0:
+    if labels.all() or not labels.any():
         return float("nan")
-    greater = (positives[:, None] > negatives[None, :]).sum()
-    ties = (positives[:, None] == negatives[None, :]).sum()
-    return float((greater + 0.5 * ties) / (positives.size * negatives.size))
+    return float(_auroc(*_tensors(scores, labels)))
+
+
+auroc = binary_auroc
 
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> list[dict[str, float]]:
     """ROC points (fpr, tpr, threshold), from the highest threshold down."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = max(int(labels.sum()), 1), max(int((~labels).sum()), 1)
-    points = [{"fpr": 0.0, "tpr": 0.0, "threshold": 1.0}]
-    for threshold in np.unique(scores)[::-1]:
-        flagged = scores >= threshold
-        points.append(
-            {
-                "fpr": float((flagged & ~labels).sum() / n_neg),
-                "tpr": float((flagged & labels).sum() / n_pos),
-                "threshold": float(threshold),
-            }
-        )
-    return points
+    from torchmetrics.functional.classification import binary_roc
+
+    fpr, tpr, thresholds = binary_roc(*_tensors(scores, labels))
+    return [{"fpr": float(f), "tpr": float(t), "threshold": float(min(th, 1.0))}
+            for f, t, th in zip(fpr, tpr, thresholds)]
 
 
 def precision_recall_curve(scores: np.ndarray, labels: np.ndarray) -> list[dict[str, float]]:
-    """PR points (recall, precision, threshold) for image-level detection."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
-    n_pos = max(int(labels.sum()), 1)
-    points = []
-    for threshold in np.unique(scores)[::-1]:
-        flagged = scores >= threshold
-        tp = int((flagged & labels).sum())
-        points.append(
-            {"recall": tp / n_pos, "precision": tp / max(int(flagged.sum()), 1), "threshold": float(threshold)}
-        )
-    return points
+    """PR points (recall, precision, threshold) for image-level detection, highest threshold first."""
+    from torchmetrics.functional.classification import binary_precision_recall_curve
+
+    precision, recall, thresholds = binary_precision_recall_curve(*_tensors(scores, labels))
+    points = [{"recall": float(r), "precision": float(p), "threshold": float(t)}
+              for p, r, t in zip(precision[:-1], recall[:-1], thresholds)]
+    return points[::-1]
 
 
-@dataclass
-class EvaluationAccumulator:
-    """Collects per-image results and reduces them to the project's headline metrics."""
+def detection_rates(flagged: np.ndarray, defective: np.ndarray) -> dict[str, float]:
+    """Recall over defective tiles and the false-alarm rate over defect-free ones (NaN when a
+    group is empty): the one place this arithmetic lives."""
+    flagged = np.asarray(flagged, dtype=bool)
+    defective = np.asarray(defective, dtype=bool)
+    return {
+        "recall": float(flagged[defective].mean()) if defective.any() else float("nan"),
+        "false_alarm_rate": float(flagged[~defective].mean()) if (~defective).any() else float("nan"),
+        "n_defective": int(defective.sum()),
+        "n_free": int((~defective).sum()),
+    }
 
-    free_class: str = "MT_Free"
-    pooled: PixelCounts = field(default_factory=PixelCounts)
-    per_class: dict[str, PixelCounts] = field(default_factory=dict)
-    scores: list[float] = field(default_factory=list)
-    flagged: list[bool] = field(default_factory=list)
-    is_defective: list[bool] = field(default_factory=list)
-    image_dice: list[float] = field(default_factory=list)
 
-    def add(self, class_name: str, prediction: np.ndarray, truth: np.ndarray, score: float, flagged: bool) -> float:
-        """Record one image; returns its own Dice (for ranking worst cases)."""
-        defective = class_name != self.free_class
-        if defective:
-            self.pooled.add(prediction, truth)
-        self.per_class.setdefault(class_name, PixelCounts()).add(prediction, truth)
-        self.scores.append(float(score))
-        self.flagged.append(bool(flagged))
-        self.is_defective.append(defective)
-        value = dice(prediction, truth)
-        self.image_dice.append(value)
-        return value
+def classification_report(actual: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> dict:
+    """Confusion matrix (rows actual, columns predicted, in ``labels`` order, via torchmetrics),
+    per-class precision and recall, and top-1 accuracy."""
+    import torch
+    from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-    def summary(self) -> dict:
-        labels = np.array(self.is_defective, dtype=bool)
-        flagged = np.array(self.flagged, dtype=bool)
-        n_def, n_free = int(labels.sum()), int((~labels).sum())
-        result = {
-            "dice": self.pooled.dice,
-            "iou": self.pooled.iou,
-            "detection": {
-                "recall": float(flagged[labels].mean()) if n_def else float("nan"),
-                "false_alarm_rate": float(flagged[~labels].mean()) if n_free else float("nan"),
-                "auroc": auroc(np.array(self.scores), labels),
-                "n_defective": n_def,
-                "n_free": n_free,
-            },
-            "per_class_dice": {
-                name: counts.dice for name, counts in sorted(self.per_class.items()) if name != self.free_class
-            },
+    index = {name: i for i, name in enumerate(labels)}
+    if not len(actual):
+        return {"labels": list(labels), "matrix": [], "accuracy": float("nan"), "per_class": {}}
+    matrix = multiclass_confusion_matrix(torch.tensor([index[p] for p in predicted]),
+                                         torch.tensor([index[a] for a in actual]), num_classes=len(labels))
+    counts = matrix.numpy()
+    per_class = {}
+    for i, name in enumerate(labels):
+        support, called = int(counts[i].sum()), int(counts[:, i].sum())
+        per_class[name] = {
+            "precision": float(counts[i, i] / called) if called else float("nan"),
+            "recall": float(counts[i, i] / support) if support else float("nan"),
+            "support": support,
         }
-        if self.free_class in self.per_class:
-            # on defect-free tiles Dice is 1 only when nothing is predicted: report the clean fraction instead
-            free_flags = flagged[~labels]
-            result["free_clean_rate"] = float(1.0 - free_flags.mean()) if n_free else float("nan")
-        return result
+    return {"labels": list(labels), "matrix": counts.tolist(),
+            "accuracy": float(np.trace(counts) / counts.sum()), "per_class": per_class}
+
+
+def nan_to_none(value: float) -> float | None:
+    return None if isinstance(value, float) and math.isnan(value) else value

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import time
 from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import hydra
@@ -20,13 +20,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mtdefect.calibrate import choose_postprocess
+from mtdefect.calibrate import calibrate_on_validation
 from mtdefect.data.split import read_manifest
-from mtdefect.evaluate import iter_probabilities
+from mtdefect.fileio import write_json_atomic
 from mtdefect.inference import ModelSettings, PostprocessSettings, Predictor, PreprocessSettings
 from mtdefect.inference.predictor import torch_runner
 from mtdefect.model.bundle import write_model_dir
-from mtdefect.model.net import inference_net_config
 
 FINGERPRINT_FILE = "fingerprint.json"
 
@@ -64,32 +63,8 @@ def load_best_weights(module: pl.LightningModule, trainer: pl.Trainer) -> str | 
     return path
 
 
-def calibrate_on_validation(
-    predictor: Predictor, data_dir: str | Path, val_records: list, calibration: Any
-) -> tuple[tuple[str, ...], PostprocessSettings, dict[str, Any]]:
-    """The test-time flips and the postprocessing (decision and mask settings) chosen on the
-    validation split. Each candidate set of flips is calibrated in full; the best recall at the
-    false-alarm budget wins, then AUROC, then Dice, then fewer flips (each costs a network pass)."""
-    options = OmegaConf.to_container(calibration, resolve=True) if isinstance(calibration, DictConfig) else calibration
-    options = dict(options or {})
-    candidates = [tuple(flips) for flips in options.pop("test_time_flips", [[]])] or [()]
-    results = []
-    for flips in candidates:
-        items = list(iter_probabilities(predictor.with_flips(flips), data_dir, val_records))
-        post, report = choose_postprocess(items, **options)  # keys = choose_postprocess's arguments
-        results.append((flips, post, report))
-
-    def rank(result: tuple) -> tuple:
-        flips, _, report = result
-        chosen = report["chosen"]
-        auroc = 0.0 if math.isnan(chosen["auroc"]) else chosen["auroc"]
-        return chosen["recall"], auroc, chosen["dice"], -len(flips)
-
-    flips, post, report = max(results, key=rank)
-    report["test_time_flips"] = [{"flips": list(f), **{k: r["chosen"][k] for k in ("recall", "auroc", "dice")}}
-                                 for f, _, r in results]
-    report["chosen"]["test_time_flips"] = list(flips)
-    return flips, post, report
+def as_dict(node: Any) -> dict[str, Any]:
+    return dict(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node or {})
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -116,38 +91,46 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer_cfg.get("sync_batchnorm") and trainer_cfg.get("accelerator") == "cpu":
         trainer_cfg = OmegaConf.merge(trainer_cfg, {"sync_batchnorm": False})  # SyncBatchNorm is CUDA-only
     trainer: pl.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     best = load_best_weights(module, trainer)
     fit_seconds = time.perf_counter() - started
 
     if not trainer.is_global_zero:
         return {}
-    preprocess = PreprocessSettings(**OmegaConf.to_container(cfg.data.preprocess, resolve=True))
-    settings = ModelSettings(net=inference_net_config(module.net_config), preprocess=preprocess)
-    net = module.net.cpu().eval()
+    preprocess = PreprocessSettings(**as_dict(cfg.data.preprocess))
+    free_class = cfg.data.get("free_class", "MT_Free")
+    settings = ModelSettings(net=dict(module.net_config), preprocess=preprocess, class_names=module.class_names,
+                             postprocess=PostprocessSettings(free_class=free_class))
+    net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
     predictor = Predictor(settings, torch_runner(net), "torch-cpu")
     val_records = read_manifest(paths.manifest, "val")
-    flips, post, report = calibrate_on_validation(predictor, paths.data_dir, val_records, cfg.get("calibration", {}))
+    flips, post, report = calibrate_on_validation(predictor, paths.data_dir, val_records,
+                                                  as_dict(cfg.get("calibration", {})))
     chosen = report["chosen"]
     info = {
-        "val": chosen,
+        "val": {k: v for k, v in chosen.items() if k not in ("confusion",)},
         "best_checkpoint": Path(best).name if best else None,
         "epochs": trainer.current_epoch,
-        "class_names": sorted({r.class_name for r in val_records}),
+        "pretrained": {k: v for k, v in module.pretrained_report.items() if k != "unused"},
     }
-    settings = ModelSettings(net=settings.net, preprocess=preprocess, postprocess=post,
-                             class_names=tuple(info["class_names"]), info=info, test_time_flips=flips)
+    settings = replace(settings, postprocess=post, info=info, test_time_flips=flips)
     write_model_dir(net, settings, paths.model_dir)
-    (Path(paths.model_dir) / "calibration.json").write_text(json.dumps(report, indent=2))
+    write_json_atomic(Path(paths.model_dir) / "calibration.json", report)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
     print(f"train: {trainer.current_epoch} epochs in {fit_seconds:.0f}s; val dice {chosen['dice']:.3f} "
-          f"recall {chosen['recall']:.3f} false alarms {chosen['false_alarm_rate']:.3f} auroc {chosen['auroc']:.3f} "
-          f"(pixel threshold {post.threshold}, min area {post.min_region_area}, score window {post.score_window}, "
-          f"decision threshold {post.decision_threshold:.4f}, test-time flips {list(flips) or 'none'}) → {paths.model_dir}")
-    return {"val/dice": chosen["dice"], "val/dice_ungated": chosen["dice_ungated"], "val/recall": chosen["recall"], "val/objective": chosen["objective"],
-            "val/false_alarm_rate": chosen["false_alarm_rate"], "val/auroc": chosen["auroc"],
-            **{f"val/dice/{c}": v for c, v in chosen["per_class_dice"].items()},
-            "train/seconds": round(fit_seconds, 1), "train/epochs": trainer.current_epoch}
+          f"(mean per class {chosen['mean_class_dice']:.3f}) recall {chosen['recall']:.3f} "
+          f"false alarms {chosen['false_alarm_rate']:.3f} auroc {chosen['auroc']:.3f} "
+          f"(pixel threshold {post.threshold}, min area {post.min_region_area}, score {post.score_source}"
+          f"/{post.score_window}, decision threshold {post.decision_threshold:.4f}, "
+          f"test-time flips {list(flips) or 'none'}) → {paths.model_dir}")
+    result = {"val/dice": chosen["dice"], "val/dice_ungated": chosen["dice_ungated"],
+              "val/mean_class_dice": chosen["mean_class_dice"], "val/recall": chosen["recall"],
+              "val/objective": chosen["objective"], "val/false_alarm_rate": chosen["false_alarm_rate"],
+              "val/auroc": chosen["auroc"], **{f"val/dice/{c}": v for c, v in chosen["per_class_dice"].items()},
+              "train/seconds": round(fit_seconds, 1), "train/epochs": trainer.current_epoch}
+    if "classification" in chosen:
+        result["val/class_accuracy"] = chosen["classification"]["accuracy"]
+    return result
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")

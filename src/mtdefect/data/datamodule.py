@@ -35,6 +35,8 @@ class TileDataModule(pl.LightningDataModule):
         flip: bool = True,
         jitter: float = 0.1,
         pin_memory: bool = False,
+        class_names: list[str] | tuple[str, ...] = (),
+        free_class: str = "MT_Free",
     ) -> None:
         super().__init__()
         self.dataset_dir = Path(dataset_dir)
@@ -50,10 +52,13 @@ class TileDataModule(pl.LightningDataModule):
         self.flip = flip
         self.jitter = jitter
         self.pin_memory = pin_memory
+        # the tile head's classes (training crops and validation tiles carry a "label"); () = none
+        self.class_names = tuple(class_names)
+        self.free_label = self.class_names.index(free_class) if free_class in self.class_names else -1
         self.train_set: TileDataset | None = None
         self.val_set: TileDataset | None = None
-        # training tiles, their masks and (mean, std) per tile, on the model's device
-        self._stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # training tiles, their masks, (mean, std) and class index per tile, on the model's device
+        self._stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._train_sampler: WeightedRandomSampler | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -61,9 +66,11 @@ class TileDataModule(pl.LightningDataModule):
             self.train_set = TileDataset(
                 self.dataset_dir, read_manifest(self.manifest, "train"), self.preprocess, train=True,
                 crop_size=self.crop_size, defect_crop_p=self.defect_crop_p, flip=self.flip, jitter=self.jitter,
+                class_names=self.class_names,
             )
         if self.val_set is None and stage in (None, "fit", "validate"):
-            self.val_set = TileDataset(self.dataset_dir, read_manifest(self.manifest, "val"), self.preprocess, train=False)
+            self.val_set = TileDataset(self.dataset_dir, read_manifest(self.manifest, "val"), self.preprocess,
+                                       train=False, class_names=self.class_names)
 
     def _sampler(self) -> WeightedRandomSampler | None:
         assert self.train_set is not None
@@ -115,10 +122,12 @@ class TileDataModule(pl.LightningDataModule):
         assert self.train_set is not None
         device = batch["top"].device
         if self._stacked is None or self._stacked[0].device != device:
-            tensors = (*self.train_set.stacked(), self.train_set.tile_stats())
+            labels = torch.tensor(self.train_set.labels, dtype=torch.long)
+            tensors = (*self.train_set.stacked(), self.train_set.tile_stats(), labels)
             self._stacked = tuple(t.to(device) for t in tensors)  # type: ignore[assignment]
-        images, masks, stats = self._stacked
-        return render_crops(images, masks, batch, self.crop_size, self.preprocess, stats)
+        images, masks, stats, labels = self._stacked
+        return render_crops(images, masks, batch, self.crop_size, self.preprocess, stats,
+                            tile_labels=labels if self.class_names else None, free_label=self.free_label)
 
     def val_dataloader(self) -> DataLoader:
         # whole images of varied sizes: one per batch

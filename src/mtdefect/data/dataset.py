@@ -43,8 +43,15 @@ class TileDataset(Dataset):
         defect_crop_p: float = 0.8,
         flip: bool = True,
         jitter: float = 0.1,
+        class_names: tuple[str, ...] = (),
     ) -> None:
         self.records = records
+        self.class_names = tuple(class_names)
+        unknown = sorted({r.class_name for r in records} - set(self.class_names)) if self.class_names else []
+        if unknown:
+            raise ValueError(f"the manifest has classes {unknown} outside the configured {list(self.class_names)}")
+        # each tile's class index (-1 without class names): the tile head's target
+        self.labels = [self.class_names.index(r.class_name) if self.class_names else -1 for r in records]
         self.preprocess = preprocess
         self.train = train
         self.crop_size = crop_size
@@ -125,17 +132,21 @@ class TileDataset(Dataset):
             "mask": torch.from_numpy(target)[None].float(),
             "valid": torch.from_numpy(valid)[None],
             "index": torch.tensor(index),
+            "label": torch.tensor(self.labels[index]),
         }
 
 
 def render_crops(
     images: torch.Tensor, masks: torch.Tensor, plan: dict[str, torch.Tensor], size: int,
     preprocess: PreprocessSettings, tile_stats: torch.Tensor | None = None,
+    tile_labels: torch.Tensor | None = None, free_label: int = -1,
 ) -> dict[str, torch.Tensor]:
     """A batch of crop plans → {"image": (B, 1, size, size) float32, "mask": same, 0/1}, computed on
     the device of ``images`` by one gather: flips are reversed index ranges, the jitter is
     ``image * contrast + brightness`` after normalisation. ``tile_stats`` ((N, 2), on the same
-    device): each tile's mean and std, for per-image normalisation."""
+    device): each tile's mean and std, for per-image normalisation. ``tile_labels`` ((N,) class
+    indices): adds "label", the tile's class for a crop that holds defect pixels, else
+    ``free_label`` (a crop beside the defect shows no defect)."""
     steps = torch.arange(size, device=images.device)
     rows = plan["top"][:, None] + torch.where(plan["flip_v"][:, None], size - 1 - steps, steps)
     cols = plan["left"][:, None] + torch.where(plan["flip_h"][:, None], size - 1 - steps, steps)
@@ -148,4 +159,9 @@ def render_crops(
         stats = (chosen[:, 0, None, None], chosen[:, 1, None, None])
     image = normalize(images[where], preprocess, stats)
     image = image * plan["contrast"][:, None, None] + plan["brightness"][:, None, None]
-    return {"image": image[:, None].contiguous(), "mask": masks[where][:, None].float()}
+    crop_masks = masks[where]
+    batch = {"image": image[:, None].contiguous(), "mask": crop_masks[:, None].float()}
+    if tile_labels is not None:
+        holds_defect = crop_masks.flatten(1).any(1)
+        batch["label"] = torch.where(holds_defect, tile_labels[plan["index"]], torch.full_like(plan["index"], free_label))
+    return batch

@@ -46,7 +46,7 @@ class HardNegativeMining(pl.Callback):
                         continue
                     # the service's path: its preprocessing, restoration and score, one network pass
                     image, geometry = preprocess(gray, dataset.preprocess)
-                    logits = pl_module(torch.from_numpy(image).to(pl_module.device)).float().cpu().numpy()
+                    logits = pl_module(torch.from_numpy(image).to(pl_module.device))[0].float().cpu().numpy()
                     scores[index] = image_score(restore_probability(logits[0, 0], geometry), self.window)
         finally:
             pl_module.train(was_training)

@@ -1,7 +1,8 @@
 """Network output → probability map at the input's size → mask, regions, score and a decision."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -18,9 +19,13 @@ class Region:
     bbox: tuple[int, int, int, int]  # x, y, width, height in input pixels
     area: int
     score: float  # max probability inside the region
+    class_name: str | None = None  # the tile's defect class, carried to its regions
+    class_score: float | None = None  # the tile head's probability of that class
 
     def to_dict(self) -> dict:
-        return {"bbox": list(self.bbox), "area": self.area, "score": round(self.score, 6)}
+        return {"bbox": list(self.bbox), "area": self.area, "score": round(self.score, 6),
+                "class": self.class_name,
+                "class_score": None if self.class_score is None else round(self.class_score, 6)}
 
 
 @dataclass
@@ -32,6 +37,8 @@ class Prediction:
     score: float  # image-level defect score in [0, 1] (see PostprocessSettings.score_window)
     defective: bool  # the decision (see PostprocessSettings.decision_threshold)
     regions: list[Region] = field(default_factory=list)
+    class_scores: dict[str, float] = field(default_factory=dict)  # tile head: probability per class
+    defect_class: str | None = None  # the most probable defect class of a tile judged defective
 
     @property
     def defect_area_fraction(self) -> float:
@@ -40,6 +47,34 @@ class Prediction:
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))).astype(np.float32)
+
+
+def softmax_scores(tile_logits: np.ndarray | None, class_names: Sequence[str]) -> dict[str, float]:
+    """A K-vector of tile logits → {class name: probability}; {} without a head."""
+    if tile_logits is None or not len(class_names):
+        return {}
+    logits = np.asarray(tile_logits, dtype=np.float64).reshape(-1)
+    if logits.size != len(class_names):
+        raise ValueError(f"the tile head gives {logits.size} logits for {len(class_names)} class names")
+    exp = np.exp(logits - logits.max())
+    probs = exp / exp.sum()
+    return {name: float(p) for name, p in zip(class_names, probs)}
+
+
+def tile_score(probability: np.ndarray, settings: PostprocessSettings,
+               class_scores: Mapping[str, float] | None = None) -> float:
+    """The image score the decision compares with ``decision_threshold`` (``settings.score_source``)."""
+    if settings.score_source == "head":
+        if not class_scores or settings.free_class not in class_scores:
+            raise ValueError(f"score_source 'head' needs the tile head's {settings.free_class!r} probability")
+        return float(np.clip(1.0 - class_scores[settings.free_class], 0.0, 1.0))
+    return image_score(probability, settings.score_window)
+
+
+def defect_class_of(class_scores: Mapping[str, float], free_class: str) -> str | None:
+    """The most probable class other than ``free_class`` (None without class scores)."""
+    defects = {name: p for name, p in class_scores.items() if name != free_class}
+    return max(defects, key=defects.get) if defects else None
 
 
 def restore_probability(logits: np.ndarray, geometry: InputGeometry) -> np.ndarray:
@@ -87,14 +122,22 @@ def find_regions(probability: np.ndarray, threshold: float, min_area: int) -> tu
     return mask, regions
 
 
-def postprocess(probability: np.ndarray, settings: PostprocessSettings) -> Prediction:
-    """Threshold, drop small regions, score the image, decide (see PostprocessSettings)."""
+def postprocess(probability: np.ndarray, settings: PostprocessSettings,
+                class_scores: Mapping[str, float] | None = None) -> Prediction:
+    """Threshold, drop small regions, score the image, decide (see PostprocessSettings). With the
+    tile head's ``class_scores``, a tile judged defective gets the most probable defect class, and
+    its regions carry it."""
     mask, regions = find_regions(probability, settings.threshold, settings.min_region_area)
-    score = image_score(probability, settings.score_window)
+    score = tile_score(probability, settings, class_scores)
     if settings.decision_threshold is None:
         defective = bool(regions)
     else:
         defective = score >= settings.decision_threshold
         if not defective and regions:  # a tile judged clean shows no defects
             mask, regions = np.zeros_like(mask), []
-    return Prediction(probability=probability, mask=mask, score=score, defective=defective, regions=regions)
+    scores = dict(class_scores or {})
+    defect_class = defect_class_of(scores, settings.free_class) if defective else None
+    if defect_class is not None:
+        regions = [replace(r, class_name=defect_class, class_score=scores[defect_class]) for r in regions]
+    return Prediction(probability=probability, mask=mask, score=score, defective=defective, regions=regions,
+                      class_scores=scores, defect_class=defect_class)

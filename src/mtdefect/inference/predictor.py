@@ -9,12 +9,13 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from mtdefect.inference.postprocess import Prediction, postprocess, restore_probability
+from mtdefect.inference.postprocess import Prediction, postprocess, restore_probability, softmax_scores
 from mtdefect.inference.preprocess import InputGeometry, preprocess
 from mtdefect.inference.settings import FLIP_AXES, ONNX_FILE, WEIGHTS_FILE, ModelSettings
 
 Backend = Literal["auto", "torch", "onnx"]
-Runner = Callable[[np.ndarray], np.ndarray]  # N x 1 x H x W float32 → N x 1 x H x W logits
+# N x 1 x H x W float32 → (N x 1 x H x W pixel logits, N x K tile logits or None without a head)
+Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
 
 def load_torch_net(model_dir: str | Path, settings: ModelSettings, device: str = "cpu"):
@@ -22,7 +23,7 @@ def load_torch_net(model_dir: str | Path, settings: ModelSettings, device: str =
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from mtdefect.model.net import build_net
+    from mtdefect.inference.network import build_net
 
     net = build_net(**settings.net)
     path = Path(model_dir) / WEIGHTS_FILE
@@ -37,10 +38,12 @@ def load_torch_net(model_dir: str | Path, settings: ModelSettings, device: str =
 def torch_runner(net, device: str = "cpu") -> Runner:
     import torch
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    from mtdefect.inference.network import split_outputs
+
+    def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         with torch.inference_mode():
-            x = torch.from_numpy(batch).to(device)
-            return net(x).float().cpu().numpy()
+            logits, tile_logits = split_outputs(net(torch.from_numpy(batch).to(device)))
+            return logits.float().cpu().numpy(), None if tile_logits is None else tile_logits.float().cpu().numpy()
 
     return run
 
@@ -55,8 +58,9 @@ def onnx_runner(path: str | Path, threads: int | None = None) -> Runner:
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
 
-    def run(batch: np.ndarray) -> np.ndarray:
-        return session.run(None, {input_name: batch})[0]
+    def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = session.run(None, {input_name: batch})
+        return outputs[0], outputs[1] if len(outputs) > 1 else None
 
     return run
 
@@ -126,15 +130,28 @@ class Predictor:
             merged = merged + np.flip(view[0], tuple(axis - 2 for axis in FLIP_AXES[name]))
         return merged / self.views if self.views > 1 else merged
 
-    def probability(self, gray: np.ndarray) -> np.ndarray:
-        """HxW uint8 → HxW float32 defect probability at the input's size. With test-time flips, the
-        original and its flipped copies go through the network as one batch and the logits, flipped
-        back, are averaged."""
+    def class_scores(self, tile_logits: np.ndarray | None) -> dict[str, float]:
+        """(views x K) tile logits of one image → {class: probability} (views' logits averaged)."""
+        if tile_logits is None:
+            return {}
+        return softmax_scores(np.asarray(tile_logits).mean(axis=0), self.settings.class_names)
+
+    def infer(self, gray: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """HxW uint8 → (HxW float32 defect probability at the input's size, the tile head's
+        {class: probability} or {}), from one network call. With test-time flips, the original and
+        its flipped copies go through the network as one batch and the logits, flipped back, are
+        averaged."""
         batch, geometry = self.network_input(gray)
-        return restore_probability(self.merge_views(self.runner(batch)), geometry)
+        logits, tile_logits = self.runner(batch)
+        return restore_probability(self.merge_views(logits), geometry), self.class_scores(tile_logits)
+
+    def probability(self, gray: np.ndarray) -> np.ndarray:
+        """HxW uint8 → HxW float32 defect probability at the input's size (see ``infer``)."""
+        return self.infer(gray)[0]
 
     def predict(self, gray: np.ndarray) -> tuple[Prediction, float]:
         """HxW uint8 → (Prediction, milliseconds spent)."""
         start = time.perf_counter()
-        prediction = postprocess(self.probability(gray), self.settings.postprocess)
+        probability, class_scores = self.infer(gray)
+        prediction = postprocess(probability, self.settings.postprocess, class_scores)
         return prediction, (time.perf_counter() - start) * 1000.0

@@ -35,6 +35,9 @@ class PreprocessSettings:
     per_image: bool = False
 
 
+SCORE_SOURCES = ("mask", "head")
+
+
 @dataclass(frozen=True)
 class PostprocessSettings:
     """How a probability map becomes answers.
@@ -48,12 +51,24 @@ class PostprocessSettings:
         ``min_region_area``. A number: a tile is defective when its score reaches it, and a tile
         judged clean reports no regions (an empty mask). Calibration sets it so the false-alarm
         rate on defect-free validation tiles stays within budget.
+    score_source: where the image score comes from. ``mask``: the windowed probability above.
+        ``head``: the tile head, 1 − P(``free_class``) (models with a tile-class head).
+    free_class: the tile head's "no defect" class.
+
+    Three numbers are easy to confuse: ``threshold`` is per *pixel* (the mask), ``decision_threshold``
+    per *tile* (reject or not), ``min_region_area`` in pixels per region.
     """
 
     threshold: float = 0.5
     min_region_area: int = 0
     score_window: int = 1
     decision_threshold: float | None = None
+    score_source: str = "mask"
+    free_class: str = "MT_Free"
+
+    def __post_init__(self) -> None:
+        if self.score_source not in SCORE_SOURCES:
+            raise ValueError(f"score_source must be one of {SCORE_SOURCES}, got {self.score_source!r}")
 
 
 # test-time flips: name → the image axes (of an N x 1 x H x W batch) the flip reverses
@@ -67,6 +82,8 @@ class ModelSettings:
     test_time_flips: flipped copies of the input (names from ``FLIP_AXES``) run through the network
     next to the original, in one batch; the logits are flipped back and averaged. Chosen on the
     validation split by calibration; each flip adds one network pass per image.
+    class_names: the tile head's outputs in order (``net["tile_classes"]`` of them); a model
+    without a head may list the dataset's classes for information.
     """
 
     net: dict[str, Any]

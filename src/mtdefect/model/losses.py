@@ -36,13 +36,39 @@ class TileScoreLoss(nn.Module):
         return F.binary_cross_entropy(score, label)
 
 
+class PerImageDiceLoss(nn.Module):
+    """Soft Dice computed per crop, averaged over the crops that hold a defect.
+
+    smp's ``DiceLoss("binary")`` pools the whole batch into one ratio, so a 100-pixel blowhole weighs
+    nothing beside a 20,000-pixel fray in the same batch. Here every defective crop weighs the same,
+    whatever its defect's size; crops without a defect are left to the pixel BCE (a per-crop Dice of
+    an empty truth can only push every pixel to zero)."""
+
+    def __init__(self, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probability = torch.sigmoid(logits.float()).flatten(1)
+        truth = target.float().flatten(1)
+        holds_defect = truth.sum(1) > 0
+        if not holds_defect.any():
+            return logits.sum() * 0.0  # keeps the graph; nothing to measure
+        probability, truth = probability[holds_defect], truth[holds_defect]
+        intersection = (probability * truth).sum(1)
+        dice = (2 * intersection + self.smooth) / (probability.sum(1) + truth.sum(1) + self.smooth)
+        return (1 - dice).mean()
+
+
 class CombinedLoss(nn.Module):
     """``bce * BCEWithLogits + dice * Dice + focal * Focal + tversky * Tversky + lovasz * Lovasz
-    + tile * TileScoreLoss(tile_window)``; a zero weight leaves a term out."""
+    + tile * TileScoreLoss(tile_window)``; a zero weight leaves a term out. ``dice_per_image``:
+    the Dice term is ``PerImageDiceLoss`` (each defective crop weighs the same) instead of smp's
+    batch-pooled Dice."""
 
     def __init__(self, bce: float = 1.0, dice: float = 1.0, focal: float = 0.0, tversky: float = 0.0,
                  lovasz: float = 0.0, pos_weight: float | None = None, tile: float = 0.0,
-                 tile_window: int = 5) -> None:
+                 tile_window: int = 5, dice_per_image: bool = False) -> None:
         super().__init__()
         import segmentation_models_pytorch as smp
 
@@ -51,7 +77,8 @@ class CombinedLoss(nn.Module):
             weight = torch.tensor([pos_weight]) if pos_weight else None
             self.terms.append((bce, nn.BCEWithLogitsLoss(pos_weight=weight)))
         if dice:
-            self.terms.append((dice, smp.losses.DiceLoss("binary", from_logits=True)))
+            pooled = smp.losses.DiceLoss("binary", from_logits=True)
+            self.terms.append((dice, PerImageDiceLoss() if dice_per_image else pooled))
         if focal:
             self.terms.append((focal, smp.losses.FocalLoss("binary")))
         if tversky:

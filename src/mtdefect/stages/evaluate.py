@@ -14,6 +14,8 @@ def stage(cfg: DictConfig) -> None:
     d = t["detection"]
     print(f"evaluate: dice {t['dice']:.3f} iou {t['iou']:.3f} | {per_class} | recall {d['recall']:.3f} "
           f"false alarms {d['false_alarm_rate']:.3f} auroc {d['auroc']:.3f} ({t['images']} images)")
+    if "classification" in t:
+        print(f"evaluate: defect class top-1 accuracy {t['classification']['accuracy']:.3f} on defective tiles")
 
 
 if __name__ == "__main__":

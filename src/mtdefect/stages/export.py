@@ -6,7 +6,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from mtdefect.data.split import read_manifest
-from mtdefect.evaluate import UNLIMITED
+from mtdefect.scoring import UNLIMITED
 from mtdefect.export import check_parity, export_onnx
 from mtdefect.inference import decode_image
 from mtdefect.inference.settings import ONNX_FILE

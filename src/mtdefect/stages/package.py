@@ -14,6 +14,11 @@ from mtdefect.stages._common import run
 from mtdefect.store import save_model_dir
 
 
+# the test metrics copied into the store entry's metadata (the full report stays in reports/)
+HEADLINE = ("dice", "iou", "dice_ungated", "mean_class_dice", "per_class_dice", "detection", "score_source",
+            "decision_threshold", "backend")
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
@@ -22,7 +27,10 @@ def git_commit() -> str:
 
 
 def stage(cfg: DictConfig) -> None:
-    metrics = json.loads((Path(cfg.paths.reports_dir) / "metrics.json").read_text())["test"]
+    test = json.loads((Path(cfg.paths.reports_dir) / "metrics.json").read_text())["test"]
+    metrics = {k: test[k] for k in HEADLINE if k in test}
+    if "classification" in test:
+        metrics["class_accuracy"] = test["classification"]["accuracy"]
     data_version = manifest_digest(cfg.paths.manifest)
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "model"
