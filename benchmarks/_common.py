@@ -251,6 +251,16 @@ def resolve_model_dir(model_dir: str | None, workdir: Path) -> tuple[Path, str]:
     return random_model_dir(workdir / "model"), "default config, random weights"
 
 
+def describe_model(model_dir: Path, source: str, **extra: Any) -> dict[str, Any]:
+    """What a result records about its model: where it came from, its network (arch, encoder, ...) and
+    its test-time flips, read from the folder's settings.json (so the README can name the model)."""
+    from mtdefect.inference.settings import SETTINGS_FILE
+
+    settings = json.loads((Path(model_dir) / SETTINGS_FILE).read_text())
+    return {"source": source, "net": settings.get("net", {}),
+            "test_time_flips": list(settings.get("test_time_flips", [])), **extra}
+
+
 def default_net_config() -> dict[str, Any]:
     """The network of conf/model/unet.yaml (read from the file, so it follows the config)."""
     import yaml

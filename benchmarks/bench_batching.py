@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nerrors in the first requests of each cell after the server idled (excluded above): " + "; ".join(
             f"{name} {v['after_idle']['errors']}/{v['after_idle']['requests']}" for name, v in http.items()))
     path = C.write_result(args.result_name, {
-        "machine": info, "model": {"source": model_source}, "args": vars(args),
+        "machine": info, "model": C.describe_model(model_dir, model_source), "args": vars(args),
         "inprocess": {"fixed_270x324_network_ms_per_image": fixed, "real_e2e": real, "padding_effect": effect},
         "http": http,
     })

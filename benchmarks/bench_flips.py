@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         summary.append({"flips": list(flips), "views": 1 + len(flips), "latency_ms": C.latency_summary(times),
                         "median_ratio": median / baseline, "paired_median_ratio": paired})
     print(C.table(["flips", "views", "p50 ms", "p95 ms", "p50 vs none", "paired median"], rows))
-    path = C.write_result(args.result_name, {"machine": info, "model": source, "backend": base.backend,
+    path = C.write_result(args.result_name, {"machine": info, "model": C.describe_model(model_dir, source), "backend": base.backend,
                                              "args": vars(args), "results": summary})
     print(f"\nwritten: {path.relative_to(C.REPO)}")
     return 0

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(target <= 10%); soak {soak['ok']} ok / {soak['errors']} errors at {soak['req_per_s']:.2f} req/s")
     path = C.write_result(args.result_name, {
         "machine": info,
-        "model": {"source": model_source, "tag": tag},
+        "model": C.describe_model(model_dir, model_source, tag=tag),
         "args": vars(args),
         "server_env": server_env,
         "levels": levels,
