@@ -28,10 +28,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mtdefect.inference import DecodeError, Prediction, decode_image
-from mtdefect.inference.overlay import overlay as overlay_image
+from mtdefect.inference.overlay import class_overlay
+from mtdefect.serving import monitoring
 from mtdefect.serving.config import ServeConfig
 from mtdefect.serving.errors import ApiError, error_response
 from mtdefect.serving.guard import ApiGuard
+from mtdefect.serving.pages import page_routes
 from mtdefect.serving.runtime import ModelRuntime, ModelUnavailable
 from mtdefect.serving.schema import (
     API_ROUTES,
@@ -57,8 +59,10 @@ async def _openapi(_: Request) -> JSONResponse:
     return JSONResponse(_spec)
 
 
-# Served in place of BentoML's /docs.json: the same document, plus the error statuses the API answers.
-_docs = Starlette(routes=[Route("/docs.json", _openapi, methods=["GET"])])
+# Served in place of BentoML's /docs.json: the same document, plus the error statuses the API answers;
+# and in place of BentoML's index page (it loads Google Tag Manager): the operator page at /, the
+# OpenAPI UI at /docs (mtdefect.serving.pages). Mounted apps are matched before BentoML's own "/".
+_docs = Starlette(routes=[Route("/docs.json", _openapi, methods=["GET"]), *page_routes()])
 
 
 @bentoml.asgi_app(_docs, path="/")
@@ -75,6 +79,8 @@ class MagneticTileService:
 
     def __init__(self) -> None:
         self.runtime = ModelRuntime(CONFIG).load()
+        if self.runtime.ready:
+            monitoring.set_model_info(self.runtime.tag, getattr(self.runtime.predictor, "backend", None))
         self._inference = anyio.CapacityLimiter(1)  # one forward pass at a time; it uses every core
 
     def __is_ready__(self) -> bool:
@@ -104,6 +110,7 @@ class MagneticTileService:
             data = image_from_form(body, request.headers.get("content-type"))
             gray = await anyio.to_thread.run_sync(self._decode, data)
             prediction, ms = await anyio.to_thread.run_sync(self._predict, gray, limiter=self._inference)
+            monitoring.record_prediction(request.url.path, prediction, gray.shape)
             return await anyio.to_thread.run_sync(render, gray, prediction, ms)
         except ApiError as exc:
             return exc.response()
@@ -136,7 +143,7 @@ class MagneticTileService:
         return Response(_png(prediction.mask), media_type="image/png", headers=self._headers(prediction, ms))
 
     def _overlay_png(self, gray: np.ndarray, prediction: Prediction, ms: float) -> Response:
-        picture = overlay_image(gray, prediction.mask)
+        picture = class_overlay(gray, prediction.mask, prediction.regions)
         return Response(_png(picture), media_type="image/png", headers=self._headers(prediction, ms))
 
     def _detection(self, gray: np.ndarray, prediction: Prediction, ms: float) -> Response:

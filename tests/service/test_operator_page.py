@@ -1,0 +1,265 @@
+"""The operator page at / and the OpenAPI UI at /docs, over real HTTP and in a real headless Chromium
+(Debian's chromium + chromium-driver through Selenium; skipped, with the reason, where they are
+missing). The page must show what /detect answers for the same file, explain refusals, and make no
+request to another origin (BentoML's own index page loads Google Tag Manager).
+
+MT_SCREENSHOT_DIR=docs/images pytest tests/service/test_operator_page.py  also writes the page's
+screenshots there (operator_page.png at 1280x800, operator_page_tablet.png at 800x1280).
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from mtdefect.devtools import browser as chromium_tools
+
+from .svc_support import API_KEY, REPO, encode, tile
+
+pytestmark = pytest.mark.slow
+
+TRACKERS = ("googletagmanager", "gtm-wnpgwrm", "google-analytics.com", "datalayer.push")
+
+
+def dataset_zip() -> Path | None:
+    source = os.environ.get("MT_DATA_SOURCE", "")
+    for candidate in (Path(source) if source.endswith(".zip") else None,
+                      REPO.parent / "shared" / "data" / "magnetic-tiles.zip"):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def real_tile(folder: Path) -> Path:
+    """A real defective tile from the dataset archive when there is one, else a synthetic tile."""
+    archive = dataset_zip()
+    if archive is not None:
+        with zipfile.ZipFile(archive) as z:
+            names = sorted(n for n in z.namelist() if "/MT_Crack/Imgs/" in n and n.endswith(".jpg"))
+            if names:
+                path = folder / Path(names[0]).name
+                path.write_bytes(z.read(names[0]))
+                return path
+    path = folder / "synthetic_tile.png"
+    path.write_bytes(encode(tile(240, 300, seed=11, blobs=2)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def chromium_session():
+    try:
+        browser = chromium_tools.Chromium(1280, 800)
+    except chromium_tools.BrowserUnavailable as exc:
+        pytest.skip(f"no headless Chromium for the operator-page test: {exc}")
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def chromium(chromium_session):
+    """The module's browser on a blank page, at 1280x800, with an empty request list."""
+    chromium_session.driver.get("about:blank")
+    chromium_session.viewport(1280, 800)
+    chromium_session.forget_requests()
+    chromium_session.driver.get_log("browser")
+    return chromium_session
+
+
+def page_facts(browser) -> dict:
+    d = browser.driver
+    rows = d.find_elements("css selector", "#regions tbody tr:not(.muted)")
+    return {
+        "decision": d.find_element("id", "decision").get_attribute("data-value"),
+        "defect_class": d.find_element("id", "defect-class").get_attribute("data-value"),
+        "regions": len(rows),
+        "region_count": d.find_element("id", "region-count").get_attribute("data-value"),
+        "first_bbox": [int(td.text) for td in rows[0].find_elements("css selector", "td")[4:8]] if rows else None,
+        "score": d.find_element("id", "score").text,
+        "model": d.find_element("id", "model").text,
+        "latency": d.find_element("id", "latency").text,
+        "overlay": d.execute_script(
+            "const i = document.getElementById('overlay'); return i.hidden ? null : [i.naturalWidth, i.naturalHeight];"),
+    }
+
+
+def no_horizontal_scroll(browser) -> bool:
+    return browser.driver.execute_script(
+        "return document.documentElement.scrollWidth <= window.innerWidth;")
+
+
+def box(browser, element_id: str) -> dict:
+    return browser.driver.execute_script(
+        "const r = document.getElementById(arguments[0]).getBoundingClientRect();"
+        "return {left: r.left, right: r.right, top: r.top, bottom: r.bottom};", element_id)
+
+
+def save_screenshot(browser, name: str, tmp_path: Path) -> None:
+    browser.driver.execute_script("document.activeElement && document.activeElement.blur();")
+    browser.driver.save_screenshot(str(tmp_path / name))
+    target = os.environ.get("MT_SCREENSHOT_DIR")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        browser.driver.save_screenshot(str(Path(target) / name))
+
+
+# ------------------------------------------------------------------ over plain HTTP
+
+
+def test_root_is_the_operator_page_not_bentoml_index(server):
+    page = server.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "Tile inspection" in page.text and 'id="file-input"' in page.text
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp and "script-src 'self'" in csp
+    for path, kind in (("/ui/app.js", "text/javascript"), ("/ui/style.css", "text/css"),
+                       ("/docs", "text/html"), ("/docs/init.js", "text/javascript"),
+                       ("/docs/assets/swagger-ui-bundle.js", "javascript"), ("/docs/assets/swagger-ui.css", "text/css")):
+        response = server.get(path)
+        assert response.status_code == 200, path
+        assert kind in response.headers["content-type"], (path, response.headers["content-type"])
+        text = response.text.lower()
+        assert not any(t in text for t in TRACKERS), path
+    for path in ("/ui/index.html", "/ui/docs.html", "/ui/..%2Fpages.py", "/ui/missing.js", "/docs/assets/../pages.py"):
+        assert server.get(path).status_code == 404, path
+    for method in ("post", "put", "delete"):
+        assert requests.request(method, server.url + "/", timeout=10).status_code == 405
+
+
+def test_pages_need_no_api_key(strict_server):
+    for path in ("/", "/ui/app.js", "/ui/style.css", "/docs", "/docs.json"):
+        assert strict_server.get(path).status_code == 200, path
+    assert strict_server.post_image("/detect", encode(tile(64, 64))).status_code == 401
+
+
+def test_bento_ships_the_pages():
+    """bentofile.yaml's include/exclude, read by BentoML's own matcher, take every page file."""
+    import yaml
+    from bentoml._internal.bento.build_config import BentoPathSpec
+
+    config = yaml.safe_load((REPO / "bentofile.yaml").read_text())
+    spec = BentoPathSpec(config["include"], config.get("exclude", []), str(REPO))
+    page = REPO / "src" / "mtdefect" / "serving" / "page"
+    files = [p.relative_to(REPO).as_posix() for p in page.iterdir() if p.is_file()]
+    assert {"index.html", "app.js", "style.css", "docs.html", "docs.js"} <= {Path(f).name for f in files}
+    for path in [*files, "src/mtdefect/serving/pages.py", "src/mtdefect/serving/monitoring.py"]:
+        assert spec.includes(path), path
+    assert not spec.includes("src/mtdefect/devtools/browser.py")
+
+
+# ------------------------------------------------------------------ in Chromium
+
+
+def test_page_shows_what_detect_answers_and_stays_on_its_origin(server, chromium, tmp_path):
+    real = real_tile(tmp_path)
+    blobs = tmp_path / "blobs.png"  # what the tiny test model calls defective
+    blobs.write_bytes(encode(tile(200, 260, seed=3, blobs=3)))
+    chromium.driver.get(server.url + "/")
+    chromium.wait_for(lambda: chromium.driver.find_element("id", "service-state").get_attribute("data-ready") == "yes",
+                      30, "service ready pill")
+    answers = []
+    for path in (blobs, real):
+        assert chromium.upload(path) == "done", chromium.driver.find_element("id", "error").text
+        facts = page_facts(chromium)
+        expected = server.post_image("/detect", path.read_bytes(), path.name).json()
+        answers.append(expected)
+        assert facts["decision"] == ("defective" if expected["defective"] else "clean"), (facts, expected)
+        assert facts["defect_class"] == (expected.get("defect_class") or ""), (facts, expected)
+        assert facts["regions"] == len(expected["regions"]) == int(facts["region_count"]), (facts, expected)
+        if expected["regions"]:
+            assert facts["first_bbox"] == expected["regions"][0]["bbox"]
+        assert facts["score"] == f"{expected['score']:.3f}"
+        assert facts["model"] == expected["model"]
+        assert facts["latency"].startswith("model ") and "round trip" in facts["latency"]
+        width, height = Image.open(path).size
+        assert facts["overlay"] is not None and facts["overlay"][0] == width and facts["overlay"][1] >= height
+        shown = chromium.driver.find_element("id", "original")
+        assert shown.is_displayed() and chromium.driver.execute_script("return arguments[0].naturalWidth;", shown) == width
+        assert chromium.driver.find_element("id", "error").is_displayed() is False
+    assert any(a["defective"] and a["regions"] for a in answers), "no defective answer: the regions table went untested"
+
+    # 1280x800: pictures and result side by side, nothing wider than the window
+    chromium.viewport(1280, 800)
+    assert no_horizontal_scroll(chromium)
+    assert box(chromium, "result")["left"] >= box(chromium, "drop")["right"] - 1
+    save_screenshot(chromium, "operator_page.png", tmp_path)
+    # tablet (800 px wide, portrait): one column, the result under the pictures, still no sideways scroll
+    chromium.viewport(800, 1280)
+    assert no_horizontal_scroll(chromium)
+    assert box(chromium, "result")["top"] >= box(chromium, "drop")["bottom"]
+    save_screenshot(chromium, "operator_page_tablet.png", tmp_path)
+    chromium.viewport(1280, 800)
+
+    urls = chromium.requests()
+    assert any(u.endswith("/detect") for u in urls) and any(u.endswith("/overlay") for u in urls)
+    assert any(u.endswith("/ui/app.js") for u in urls) and any(u.endswith("/ui/style.css") for u in urls)
+    assert chromium_tools.foreign(urls, server.url) == []
+    assert chromium.console_errors() == []
+
+
+def test_refusals_are_explained_on_the_page(server, chromium, tmp_path):
+    chromium.driver.get(server.url + "/")
+    text_file = tmp_path / "notes.txt"
+    text_file.write_bytes(b"this is not an image\n" * 20)
+    answer = server.post_image("/detect", text_file.read_bytes(), text_file.name)
+    assert answer.status_code in (400, 415)
+
+    assert chromium.upload(text_file) == "error"  # picked in the file dialog
+    error = chromium.driver.find_element("id", "error")
+    assert error.is_displayed()
+    assert f"(HTTP {answer.status_code})" in error.text and answer.json()["error"] in error.text
+    if answer.status_code == 415:
+        assert "not an image the service accepts" in error.text
+    assert not chromium.driver.find_element("id", "result").is_displayed()
+
+    truncated = encode(tile(120, 120, seed=5))[:300]  # dropped on the drop zone
+    answer = server.post_image("/detect", truncated, "cut.png")
+    assert answer.status_code == 400
+    assert chromium.drop("cut.png", truncated) == "error"
+    assert "(HTTP 400)" in error.text and answer.json()["error"] in error.text
+
+    good = tmp_path / "good.png"  # the error goes away with the next good tile
+    good.write_bytes(encode(tile(100, 120, seed=6)))
+    assert chromium.upload(good) == "done" and not error.is_displayed()
+    assert chromium_tools.foreign(chromium.requests(), server.url) == []
+
+
+def test_api_key_field_and_too_big_files(strict_server, chromium, tmp_path):
+    """The strict server wants an API key and caps files at 60,000 bytes."""
+    chromium.driver.get(strict_server.url + "/")
+    small = tmp_path / "small.png"
+    small.write_bytes(encode(tile(120, 150, seed=7)))
+    key = chromium.driver.find_element("id", "api-key")
+    key.clear()
+    assert chromium.upload(small) == "error"
+    error = chromium.driver.find_element("id", "error")
+    assert "(HTTP 401)" in error.text and "API key" in error.text
+
+    key.send_keys(API_KEY)
+    assert chromium.upload(small) == "done"
+    expected = strict_server.post_image("/detect", small.read_bytes(), headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    assert page_facts(chromium)["decision"] == ("defective" if expected["defective"] else "clean")
+
+    noise = np.random.default_rng(0).integers(0, 256, (250, 250), dtype=np.uint8)  # noise barely compresses
+    big = tmp_path / "big.png"
+    big.write_bytes(encode(noise))
+    assert big.stat().st_size > 60_000
+    assert chromium.upload(big) == "error"
+    assert "(HTTP 413)" in error.text and "too big" in error.text
+    assert chromium_tools.foreign(chromium.requests(), strict_server.url) == []
+    key.clear()
+
+
+def test_openapi_ui_at_docs_without_trackers(server, chromium):
+    chromium.driver.get(server.url + "/docs")
+    chromium.wait_for(
+        lambda: len(chromium.driver.find_elements("css selector", ".opblock-summary-path")) >= 3, 60, "Swagger UI")
+    paths = {e.text.replace("\u200b", "") for e in chromium.driver.find_elements("css selector", ".opblock-summary-path")}
+    assert {"/detect", "/segment", "/overlay"} <= paths
+    urls = chromium.requests()
+    assert any(u.endswith("/docs.json") for u in urls)
+    assert chromium_tools.foreign(urls, server.url) == []
