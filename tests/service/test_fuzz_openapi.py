@@ -24,6 +24,7 @@ from PIL import Image
 from schemathesis import GenerationMode
 from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
+from .logcheck import assert_clean_log_since, log_offset
 from .svc_support import tile
 
 pytestmark = pytest.mark.slow
@@ -60,6 +61,7 @@ def strategy(operation):
 def test_fuzzed_requests_get_documented_answers(api_schema, server, label):
     operation = operations(api_schema)[label]
     seen = STATUSES.setdefault(label, [])
+    start = log_offset(server)
 
     @given(case=strategy(operation))
     @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
@@ -71,7 +73,9 @@ def test_fuzzed_requests_get_documented_answers(api_schema, server, label):
         assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:300])
 
     fuzz()
+    assert seen, "no fuzzed request was sent"
     assert server.get("/livez").status_code == 200
+    assert_clean_log_since(server, start, [label.split()[1]])
 
 
 @st.composite
@@ -98,6 +102,7 @@ def test_fuzzed_valid_images_get_conforming_answers(api_schema, server, label):
     schema, and a mask / overlay of the input's size."""
     operation = operations(api_schema)[label]
     seen = STATUSES.setdefault(f"{label} (valid images)", [])
+    start = log_offset(server)
 
     @given(case=operation.as_strategy(GenerationMode.POSITIVE), upload=images())
     @settings(max_examples=IMAGE_EXAMPLES, deadline=None, database=None, derandomize=True,
@@ -119,11 +124,17 @@ def test_fuzzed_valid_images_get_conforming_answers(api_schema, server, label):
                 assert set(np.unique(np.asarray(picture)).tolist()) <= {0, 255}
 
     fuzz()
+    assert len(seen) >= IMAGE_EXAMPLES // 2, f"only {len(seen)} of {IMAGE_EXAMPLES} valid images were sent"
+    assert_clean_log_since(server, start, [label.split()[1]])
 
 
 def test_server_survived_the_fuzzing(server):
+    """After the fuzz tests above (each already checked its own answers and its part of the log):
+    the server is still ready. Run alone, there is nothing to summarise: it skips rather than pass
+    on nothing."""
+    if not any(STATUSES.values()):
+        pytest.skip("the summary of this module's fuzz tests: run it with them")
     assert server.get("/readyz").status_code == 200
-    assert "Traceback" not in server.log()
     total = sum(len(v) for v in STATUSES.values())
     print(f"\nfuzzing: {total} requests over {len(STATUSES)} operations")
     for label, statuses in sorted(STATUSES.items()):

@@ -276,7 +276,8 @@ def in_progress(server: Server, endpoint: str) -> float:
 def test_sigterm_lets_in_flight_requests_finish_then_exits(model_home, tmp_path_factory):
     """A dedicated server (it dies): 6 large images in flight (one forward pass at a time, so most
     wait in the queue), SIGTERM to the `bentoml serve` process, as a container runtime sends it.
-    All 6 answer 200 with a full mask, then the server and all its worker processes are gone."""
+    All 6 answer 200 with a full mask, then the server exits with status 0 and all its worker
+    processes are gone."""
     log = tmp_path_factory.mktemp("logs") / "sigterm.log"
     srv = start_server({**model_home.env(), "MT_THREADS": "1"}, log)
     try:
@@ -305,6 +306,10 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits(model_home, tmp_path_
         assert max(done_at) > signalled, "every request had finished before the signal: nothing was in flight"
         srv.process.wait(timeout=30)
         exited_after = time.monotonic() - signalled
+        assert srv.process.returncode == 0, (
+            f"`bentoml serve` exited with {srv.process.returncode} after SIGTERM, not a clean shutdown (0):\n"
+            f"{srv.log_tail()}"
+        )
         _, alive = psutil.wait_procs(family, timeout=10)
         assert not alive, f"still running after SIGTERM: {alive}"
         late = sum(t > signalled for t in done_at)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -49,13 +50,15 @@ P = TypeVar("P", bound=ServerProcess)
 
 
 def launch(service: str, env: dict[str, str], log_path: Path, cwd: Path, host: str = "127.0.0.1", *,
-           cls: type[P] = ServerProcess) -> P:
+           cls: type[P] = ServerProcess, bentoml: Sequence[str] = (BENTOML,)) -> P:
     """``bentoml serve SERVICE`` on a free port of ``host``, output to ``log_path``; does not wait.
-    ``cls``: a subclass of ServerProcess to return (its extra fields need defaults)."""
+    ``SERVICE``: ``module:Class`` in ``cwd``, or a built bento's tag. ``cls``: a subclass of
+    ServerProcess to return (its extra fields need defaults). ``bentoml``: the command that runs
+    BentoML's CLI (e.g. ``[python, "-m", "bentoml"]`` for another interpreter)."""
     port = free_port(host)
     with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
-            [BENTOML, "serve", service, "--host", host, "--port", str(port)],
+            [*bentoml, "serve", service, "--host", host, "--port", str(port)],
             cwd=cwd,
             env=env,
             stdout=log,
