@@ -3,6 +3,7 @@
 The server runs in its own process group so that stopping it also stops its workers; its resident
 memory is summed over the whole process tree (the ``bentoml serve`` arbiter and every worker).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,14 +13,14 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
+import _common as C  # puts src/ on sys.path
 import psutil
 import requests
 
-import _common as C  # puts src/ on sys.path
 from mtdefect.devtools import server as devserver
 
 LOOPBACK = "127.0.0.1"
@@ -33,10 +34,13 @@ def store_model(model_dir: Path, home: Path) -> str:
     for sub in ("bentos", "models", "envs", "tmp"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
-    code = ("import sys; sys.path.insert(0, 'src'); from mtdefect.store import save_model_dir; "
-            f"print(save_model_dir({str(model_dir)!r}, labels={{'purpose': 'benchmark'}}))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=C.REPO, env=env, check=True,
-                         capture_output=True, text=True)
+    code = (
+        "import sys; sys.path.insert(0, 'src'); from mtdefect.store import save_model_dir; "
+        f"print(save_model_dir({str(model_dir)!r}, labels={{'purpose': 'benchmark'}}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=C.REPO, env=env, check=True, capture_output=True, text=True
+    )
     return out.stdout.strip().splitlines()[-1]
 
 
@@ -56,18 +60,31 @@ class Server(devserver.ServerProcess):
         for p in procs:
             with contextlib.suppress(psutil.Error):
                 cmd = " ".join(p.cmdline())
-                role = ("worker" if "--worker-id" in cmd or "serve-http" in cmd or "worker" in cmd
-                        else "arbiter" if p.pid == root.pid else p.name())
+                role = (
+                    "worker"
+                    if "--worker-id" in cmd or "serve-http" in cmd or "worker" in cmd
+                    else "arbiter"
+                    if p.pid == root.pid
+                    else p.name()
+                )
                 rows.append({"pid": p.pid, "role": role, "rss_mib": p.memory_info().rss / 2**20})
         return {"total_mib": sum(r["rss_mib"] for r in rows), "processes": rows}
 
 
-def start_server(service: str, home: Path, log_path: Path, extra_env: dict[str, str] | None = None,
-                 cwd: Path = C.REPO, timeout: float = 180.0) -> Server:
+def start_server(
+    service: str,
+    home: Path,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+    cwd: Path = C.REPO,
+    timeout: float = 180.0,
+) -> Server:
     """``bentoml serve`` on a free loopback port with its own BentoML home; returns once /readyz is 200."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MT_")}
     env.update(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(C.REPO / "src"), str(C.REPO), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(C.REPO / "src"), str(C.REPO), env.get("PYTHONPATH")])
+    )
     env.update(extra_env or {})
     server = devserver.launch(service, env, log_path, cwd=cwd, host=LOOPBACK, cls=Server)
     try:
@@ -93,11 +110,15 @@ class Body:
     content_type: str
 
     @classmethod
-    def image(cls, payload: bytes, filename: str = "tile.jpg", field_name: str = "image") -> "Body":
+    def image(cls, payload: bytes, filename: str = "tile.jpg", field_name: str = "image") -> Body:
         boundary = uuid.uuid4().hex
-        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field_name}\"; filename=\"{filename}\"\r\n"
-                f"Content-Type: image/jpeg\r\n\r\n").encode()
-        return cls(head + payload + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}")
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; filename="{filename}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        return cls(
+            head + payload + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+        )
 
 
 @dataclass
@@ -124,16 +145,29 @@ class LoadResult:
 
     def summary(self) -> dict:
         lat = C.latency_summary(self.latencies_ms)
-        return {"concurrency": self.concurrency, "ok": self.ok, "errors": self.error_count,
-                "error_kinds": dict(self.errors), "wall_s": self.wall_s, "req_per_s": self.req_per_s,
-                **lat, "server_inference_p50_ms": C.percentile(self.server_ms, 50),
-                "client_cpu_s": self.client_cpu_s,
-                "mean_batch_size": (sum(self.batch_sizes) / len(self.batch_sizes)) if self.batch_sizes else None,
-                "max_batch_size": max(self.batch_sizes) if self.batch_sizes else None}
+        return {
+            "concurrency": self.concurrency,
+            "ok": self.ok,
+            "errors": self.error_count,
+            "error_kinds": dict(self.errors),
+            "wall_s": self.wall_s,
+            "req_per_s": self.req_per_s,
+            **lat,
+            "server_inference_p50_ms": C.percentile(self.server_ms, 50),
+            "client_cpu_s": self.client_cpu_s,
+            "mean_batch_size": (sum(self.batch_sizes) / len(self.batch_sizes)) if self.batch_sizes else None,
+            "max_batch_size": max(self.batch_sizes) if self.batch_sizes else None,
+        }
 
 
-def generate_load(url: str, bodies: Sequence[Body], concurrency: int, max_requests: int,
-                  max_seconds: float, timeout_s: float = 60.0) -> LoadResult:
+def generate_load(
+    url: str,
+    bodies: Sequence[Body],
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    timeout_s: float = 60.0,
+) -> LoadResult:
     """Closed loop: ``concurrency`` threads, each with its own keep-alive connection, send the bodies
     round-robin until ``max_requests`` were sent or ``max_seconds`` passed. Loopback only."""
     host = url.split("//", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
@@ -158,8 +192,9 @@ def generate_load(url: str, bodies: Sequence[Body], concurrency: int, max_reques
                 body = bodies[i % len(bodies)]
                 start = time.perf_counter()
                 try:
-                    r = session.post(url, data=body.data, headers={"Content-Type": body.content_type},
-                                     timeout=timeout_s)
+                    r = session.post(
+                        url, data=body.data, headers={"Content-Type": body.content_type}, timeout=timeout_s
+                    )
                     ms = (time.perf_counter() - start) * 1000.0
                     kind = None if r.status_code == 200 else f"http {r.status_code}"
                     server_ms = r.headers.get("X-Inference-Ms")

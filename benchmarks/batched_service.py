@@ -15,10 +15,12 @@ border context slightly (the max probability difference is measured there too).
 MT_BENCH_BATCHING=0 gives the same two-service topology with batching off (one image per call):
 the fair per-request baseline for the batching effect itself. Knobs: MT_BENCH_MAX_BATCH (8),
 MT_BENCH_MAX_LATENCY_MS (10000: BentoML's dispatcher answers 503
-"process is overloaded" to any request whose estimated latency, queueing included, would exceed it), MT_THREADS (ONNX Runtime intra-op threads; unset: all cores).
+"process is overloaded" to any request whose estimated latency, queueing included, would exceed it),
+MT_THREADS (ONNX Runtime intra-op threads; unset: all cores).
 Answers JSON like service.py's /detect plus ``batch_size``; headers X-Batch-Size, X-Inference-Ms
 (the network time of the whole batch).
 """
+
 from __future__ import annotations
 
 import os
@@ -63,7 +65,7 @@ def batched_probabilities(predictor: Predictor, images: list[np.ndarray]) -> tup
     probabilities, start = [], 0
     for batch, geometry in prepared:
         h, w = batch.shape[-2:]
-        views = logits[start:start + len(batch), :, :h, :w]
+        views = logits[start : start + len(batch), :, :h, :w]
         probabilities.append(restore_probability(predictor.merge_views(views), geometry))
         start += len(batch)
     return probabilities, network_ms
@@ -76,15 +78,17 @@ def infer_batch(predictor: Predictor, images: list[np.ndarray]) -> tuple[list[di
     answers = []
     for probability in probabilities:
         prediction = postprocess(probability, settings.postprocess)
-        answers.append({
-            "defective": prediction.defective,
-            "score": round(prediction.score, 6),
-            "threshold": settings.postprocess.threshold,
-            "defect_area_fraction": round(prediction.defect_area_fraction, 8),
-            "regions": [r.to_dict() for r in prediction.regions],
-            "batch_size": len(images),
-            "batch_network_ms": round(network_ms, 3),
-        })
+        answers.append(
+            {
+                "defective": prediction.defective,
+                "score": round(prediction.score, 6),
+                "threshold": settings.postprocess.threshold,
+                "defect_area_fraction": round(prediction.defect_area_fraction, 8),
+                "regions": [r.to_dict() for r in prediction.regions],
+                "batch_size": len(images),
+                "batch_network_ms": round(network_ms, 3),
+            }
+        )
     return answers, network_ms
 
 

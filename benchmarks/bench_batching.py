@@ -15,6 +15,7 @@ B. Over HTTP, three servers up at once (idle ones cost no CPU), load interleaved
    /detect on real tiles at concurrency 4 and 16: req/s, p50/p99, errors, observed batch sizes.
 Writes benchmarks/results/bench_batching.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,14 +43,16 @@ def fixed_sweep(predictor: Predictor, gray: np.ndarray, sizes: list[int], reps: 
         predictor.runner(batches[b])  # warm: ORT plans memory per input shape
     per_image: dict[int, list[float]] = {b: [] for b in sizes}
     for r in range(reps):
-        for b in (sizes if r % 2 == 0 else sizes[::-1]):
+        for b in sizes if r % 2 == 0 else sizes[::-1]:
             t0 = time.perf_counter()
             predictor.runner(batches[b])
             per_image[b].append((time.perf_counter() - t0) * 1000 / b)
     return {b: statistics.median(v) for b, v in per_image.items()}
 
 
-def real_sweep(predictor: Predictor, images: list[np.ndarray], sizes: list[int], reps: int) -> dict[int, dict]:
+def real_sweep(
+    predictor: Predictor, images: list[np.ndarray], sizes: list[int], reps: int
+) -> dict[int, dict]:
     """Whole answers (pre + network + post) for groups of b real tiles, padded to a common size."""
     settings = predictor.settings
     out: dict[int, dict] = {}
@@ -57,7 +60,7 @@ def real_sweep(predictor: Predictor, images: list[np.ndarray], sizes: list[int],
     waste: dict[int, float] = {}
     for b in sizes:
         n = len(images) // b * b
-        groups = [images[i:i + b] for i in range(0, n, b)]
+        groups = [images[i : i + b] for i in range(0, n, b)]
         padded_px = real_px = 0
         for g in groups:
             shapes = [preprocess(x, settings.preprocess)[0].shape[-2:] for x in g]
@@ -67,11 +70,11 @@ def real_sweep(predictor: Predictor, images: list[np.ndarray], sizes: list[int],
         waste[b] = 1 - real_px / padded_px
         infer_batch(predictor, groups[0])  # warm
     for r in range(reps):
-        for b in (sizes if r % 2 == 0 else sizes[::-1]):
+        for b in sizes if r % 2 == 0 else sizes[::-1]:
             n = len(images) // b * b
             t0 = time.perf_counter()
             for i in range(0, n, b):
-                infer_batch(predictor, images[i:i + b])
+                infer_batch(predictor, images[i : i + b])
             timings[b].append((time.perf_counter() - t0) * 1000 / n)
     for b in sizes:
         out[b] = {"ms_per_image": statistics.median(timings[b]), "padding_share": waste[b]}
@@ -83,7 +86,7 @@ def padding_effect(predictor: Predictor, images: list[np.ndarray], b: int) -> di
     settings = predictor.settings
     max_delta, flips, pixels = 0.0, 0, 0
     for i in range(0, len(images) // b * b, b):
-        group = images[i:i + b]
+        group = images[i : i + b]
         batched, _ = batched_probabilities(predictor, group)
         for j, p_batched in enumerate(batched):
             p_single = predictor.probability(group[j])
@@ -125,31 +128,64 @@ def main(argv: list[str] | None = None) -> int:
     real = real_sweep(predictor, images, sizes, args.reps)
     effect = padding_effect(predictor, images, max(sizes))
     print("\n### A. in process, ONNX Runtime\n")
-    print(C.table(
-        ["batch", "270x324 network ms/img", "vs batch 1", "real tiles e2e ms/img", "vs batch 1", "padding share"],
-        [[b, fixed[b], f"{fixed[sizes[0]] / fixed[b]:.2f}x", real[b]["ms_per_image"],
-          f"{real[sizes[0]]['ms_per_image'] / real[b]['ms_per_image']:.2f}x", f"{100 * real[b]['padding_share']:.0f}%"]
-         for b in sizes]))
-    print(f"\ncommon padding at batch {effect['batch']}: max |Δ probability| {effect['max_abs_prob_delta']:.2e}, "
-          f"{effect['mask_pixel_flips']} of {effect['pixels']} mask pixels differ")
+    print(
+        C.table(
+            [
+                "batch",
+                "270x324 network ms/img",
+                "vs batch 1",
+                "real tiles e2e ms/img",
+                "vs batch 1",
+                "padding share",
+            ],
+            [
+                [
+                    b,
+                    fixed[b],
+                    f"{fixed[sizes[0]] / fixed[b]:.2f}x",
+                    real[b]["ms_per_image"],
+                    f"{real[sizes[0]]['ms_per_image'] / real[b]['ms_per_image']:.2f}x",
+                    f"{100 * real[b]['padding_share']:.0f}%",
+                ]
+                for b in sizes
+            ],
+        )
+    )
+    print(
+        f"\ncommon padding at batch {effect['batch']}: "
+        f"max |Δ probability| {effect['max_abs_prob_delta']:.2e}, "
+        f"{effect['mask_pixel_flips']} of {effect['pixels']} mask pixels differ"
+    )
 
     http: dict[str, dict] = {}
     if not args.skip_http:
         home = work / "bentoml"
         tag = H.store_model(model_dir, home)
         bodies = [H.Body.image(data, Path(name).name) for name, data in items]
-        common = {"MT_MODEL_TAG": tag, "MT_BACKEND": "onnx", "MT_BENCH_MAX_BATCH": str(args.max_batch),
-                  "MT_BENCH_MAX_LATENCY_MS": str(args.max_latency_ms)}
+        common = {
+            "MT_MODEL_TAG": tag,
+            "MT_BACKEND": "onnx",
+            "MT_BENCH_MAX_BATCH": str(args.max_batch),
+            "MT_BENCH_MAX_LATENCY_MS": str(args.max_latency_ms),
+        }
         specs = {
-            "adaptive batching (2 services)": ("benchmarks.batched_service:BatchedDetect", {"MT_BENCH_BATCHING": "1"}),
-            "no batching (2 services)": ("benchmarks.batched_service:BatchedDetect", {"MT_BENCH_BATCHING": "0"}),
+            "adaptive batching (2 services)": (
+                "benchmarks.batched_service:BatchedDetect",
+                {"MT_BENCH_BATCHING": "1"},
+            ),
+            "no batching (2 services)": (
+                "benchmarks.batched_service:BatchedDetect",
+                {"MT_BENCH_BATCHING": "0"},
+            ),
             "service.py (production)": ("service:MagneticTileService", {}),
         }
         servers: dict[str, H.Server] = {}
         try:
             for name, (target, env) in specs.items():
                 servers[name] = H.start_server(target, home, work / f"{len(servers)}.log", {**common, **env})
-                H.generate_load(servers[name].url + "/detect", bodies, 4, 24, 120)  # warm-up (and dispatcher training)
+                H.generate_load(
+                    servers[name].url + "/detect", bodies, 4, 24, 120
+                )  # warm-up (and dispatcher training)
             print(f"\nservers ready: {', '.join(f'{n} @ {s.url}' for n, s in servers.items())}")
             raw: dict[str, dict[int, list[H.LoadResult]]] = {n: {} for n in servers}
             after_idle: dict[str, int] = {}
@@ -164,16 +200,22 @@ def main(argv: list[str] | None = None) -> int:
                         warm = H.generate_load(servers[name].url + "/detect", bodies, c, c, 120)
                         after_idle[name] = after_idle.get(name, 0) + warm.error_count
                         after_idle_n[name] = after_idle_n.get(name, 0) + warm.ok + warm.error_count
-                        res = H.generate_load(servers[name].url + "/detect", bodies, c, args.level_requests,
-                                              args.level_seconds)
+                        res = H.generate_load(
+                            servers[name].url + "/detect", bodies, c, args.level_requests, args.level_seconds
+                        )
                         raw[name].setdefault(c, []).append(res)
-                        print(f"  rep {r + 1} c={c:<2d} {name:32s} {res.req_per_s:6.2f} req/s, p50 "
-                              f"{C.percentile(res.latencies_ms, 50):7.1f} ms, errors {res.error_count}", flush=True)
+                        print(
+                            f"  rep {r + 1} c={c:<2d} {name:32s} {res.req_per_s:6.2f} req/s, p50 "
+                            f"{C.percentile(res.latencies_ms, 50):7.1f} ms, errors {res.error_count}",
+                            flush=True,
+                        )
         finally:
             for s in servers.values():
                 H.stop_server(s)
         for name, by_c in raw.items():
-            http[name] = {"after_idle": {"requests": after_idle_n.get(name, 0), "errors": after_idle.get(name, 0)}}
+            http[name] = {
+                "after_idle": {"requests": after_idle_n.get(name, 0), "errors": after_idle.get(name, 0)}
+            }
             for c, results in by_c.items():
                 lat = [x for res in results for x in res.latencies_ms]
                 sizes_seen = [x for res in results for x in res.batch_sizes]
@@ -183,24 +225,71 @@ def main(argv: list[str] | None = None) -> int:
                 for res in results:
                     for k, v in res.errors.items():
                         errors[k] = errors.get(k, 0) + v
-                http[name][str(c)] = {"ok": ok, "errors": sum(errors.values()), "error_kinds": errors,
-                                      "req_per_s": ok / wall, **C.latency_summary(lat),
-                                      "mean_batch_size": statistics.fmean(sizes_seen) if sizes_seen else None,
-                                      "max_batch_size": max(sizes_seen) if sizes_seen else None}
-        print(f"\n### B. HTTP /detect, real tiles, {args.reps} interleaved reps x {args.level_seconds:.0f} s per cell "
-              f"(max_batch_size {args.max_batch}, max_latency_ms {args.max_latency_ms})\n")
-        print(C.table(["server", "concurrency", "ok", "errors", "req/s", "p50 ms", "p99 ms", "mean batch", "max batch"],
-                      [[name, c, s["ok"], s["errors"], s["req_per_s"], s["p50_ms"], s["p99_ms"],
+                http[name][str(c)] = {
+                    "ok": ok,
+                    "errors": sum(errors.values()),
+                    "error_kinds": errors,
+                    "req_per_s": ok / wall,
+                    **C.latency_summary(lat),
+                    "mean_batch_size": statistics.fmean(sizes_seen) if sizes_seen else None,
+                    "max_batch_size": max(sizes_seen) if sizes_seen else None,
+                }
+        print(
+            f"\n### B. HTTP /detect, real tiles, {args.reps} interleaved reps x {args.level_seconds:.0f} s "
+            f"per cell (max_batch_size {args.max_batch}, max_latency_ms {args.max_latency_ms})\n"
+        )
+        print(
+            C.table(
+                [
+                    "server",
+                    "concurrency",
+                    "ok",
+                    "errors",
+                    "req/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "mean batch",
+                    "max batch",
+                ],
+                [
+                    [
+                        name,
+                        c,
+                        s["ok"],
+                        s["errors"],
+                        s["req_per_s"],
+                        s["p50_ms"],
+                        s["p99_ms"],
                         "–" if s["mean_batch_size"] is None else f"{s['mean_batch_size']:.2f}",
-                        "–" if s["max_batch_size"] is None else s["max_batch_size"]]
-                       for name, by_c in http.items() for c, s in by_c.items() if c != "after_idle"]))
-        print("\nerrors in the first requests of each cell after the server idled (excluded above): " + "; ".join(
-            f"{name} {v['after_idle']['errors']}/{v['after_idle']['requests']}" for name, v in http.items()))
-    path = C.write_result(args.result_name, {
-        "machine": info, "model": C.describe_model(model_dir, model_source), "args": vars(args),
-        "inprocess": {"fixed_270x324_network_ms_per_image": fixed, "real_e2e": real, "padding_effect": effect},
-        "http": http,
-    })
+                        "–" if s["max_batch_size"] is None else s["max_batch_size"],
+                    ]
+                    for name, by_c in http.items()
+                    for c, s in by_c.items()
+                    if c != "after_idle"
+                ],
+            )
+        )
+        print(
+            "\nerrors in the first requests of each cell after the server idled (excluded above): "
+            + "; ".join(
+                f"{name} {v['after_idle']['errors']}/{v['after_idle']['requests']}"
+                for name, v in http.items()
+            )
+        )
+    path = C.write_result(
+        args.result_name,
+        {
+            "machine": info,
+            "model": C.describe_model(model_dir, model_source),
+            "args": vars(args),
+            "inprocess": {
+                "fixed_270x324_network_ms_per_image": fixed,
+                "real_e2e": real,
+                "padding_effect": effect,
+            },
+            "http": http,
+        },
+    )
     print(f"\nwrote {path.relative_to(C.REPO)}")
     return 0
 

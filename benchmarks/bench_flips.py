@@ -1,11 +1,13 @@
 """What test-time flips cost: the same model and images through ``Predictor.predict`` with each flip set.
 
-    python benchmarks/bench_flips.py [--model-dir DIR] [--n 30] [--backend onnx] [--flips ,vertical,horizontal+vertical+both]
+    python benchmarks/bench_flips.py [--model-dir DIR] [--n 30] [--backend onnx]
+        [--flips ,vertical,horizontal+vertical+both]
 
 Flip sets are given as a comma list, each a ``+``-joined set of names (empty: no flips). Calls are
 interleaved image by image, the first set rotating, so machine load hits every set alike; the first
 set is the baseline of the printed ratios. Writes benchmarks/results/bench_flips.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,27 +42,52 @@ def main(argv: list[str] | None = None) -> int:
     ms: list[list[float]] = [[] for _ in sets]
     for i, gray in enumerate(images):
         order = list(range(len(sets)))
-        order = order[i % len(order):] + order[:i % len(order)]
+        order = order[i % len(order) :] + order[: i % len(order)]
         for k in order:
             start = time.perf_counter()
             predictors[k].predict(gray)
             ms[k].append((time.perf_counter() - start) * 1000.0)
 
     print(f"# bench_flips — {C.describe_machine(info)}")
-    print(f"model: {source}; backend {base.backend}; {len(images)} real images, native size; saved flips: "
-          f"{list(base.settings.test_time_flips) or 'none'}")
+    print(
+        f"model: {source}; backend {base.backend}; {len(images)} real images, native size; saved flips: "
+        f"{list(base.settings.test_time_flips) or 'none'}"
+    )
     rows, summary = [], []
     baseline = statistics.median(ms[0])
     for flips, times in zip(sets, ms):
         median = statistics.median(times)
         paired = statistics.median(t / b for t, b in zip(times, ms[0]))
-        rows.append(["+".join(flips) or "none", 1 + len(flips), f"{median:.1f}", f"{C.percentile(times, 95):.1f}",
-                     f"{median / baseline:.2f}x", f"{paired:.2f}x"])
-        summary.append({"flips": list(flips), "views": 1 + len(flips), "latency_ms": C.latency_summary(times),
-                        "median_ratio": median / baseline, "paired_median_ratio": paired})
+        rows.append(
+            [
+                "+".join(flips) or "none",
+                1 + len(flips),
+                f"{median:.1f}",
+                f"{C.percentile(times, 95):.1f}",
+                f"{median / baseline:.2f}x",
+                f"{paired:.2f}x",
+            ]
+        )
+        summary.append(
+            {
+                "flips": list(flips),
+                "views": 1 + len(flips),
+                "latency_ms": C.latency_summary(times),
+                "median_ratio": median / baseline,
+                "paired_median_ratio": paired,
+            }
+        )
     print(C.table(["flips", "views", "p50 ms", "p95 ms", "p50 vs none", "paired median"], rows))
-    path = C.write_result(args.result_name, {"machine": info, "model": C.describe_model(model_dir, source), "backend": base.backend,
-                                             "args": vars(args), "results": summary})
+    path = C.write_result(
+        args.result_name,
+        {
+            "machine": info,
+            "model": C.describe_model(model_dir, source),
+            "backend": base.backend,
+            "args": vars(args),
+            "results": summary,
+        },
+    )
     print(f"\nwritten: {path.relative_to(C.REPO)}")
     return 0
 

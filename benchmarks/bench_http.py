@@ -18,6 +18,7 @@ keep-alive connection each, count- and time-limited, 127.0.0.1 only):
 The client shares the CPUs with the server (it is the same machine); its CPU time is reported.
 Writes benchmarks/results/bench_http.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,11 @@ def inprocess_ort(predictor: Predictor, images, seconds: float, max_calls: int) 
         calls += 1
         t_decode += t1 - t0
         t_predict += t2 - t1
-    return {"calls": calls, "predict_per_s": calls / t_predict, "decode_predict_per_s": calls / (t_predict + t_decode)}
+    return {
+        "calls": calls,
+        "predict_per_s": calls / t_predict,
+        "decode_predict_per_s": calls / (t_predict + t_decode),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,14 +65,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--level-requests", type=int, default=400, help="max requests per concurrency level")
     parser.add_argument("--level-seconds", type=float, default=25.0, help="max seconds per concurrency level")
-    parser.add_argument("--single-n", type=int, default=40, help="requests for the 270x324 single-request latency")
+    parser.add_argument(
+        "--single-n", type=int, default=40, help="requests for the 270x324 single-request latency"
+    )
     parser.add_argument("--ref-seconds", type=float, default=4.0, help="seconds per in-process reference run")
-    parser.add_argument("--soak-requests", type=int, default=5000, help="total requests at the last RSS sample")
+    parser.add_argument(
+        "--soak-requests", type=int, default=5000, help="total requests at the last RSS sample"
+    )
     parser.add_argument("--soak-concurrency", type=int, default=4)
     parser.add_argument("--soak-max-seconds", type=float, default=900.0)
     parser.add_argument("--rss-every", type=int, default=500)
     parser.add_argument("--result-name", default="bench_http", help="results/<name>.json")
-    parser.add_argument("--env", action="append", default=[], help="extra server env KEY=VALUE (e.g. MT_THREADS=1)")
+    parser.add_argument(
+        "--env", action="append", default=[], help="extra server env KEY=VALUE (e.g. MT_THREADS=1)"
+    )
     args = parser.parse_args(argv)
 
     info = C.machine_info()
@@ -94,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     log_path = work / "server.log"
     t_start = time.perf_counter()
     server = H.start_server(args.service, home, log_path, server_env)
-    print(f"server ready at {server.url} in {time.perf_counter() - t_start:.1f} s (log: {log_path}; kept with MT_BENCH_KEEP=1)")
+    print(
+        f"server ready at {server.url} in {time.perf_counter() - t_start:.1f} s "
+        f"(log: {log_path}; kept with MT_BENCH_KEEP=1)"
+    )
     total = 0
     rss_samples: list[dict] = []
     refs: list[dict] = []
@@ -115,25 +129,38 @@ def main(argv: list[str] | None = None) -> int:
             single[route] = r.summary()
 
         for c in (int(x) for x in args.concurrency.split(",")):
-            r = H.generate_load(server.url + "/detect", real_bodies, c, args.level_requests, args.level_seconds)
+            r = H.generate_load(
+                server.url + "/detect", real_bodies, c, args.level_requests, args.level_seconds
+            )
             total += r.ok + r.error_count
             refs.append(inprocess_ort(predictor, real_bytes, args.ref_seconds, 200))
             ref = statistics.fmean(x["predict_per_s"] for x in refs[-2:])
             ref_dec = statistics.fmean(x["decode_predict_per_s"] for x in refs[-2:])
-            levels[str(c)] = {**r.summary(), "inprocess_ort_predict_per_s": ref,
-                              "inprocess_ort_decode_predict_per_s": ref_dec,
-                              "ratio_to_inprocess": r.req_per_s / ref,
-                              "ratio_to_inprocess_with_decode": r.req_per_s / ref_dec}
-            print(f"  c={c}: {r.req_per_s:.2f} req/s, p50 {C.percentile(r.latencies_ms, 50):.1f} ms, "
-                  f"errors {r.error_count}; in-process ORT {ref:.2f} img/s", flush=True)
+            levels[str(c)] = {
+                **r.summary(),
+                "inprocess_ort_predict_per_s": ref,
+                "inprocess_ort_decode_predict_per_s": ref_dec,
+                "ratio_to_inprocess": r.req_per_s / ref,
+                "ratio_to_inprocess_with_decode": r.req_per_s / ref_dec,
+            }
+            print(
+                f"  c={c}: {r.req_per_s:.2f} req/s, p50 {C.percentile(r.latencies_ms, 50):.1f} ms, "
+                f"errors {r.error_count}; in-process ORT {ref:.2f} img/s",
+                flush=True,
+            )
 
         soak = {"ok": 0, "errors": 0, "error_kinds": {}}
         soak_deadline = time.monotonic() + args.soak_max_seconds
         soak_t0 = time.perf_counter()
         while total < args.soak_requests and time.monotonic() < soak_deadline:
             chunk = min(args.rss_every - total % args.rss_every, args.soak_requests - total)
-            r = H.generate_load(server.url + "/detect", real_bodies, args.soak_concurrency, chunk,
-                                soak_deadline - time.monotonic())
+            r = H.generate_load(
+                server.url + "/detect",
+                real_bodies,
+                args.soak_concurrency,
+                chunk,
+                soak_deadline - time.monotonic(),
+            )
             total += r.ok + r.error_count
             soak["ok"] += r.ok
             soak["errors"] += r.error_count
@@ -141,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                 soak["error_kinds"][k] = soak["error_kinds"].get(k, 0) + v
             if total % args.rss_every == 0 or total >= args.soak_requests:
                 rss_samples.append({"requests": total, **server.tree_rss()})
-                print(f"  soak: {total} requests, server RSS {rss_samples[-1]['total_mib']:.1f} MiB", flush=True)
+                print(
+                    f"  soak: {total} requests, server RSS {rss_samples[-1]['total_mib']:.1f} MiB", flush=True
+                )
         if rss_samples[-1]["requests"] != total:  # soak skipped or cut short by --soak-max-seconds
             rss_samples.append({"requests": total, **server.tree_rss()})
         soak["wall_s"] = time.perf_counter() - soak_t0
@@ -152,32 +181,82 @@ def main(argv: list[str] | None = None) -> int:
 
     growth = (rss_end["total_mib"] - rss_100["total_mib"]) / rss_100["total_mib"]
     print("\n### /detect on real tiles (closed loop, keep-alive, loopback)\n")
-    print(C.table(
-        ["concurrency", "ok", "errors", "req/s", "p50 ms", "p99 ms", "server model p50 ms",
-         "in-process ORT img/s", "HTTP / in-process"],
-        [[c, s["ok"], s["errors"], s["req_per_s"], s["p50_ms"], s["p99_ms"], s["server_inference_p50_ms"],
-          s["inprocess_ort_predict_per_s"], f"{s['ratio_to_inprocess']:.2f}x"] for c, s in levels.items()]))
-    print(f"\n### single request, fixed {C.FIXED_WH[0]}x{C.FIXED_WH[1]} tile (JPEG {len(fixed_jpeg)} B), concurrency 1\n")
-    print(C.table(["route", "ok", "errors", "p50 ms", "p90 ms", "p99 ms", "server model p50 ms"],
-                  [[route, s["ok"], s["errors"], s["p50_ms"], s["p90_ms"], s["p99_ms"], s["server_inference_p50_ms"]]
-                   for route, s in single.items()]))
+    print(
+        C.table(
+            [
+                "concurrency",
+                "ok",
+                "errors",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "server model p50 ms",
+                "in-process ORT img/s",
+                "HTTP / in-process",
+            ],
+            [
+                [
+                    c,
+                    s["ok"],
+                    s["errors"],
+                    s["req_per_s"],
+                    s["p50_ms"],
+                    s["p99_ms"],
+                    s["server_inference_p50_ms"],
+                    s["inprocess_ort_predict_per_s"],
+                    f"{s['ratio_to_inprocess']:.2f}x",
+                ]
+                for c, s in levels.items()
+            ],
+        )
+    )
+    print(
+        f"\n### single request, fixed {C.FIXED_WH[0]}x{C.FIXED_WH[1]} tile (JPEG {len(fixed_jpeg)} B), "
+        "concurrency 1\n"
+    )
+    print(
+        C.table(
+            ["route", "ok", "errors", "p50 ms", "p90 ms", "p99 ms", "server model p50 ms"],
+            [
+                [
+                    route,
+                    s["ok"],
+                    s["errors"],
+                    s["p50_ms"],
+                    s["p90_ms"],
+                    s["p99_ms"],
+                    s["server_inference_p50_ms"],
+                ]
+                for route, s in single.items()
+            ],
+        )
+    )
     print("\n### server RSS (sum over the process tree)\n")
-    print(C.table(["after requests", "RSS MiB", "processes"],
-                  [[s["requests"], s["total_mib"], len(s["processes"])] for s in rss_samples]))
-    print(f"\nRSS growth {rss_100['requests']} → {rss_end['requests']} requests: {100 * growth:+.2f}% "
-          f"(target <= 10%); soak {soak['ok']} ok / {soak['errors']} errors at {soak['req_per_s']:.2f} req/s")
-    path = C.write_result(args.result_name, {
-        "machine": info,
-        "model": C.describe_model(model_dir, model_source, tag=tag),
-        "args": vars(args),
-        "server_env": server_env,
-        "levels": levels,
-        "single_270x324": single,
-        "inprocess_refs": refs,
-        "rss": {"samples": rss_samples, "growth_100_to_end": growth},
-        "soak": soak,
-        "total_requests": total,
-    })
+    print(
+        C.table(
+            ["after requests", "RSS MiB", "processes"],
+            [[s["requests"], s["total_mib"], len(s["processes"])] for s in rss_samples],
+        )
+    )
+    print(
+        f"\nRSS growth {rss_100['requests']} → {rss_end['requests']} requests: {100 * growth:+.2f}% "
+        f"(target <= 10%); soak {soak['ok']} ok / {soak['errors']} errors at {soak['req_per_s']:.2f} req/s"
+    )
+    path = C.write_result(
+        args.result_name,
+        {
+            "machine": info,
+            "model": C.describe_model(model_dir, model_source, tag=tag),
+            "args": vars(args),
+            "server_env": server_env,
+            "levels": levels,
+            "single_270x324": single,
+            "inprocess_refs": refs,
+            "rss": {"samples": rss_samples, "growth_100_to_end": growth},
+            "soak": soak,
+            "total_requests": total,
+        },
+    )
     print(f"\nwrote {path.relative_to(C.REPO)}")
     return 0
 

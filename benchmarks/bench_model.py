@@ -10,6 +10,7 @@ interleaved pass, so the network-only time and the overhead around it are visibl
 
 Writes benchmarks/results/bench_model.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,9 +70,13 @@ class Config:
         t3 = time.perf_counter()
         prediction = postprocess(probability, p.settings.postprocess)
         t4 = time.perf_counter()
-        return {"preprocess": (t1 - t0) * 1e3, "network": (t2 - t1) * 1e3,
-                "restore": (t3 - t2) * 1e3, "postprocess": (t4 - t3) * 1e3,
-                "regions": float(len(prediction.regions))}
+        return {
+            "preprocess": (t1 - t0) * 1e3,
+            "network": (t2 - t1) * 1e3,
+            "restore": (t3 - t2) * 1e3,
+            "postprocess": (t4 - t3) * 1e3,
+            "regions": float(len(prediction.regions)),
+        }
 
 
 def run_interleaved(configs: list[Config], images: list[np.ndarray], rounds: int) -> dict[str, dict]:
@@ -80,7 +85,7 @@ def run_interleaved(configs: list[Config], images: list[np.ndarray], rounds: int
     k = 0
     for _ in range(rounds):
         for gray in images:
-            order = configs[k % len(configs):] + configs[: k % len(configs)]
+            order = configs[k % len(configs) :] + configs[: k % len(configs)]
             k += 1
             for c in order:
                 out[c.name]["predict"].append(c.predict_ms(gray))
@@ -116,11 +121,37 @@ def print_section(title: str, summary: dict[str, dict]) -> None:
     rows = []
     for name, s in summary.items():
         st = s["stage_mean_ms"]
-        rows.append([name, s["n"], s["images_per_s"], s["p50_ms"], s["p99_ms"], s["network_p50_ms"],
-                     st["preprocess"], st["restore"] + st["postprocess"], f"{100 * s['overhead_share']:.1f}%",
-                     f"{s['regions_mean']:.0f}"])
-    print(C.table(["backend", "calls", "img/s", "p50 ms", "p99 ms", "net-only p50 ms", "pre ms",
-                   "restore+post ms", "non-network share", "regions/img"], rows))
+        rows.append(
+            [
+                name,
+                s["n"],
+                s["images_per_s"],
+                s["p50_ms"],
+                s["p99_ms"],
+                s["network_p50_ms"],
+                st["preprocess"],
+                st["restore"] + st["postprocess"],
+                f"{100 * s['overhead_share']:.1f}%",
+                f"{s['regions_mean']:.0f}",
+            ]
+        )
+    print(
+        C.table(
+            [
+                "backend",
+                "calls",
+                "img/s",
+                "p50 ms",
+                "p99 ms",
+                "net-only p50 ms",
+                "pre ms",
+                "restore+post ms",
+                "non-network share",
+                "regions/img",
+            ],
+            rows,
+        )
+    )
 
 
 def ratios(summary: dict[str, dict], raw: dict[str, dict]) -> dict[str, float]:
@@ -147,9 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=40, help="distinct real images (default 40)")
     parser.add_argument("--rounds", type=int, default=1, help="passes over the real images (default 1)")
     parser.add_argument("--fixed-reps", type=int, default=30, help="calls on the 270x324 tile (default 30)")
-    parser.add_argument("--threads", default=None,
-                        help="inference threads; comma list to compare (e.g. 1,2); default: library default "
-                             "(all cores)")
+    parser.add_argument(
+        "--threads",
+        default=None,
+        help="inference threads; comma list to compare (e.g. 1,2); default: library default (all cores)",
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--backends", default="torch,onnx")
     parser.add_argument("--result-name", default="bench_model", help="results/<name>.json")
@@ -170,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# bench_model — {C.describe_machine(info)}")
     print(f"model: {model_source}; net {configs[0].predictor.settings.net}")
-    print(f"real images: {len(images)} from {C.DEFAULT_ZIP.name} (HxW median {np.median(shapes, 0).tolist()}, "
-          f"min {shapes.min(0).tolist()}, max {shapes.max(0).tolist()}); JPEG decode {decode_ms:.2f} ms/img")
+    print(
+        f"real images: {len(images)} from {C.DEFAULT_ZIP.name} (HxW median {np.median(shapes, 0).tolist()}, "
+        f"min {shapes.min(0).tolist()}, max {shapes.max(0).tolist()}); JPEG decode {decode_ms:.2f} ms/img"
+    )
 
     for c in configs:  # warm-up: first calls allocate, JIT-pick kernels, page weights in
         for _ in range(args.warmup):
@@ -184,25 +219,32 @@ def main(argv: list[str] | None = None) -> int:
     real, fixed_summary = summarise(raw_real, len(images)), summarise(raw_fixed, 1)
 
     print_section(f"real test images ({len(images)} distinct, native size padded to 32)", real)
-    print_section(f"fixed tile {C.FIXED_WH[0]}x{C.FIXED_WH[1]} (WxH, padded to 288x352), {args.fixed_reps} calls",
-                  fixed_summary)
+    print_section(
+        f"fixed tile {C.FIXED_WH[0]}x{C.FIXED_WH[1]} (WxH, padded to 288x352), {args.fixed_reps} calls",
+        fixed_summary,
+    )
     r_real, r_fixed = ratios(real, raw_real), ratios(fixed_summary, raw_fixed)
     if r_real:
         print("\nONNX Runtime speed-up over eager PyTorch (target >= 1.3x):")
         for label, r in (("real tiles", r_real), ("270x324", r_fixed)):
-            print(f"  {label:10s} predict(): throughput ratio {r['onnx_over_torch_images_per_s']:.2f}x, "
-                  f"paired median {r['onnx_over_torch_paired_median']:.2f}x | network only: "
-                  f"{r['onnx_over_torch_network_only']:.2f}x, paired median "
-                  f"{r['onnx_over_torch_network_paired_median']:.2f}x")
-    path = C.write_result(args.result_name, {
-        "machine": info,
-        "model": {"source": model_source, "net": configs[0].predictor.settings.net},
-        "args": vars(args),
-        "images": {"n": len(images), "members": [m for m, _ in items], "decode_ms_mean": decode_ms},
-        "real": real,
-        "fixed_270x324": fixed_summary,
-        "ratios": {"real": r_real, "fixed": r_fixed},
-    })
+            print(
+                f"  {label:10s} predict(): throughput ratio {r['onnx_over_torch_images_per_s']:.2f}x, "
+                f"paired median {r['onnx_over_torch_paired_median']:.2f}x | network only: "
+                f"{r['onnx_over_torch_network_only']:.2f}x, paired median "
+                f"{r['onnx_over_torch_network_paired_median']:.2f}x"
+            )
+    path = C.write_result(
+        args.result_name,
+        {
+            "machine": info,
+            "model": {"source": model_source, "net": configs[0].predictor.settings.net},
+            "args": vars(args),
+            "images": {"n": len(images), "members": [m for m, _ in items], "decode_ms_mean": decode_ms},
+            "real": real,
+            "fixed_270x324": fixed_summary,
+            "ratios": {"real": r_real, "fixed": r_fixed},
+        },
+    )
     print(f"\nwrote {path.relative_to(C.REPO)}")
     return 0
 

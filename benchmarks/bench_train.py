@@ -30,6 +30,7 @@ Modes:
       creates it before on_train_epoch_start) to the end of the last step, and the whole fit().
 Writes benchmarks/results/bench_train.json (bench_train_gpu.json with --gpu).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
@@ -82,18 +82,35 @@ def prepare_data(kind: str, work: Path, cfg: DictConfig) -> tuple[str, str, str]
 
     repo_dir, repo_manifest = C.REPO / "data" / "tiles", C.REPO / "data" / "split.csv"
     if kind == "auto":
-        kind = ("repo" if (repo_dir / "dataset.json").exists() and repo_manifest.exists()
-                else "zip" if C.DEFAULT_ZIP.exists() else "synthetic")
+        kind = (
+            "repo"
+            if (repo_dir / "dataset.json").exists() and repo_manifest.exists()
+            else "zip"
+            if C.DEFAULT_ZIP.exists()
+            else "synthetic"
+        )
     if kind == "repo":
-        return str(repo_dir), str(repo_manifest), f"real crops: {repo_dir.relative_to(C.REPO)} + data/split.csv"
+        return (
+            str(repo_dir),
+            str(repo_manifest),
+            f"real crops: {repo_dir.relative_to(C.REPO)} + data/split.csv",
+        )
     if kind == "zip":
         load_dataset(str(C.DEFAULT_ZIP), work / "tiles")
         make_split(work / "tiles", work / "split.csv", 0.15, 0.15, seed=42, max_per_class=20)
-        return str(work / "tiles"), str(work / "split.csv"), f"real crops: {C.DEFAULT_ZIP.name} (20 per class)"
+        return (
+            str(work / "tiles"),
+            str(work / "split.csv"),
+            f"real crops: {C.DEFAULT_ZIP.name} (20 per class)",
+        )
     tree = write_synthetic_tree(work / "synthetic")
     load_dataset(str(tree), work / "tiles")
     make_split(work / "tiles", work / "split.csv", 0.2, 0.2, seed=0)
-    return str(work / "tiles"), str(work / "split.csv"), "synthetic tiles 324x270 (tests/conftest.synthetic_pair)"
+    return (
+        str(work / "tiles"),
+        str(work / "split.csv"),
+        "synthetic tiles 324x270 (tests/conftest.synthetic_pair)",
+    )
 
 
 def write_synthetic_tree(root: Path, per_class: int = 10) -> Path:
@@ -105,7 +122,9 @@ def write_synthetic_tree(root: Path, per_class: int = 10) -> Path:
         folder = root / TOP / cls / "Imgs"
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            img, mask = synthetic_pair(ci * 100 + i, defective=cls != "MT_Free", size=(C.FIXED_WH[1], C.FIXED_WH[0]))
+            img, mask = synthetic_pair(
+                ci * 100 + i, defective=cls != "MT_Free", size=(C.FIXED_WH[1], C.FIXED_WH[0])
+            )
             (folder / f"exp{ci}_num_{i}.jpg").write_bytes(img)
             (folder / f"exp{ci}_num_{i}.png").write_bytes(mask)
     return root / TOP
@@ -137,17 +156,21 @@ class PlainLoop:
         self.module = module.to(device)
         self.datamodule = datamodule
         self.device = device
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision.startswith("bf16") else None
+        self.autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16) if precision.startswith("bf16") else None
+        )
         self.last_loss = float("nan")
 
     def begin(self) -> None:
         module = self.module
         loader = self.datamodule.train_dataloader()
         self.n_batches = len(loader)
-        self.optimizer = torch.optim.AdamW(module.parameters(), lr=module.hparams.lr,
-                                           weight_decay=module.hparams.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            module.parameters(), lr=module.hparams.lr, weight_decay=module.hparams.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_schedule(len(loader), 1, module.hparams.warmup_epochs))
+            self.optimizer, lr_schedule(len(loader), 1, module.hparams.warmup_epochs)
+        )
         module.train()
         self.loss_sum = torch.zeros((), device=self.device)
         self.samples = 0
@@ -195,8 +218,13 @@ class PlainLoop:
         cpu1 = time.process_time()
         samples = self.samples
         self.finish()
-        return {"epoch_s": t1 - t0, "fit_s": t1 - t_fit, "cpu_s": cpu1 - cpu0, "samples": samples,
-                "step_s": _intervals(t0, [t for t in ends if t == t])}
+        return {
+            "epoch_s": t1 - t0,
+            "fit_s": t1 - t_fit,
+            "cpu_s": cpu1 - cpu0,
+            "samples": samples,
+            "step_s": _intervals(t0, [t for t in ends if t == t]),
+        }
 
 
 def _intervals(t0: float, ends: list[float]) -> list[float]:
@@ -286,15 +314,25 @@ class LightningSide:
                 callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
             extra = {"logger": loggers or False, "callbacks": [*callbacks, timer, *extra_callbacks]}
         else:
-            extra = {"logger": False, "callbacks": [timer, *extra_callbacks], "enable_checkpointing": False,
-                     "enable_progress_bar": False, "enable_model_summary": False}
+            extra = {
+                "logger": False,
+                "callbacks": [timer, *extra_callbacks],
+                "enable_checkpointing": False,
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+            }
         trainer = instantiate(trainer_cfg, **extra, _convert_="all")
         t_fit = time.perf_counter()
         trainer.fit(self.module, datamodule=self.datamodule)
         _sync(self.module.device)
         fit_s = time.perf_counter() - t_fit
-        return {"epoch_s": timer.t1 - timer.t0, "fit_s": fit_s, "cpu_s": timer.cpu1 - timer.cpu0,
-                "samples": timer.samples, "step_s": _intervals(timer.t0, timer.ends)}
+        return {
+            "epoch_s": timer.t1 - timer.t0,
+            "fit_s": fit_s,
+            "cpu_s": timer.cpu1 - timer.cpu0,
+            "samples": timer.samples,
+            "step_s": _intervals(timer.t0, timer.ends),
+        }
 
 
 # ---------------------------------------------------------------- model-only (GPU) reference
@@ -332,21 +370,37 @@ def model_only(module: pl.LightningModule, cfg: DictConfig, device: torch.device
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gpu", action="store_true", help="CUDA run: resnet18 U-Net, 256² crops, bf16-mixed, "
-                        "channels_last (conf trainer=gpu)")
-    parser.add_argument("--mode", choices=["auto", "lockstep", "alternate"], default="auto",
-                        help="auto: lockstep on CPU, alternate on CUDA")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="measured epochs per side (default: 1 lockstep, 2 alternate)")
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="CUDA run: resnet18 U-Net, 256² crops, bf16-mixed, channels_last (conf trainer=gpu)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["auto", "lockstep", "alternate"],
+        default="auto",
+        help="auto: lockstep on CPU, alternate on CUDA",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="measured epochs per side (default: 1 lockstep, 2 alternate)"
+    )
     parser.add_argument("--warmup-batches", type=int, default=3, help="unmeasured batches per side first")
     parser.add_argument("--data", choices=["auto", "repo", "zip", "synthetic"], default="auto")
     parser.add_argument("--sides", default="plain,lightning,lightning-conf")
     parser.add_argument("--override", action="append", default=[], help="Hydra override, repeatable")
-    parser.add_argument("--model-only", action="store_true", help="also time forward/backward on random tensors "
-                        "(always on with --gpu)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--result-name", default=None,
-                        help="results/<name>.json (default bench_train, bench_train_gpu with --gpu)")
+    parser.add_argument(
+        "--model-only",
+        action="store_true",
+        help="also time forward/backward on random tensors (always on with --gpu)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--result-name",
+        default=None,
+        help="results/<name>.json (default bench_train, bench_train_gpu with --gpu)",
+    )
     args = parser.parse_args(argv)
 
     if args.gpu and not torch.cuda.is_available():
@@ -396,27 +450,40 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sides must include plain")
     dm_cfg = cfg.data.module
     print(f"# bench_train{' --gpu' if args.gpu else ''} ({mode}) — {C.describe_machine(info)}")
-    print(f"model: {cfg.model.arch} {cfg.model.encoder} decoder {list(cfg.model.decoder_channels)} "
-          f"channels_last={cfg.model.channels_last}; trainer precision {precision}, deterministic "
-          f"{cfg.trainer.get('deterministic')}; device {device}, torch threads {torch.get_num_threads()}")
-    print(f"data: {data_desc}; crop {dm_cfg.crop_size}, batch {dm_cfg.batch_size}, samples/epoch "
-          f"{dm_cfg.samples_per_epoch}, workers {dm_cfg.num_workers}")
+    print(
+        f"model: {cfg.model.arch} {cfg.model.encoder} decoder {list(cfg.model.decoder_channels)} "
+        f"channels_last={cfg.model.channels_last}; trainer precision {precision}, deterministic "
+        f"{cfg.trainer.get('deterministic')}; device {device}, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"data: {data_desc}; crop {dm_cfg.crop_size}, batch {dm_cfg.batch_size}, samples/epoch "
+        f"{dm_cfg.samples_per_epoch}, workers {dm_cfg.num_workers}"
+    )
 
     # warm-up for every side (allocations, kernel choice, cudnn autotune, data in caches)
-    for name, side in sides.items():
+    for side in sides.values():
         torch.manual_seed(cfg.seed)
         side.epoch(limit_batches=args.warmup_batches)
 
-    result = {"machine": info, "args": vars(args), "mode": mode, "overrides": overrides, "data": data_desc,
-              "model": OmegaConf.to_container(cfg.model, resolve=True), "trainer_precision": precision}
+    result = {
+        "machine": info,
+        "args": vars(args),
+        "mode": mode,
+        "overrides": overrides,
+        "data": data_desc,
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "trainer_precision": precision,
+    }
     if mode == "lockstep":
         result["lockstep"] = run_lockstep(sides, rounds, cfg.seed)
     else:
         result["sides"] = run_alternate(sides, rounds, cfg.seed)
     if args.gpu or args.model_only:
         result["model_only"] = model_only(base, cfg, device, steps=50 if args.gpu else 3)
-        print(f"\nmodel only (random tensors on {device}, no data loading): "
-              f"{result['model_only']['images_per_s']:.0f} img/s")
+        print(
+            f"\nmodel only (random tensors on {device}, no data loading): "
+            f"{result['model_only']['images_per_s']:.0f} img/s"
+        )
     path = C.write_result(args.result_name or ("bench_train_gpu" if args.gpu else "bench_train"), result)
     print(f"\nwrote {path.relative_to(C.REPO)}")
     return 0
@@ -445,37 +512,67 @@ def run_lockstep(sides: dict, rounds: int, seed: int) -> dict:
             tail_s += lock.lightning_tail_s
             fit_s += run["fit_s"] - sum(lock.plain_s)
             samples += run["samples"]
-            print(f"  round {r + 1} {name:15s} {n} paired steps: Lightning {sum(lock.lightning_s[:n]):.2f} s, "
-                  f"plain {sum(lock.plain_s[:n]):.2f} s", flush=True)
+            print(
+                f"  round {r + 1} {name:15s} {n} paired steps: Lightning {sum(lock.lightning_s[:n]):.2f} s, "
+                f"plain {sum(lock.plain_s[:n]):.2f} s",
+                flush=True,
+            )
         paired = [a / b for a, b in zip(lightning_s, plain_s)]
         l_total, p_total = sum(lightning_s), sum(plain_s)
         # "calm" pairs: neither step slowed by a neighbour's burst (both within 1.5x of the fastest step)
         floor = min(lightning_s + plain_s)
         calm = [(a, b) for a, b in zip(lightning_s, plain_s) if max(a, b) <= 1.5 * floor]
         s = {
-            "paired_steps": len(paired), "samples": samples,
-            "lightning_s": l_total, "plain_s": p_total, "lightning_epoch_tail_s": tail_s,
+            "paired_steps": len(paired),
+            "samples": samples,
+            "lightning_s": l_total,
+            "plain_s": p_total,
+            "lightning_epoch_tail_s": tail_s,
             "lightning_fit_s_excl_plain": fit_s,
             "lightning_images_per_s": samples / (l_total + tail_s),
             "plain_images_per_s": samples / p_total,
             "overhead_pct": 100 * ((l_total + tail_s) / p_total - 1),
             "overhead_pct_paired_median": 100 * (statistics.median(paired) - 1),
             "calm_pairs": len(calm),
-            "overhead_pct_calm_pairs": (100 * (sum(a for a, _ in calm) / sum(b for _, b in calm) - 1)
-                                        if calm else float("nan")),
+            "overhead_pct_calm_pairs": (
+                100 * (sum(a for a, _ in calm) / sum(b for _, b in calm) - 1) if calm else float("nan")
+            ),
             "overhead_pct_cpu": 100 * (l_cpu / p_cpu - 1),
             "overhead_pct_incl_setup": 100 * (fit_s / p_total - 1),
-            "lightning_step_s": lightning_s, "plain_step_s": plain_s,
+            "lightning_step_s": lightning_s,
+            "plain_step_s": plain_s,
         }
         out[name] = s
-        rows.append([name, s["paired_steps"], s["plain_images_per_s"], s["lightning_images_per_s"],
-                     f"{s['overhead_pct']:+.1f}%", f"{s['overhead_pct_paired_median']:+.1f}%",
-                     f"{s['overhead_pct_calm_pairs']:+.1f}% ({s['calm_pairs']})",
-                     f"{s['overhead_pct_cpu']:+.1f}%", f"{s['overhead_pct_incl_setup']:+.1f}%"])
+        rows.append(
+            [
+                name,
+                s["paired_steps"],
+                s["plain_images_per_s"],
+                s["lightning_images_per_s"],
+                f"{s['overhead_pct']:+.1f}%",
+                f"{s['overhead_pct_paired_median']:+.1f}%",
+                f"{s['overhead_pct_calm_pairs']:+.1f}% ({s['calm_pairs']})",
+                f"{s['overhead_pct_cpu']:+.1f}%",
+                f"{s['overhead_pct_incl_setup']:+.1f}%",
+            ]
+        )
     print(f"\n### one training epoch, Lightning vs plain loop in lockstep ({rounds} epoch(s) each)\n")
-    print(C.table(["Lightning side", "paired steps", "plain img/s", "Lightning img/s", "overhead (all steps)",
-                   "overhead (median pair)", "overhead (calm pairs)", "overhead (CPU time)",
-                   "overhead incl. fit() setup"], rows))
+    print(
+        C.table(
+            [
+                "Lightning side",
+                "paired steps",
+                "plain img/s",
+                "Lightning img/s",
+                "overhead (all steps)",
+                "overhead (median pair)",
+                "overhead (calm pairs)",
+                "overhead (CPU time)",
+                "overhead incl. fit() setup",
+            ],
+            rows,
+        )
+    )
     return out
 
 
@@ -488,29 +585,55 @@ def run_alternate(sides: dict, rounds: int, seed: int) -> dict:
             torch.manual_seed(seed + 1 + r)  # the same batches for every side in this round
             runs[name].append(sides[name].epoch())
             last = runs[name][-1]
-            print(f"  round {r + 1} {name:15s} epoch {last['epoch_s']:.2f} s ({last['samples'] / last['epoch_s']:.1f} "
-                  f"img/s), CPU {last['cpu_s']:.1f} s, fit {last['fit_s']:.2f} s", flush=True)
+            print(
+                f"  round {r + 1} {name:15s} epoch {last['epoch_s']:.2f} s "
+                f"({last['samples'] / last['epoch_s']:.1f} img/s), CPU {last['cpu_s']:.1f} s, "
+                f"fit {last['fit_s']:.2f} s",
+                flush=True,
+            )
     summary = {}
     for name, rs in runs.items():
         epochs = [x["epoch_s"] for x in rs]
         fits = [x["fit_s"] for x in rs]
         samples = rs[0]["samples"]
-        summary[name] = {"samples_per_epoch": samples, "epoch_s_median": statistics.median(epochs),
-                         "epoch_s_all": epochs, "fit_s_median": statistics.median(fits), "fit_s_all": fits,
-                         "cpu_s_median": statistics.median(x["cpu_s"] for x in rs),
-                         "images_per_s": samples / statistics.median(epochs),
-                         "images_per_s_incl_setup": samples / statistics.median(fits)}
+        summary[name] = {
+            "samples_per_epoch": samples,
+            "epoch_s_median": statistics.median(epochs),
+            "epoch_s_all": epochs,
+            "fit_s_median": statistics.median(fits),
+            "fit_s_all": fits,
+            "cpu_s_median": statistics.median(x["cpu_s"] for x in rs),
+            "images_per_s": samples / statistics.median(epochs),
+            "images_per_s_incl_setup": samples / statistics.median(fits),
+        }
     plain = summary["plain"]
     rows = []
     for name, s in summary.items():
         if name != "plain":
             s["overhead_pct_epoch"] = 100 * (s["epoch_s_median"] / plain["epoch_s_median"] - 1)
             s["overhead_pct_fit"] = 100 * (s["fit_s_median"] / plain["fit_s_median"] - 1)
-        pct = (lambda key: f"{s[key]:+.1f}%" if key in s else "–")
-        rows.append([name, s["samples_per_epoch"], s["images_per_s"], s["epoch_s_median"], s["fit_s_median"],
-                     pct("overhead_pct_epoch"), pct("overhead_pct_fit")])
+
+        def pct(key: str, s: dict = s) -> str:
+            return f"{s[key]:+.1f}%" if key in s else "–"
+
+        rows.append(
+            [
+                name,
+                s["samples_per_epoch"],
+                s["images_per_s"],
+                s["epoch_s_median"],
+                s["fit_s_median"],
+                pct("overhead_pct_epoch"),
+                pct("overhead_pct_fit"),
+            ]
+        )
     print(f"\n### one training epoch, {rounds} alternating rounds (medians)\n")
-    print(C.table(["side", "images", "img/s", "epoch s", "fit() s", "overhead (epoch)", "overhead incl. setup"], rows))
+    print(
+        C.table(
+            ["side", "images", "img/s", "epoch s", "fit() s", "overhead (epoch)", "overhead incl. setup"],
+            rows,
+        )
+    )
     return summary
 
 

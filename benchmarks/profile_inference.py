@@ -11,6 +11,7 @@
 3. eager PyTorch with 1 vs all threads (OpenMP barriers are costly when the cores are shared).
 Writes benchmarks/results/profile_inference.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,15 @@ from mtdefect.inference.preprocess import preprocess  # noqa: E402
 from mtdefect.inference.settings import ONNX_FILE  # noqa: E402
 
 
-def ort_session(path: Path, threads: int, spinning: bool = True, level: str = "ALL", mem_pattern: bool = True,
-                denormal_zero: bool = False, sequential: bool = True):
+def ort_session(
+    path: Path,
+    threads: int,
+    spinning: bool = True,
+    level: str = "ALL",
+    mem_pattern: bool = True,
+    denormal_zero: bool = False,
+    sequential: bool = True,
+):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -40,7 +48,9 @@ def ort_session(path: Path, threads: int, spinning: bool = True, level: str = "A
     options.inter_op_num_threads = 1
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
     options.enable_mem_pattern = mem_pattern
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL if sequential else ort.ExecutionMode.ORT_PARALLEL
+    options.execution_mode = (
+        ort.ExecutionMode.ORT_SEQUENTIAL if sequential else ort.ExecutionMode.ORT_PARALLEL
+    )
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if denormal_zero:
@@ -61,15 +71,17 @@ def interleave(fns: dict, inputs: list, reps: int) -> dict[str, dict]:
     k = 0
     for _ in range(reps):
         for x in inputs:
-            order = names[k % len(names):] + names[: k % len(names)]
+            order = names[k % len(names) :] + names[: k % len(names)]
             k += 1
             for name in order:
                 t0 = time.perf_counter()
                 fns[name](x)
                 times[name].append((time.perf_counter() - t0) * 1000)
     base = times[names[0]]
-    return {n: {"ms": statistics.fmean(v), "paired_speedup": statistics.median(b / t for b, t in zip(base, v))}
-            for n, v in times.items()}
+    return {
+        n: {"ms": statistics.fmean(v), "paired_speedup": statistics.median(b / t for b, t in zip(base, v))}
+        for n, v in times.items()
+    }
 
 
 def interleave_blocks(fns: dict, inputs: list, reps: int) -> dict[str, dict]:
@@ -82,7 +94,7 @@ def interleave_blocks(fns: dict, inputs: list, reps: int) -> dict[str, dict]:
     names = list(fns)
     means: dict[str, list[float]] = {n: [] for n in names}
     for r in range(reps):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             fns[name](inputs[0])  # one unmeasured call: the previous session's spinners wind down
             t0 = time.perf_counter()
@@ -90,8 +102,10 @@ def interleave_blocks(fns: dict, inputs: list, reps: int) -> dict[str, dict]:
                 fns[name](x)
             means[name].append((time.perf_counter() - t0) * 1000 / len(inputs))
     base = means[names[0]]
-    return {n: {"ms": statistics.median(v), "paired_speedup": statistics.median(b / t for b, t in zip(base, v))}
-            for n, v in means.items()}
+    return {
+        n: {"ms": statistics.median(v), "paired_speedup": statistics.median(b / t for b, t in zip(base, v))}
+        for n, v in means.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,23 +140,43 @@ def main(argv: list[str] | None = None) -> int:
         for b in batches:
             fn(b)
     ort_ms = interleave_blocks(variants, batches, max(args.reps, 4))
-    print(f"\n### 1. ONNX Runtime session options (network only, real tiles, {max(args.reps, 4)} rotating blocks "
-          f"of {len(batches)} tiles per session)\n")
-    print(C.table(["session", "ms/img (median block)", "speed-up vs library (paired median)"],
-                  [[n, v["ms"], f"{v['paired_speedup']:.2f}x"] for n, v in ort_ms.items()]))
+    print(
+        f"\n### 1. ONNX Runtime session options (network only, real tiles, {max(args.reps, 4)} rotating "
+        f"blocks of {len(batches)} tiles per session)\n"
+    )
+    print(
+        C.table(
+            ["session", "ms/img (median block)", "speed-up vs library (paired median)"],
+            [[n, v["ms"], f"{v['paired_speedup']:.2f}x"] for n, v in ort_ms.items()],
+        )
+    )
 
     settings = predictor.settings.postprocess
-    probs = [restore_probability(predictor.runner(b)[0][0, 0], preprocess(g, predictor.settings.preprocess)[1])
-             for g, b in zip(images, batches)]
+    probs = [
+        restore_probability(predictor.runner(b)[0][0, 0], preprocess(g, predictor.settings.preprocess)[1])
+        for g, b in zip(images, batches)
+    ]
     region_counts = [len(postprocess(p, settings).regions) for p in probs]
     window = max(settings.score_window, 1)
-    post_ms = interleave({"postprocess (all of it)": lambda p: postprocess(p, settings),
-                          "find_regions": lambda p: find_regions(p, settings.threshold, settings.min_region_area),
-                          f"image_score (window {window})": lambda p: image_score(p, window)}, probs, args.reps)
-    print(f"\n### 2. postprocess and its parts (regions per tile: median {statistics.median(region_counts):.0f}, "
-          f"max {max(region_counts)})\n")
-    print(C.table(["step", "ms/img", "ratio to postprocess (paired median)"],
-                  [[n, v["ms"], f"{v['paired_speedup']:.2f}x"] for n, v in post_ms.items()]))
+    post_ms = interleave(
+        {
+            "postprocess (all of it)": lambda p: postprocess(p, settings),
+            "find_regions": lambda p: find_regions(p, settings.threshold, settings.min_region_area),
+            f"image_score (window {window})": lambda p: image_score(p, window),
+        },
+        probs,
+        args.reps,
+    )
+    print(
+        f"\n### 2. postprocess and its parts (regions per tile: "
+        f"median {statistics.median(region_counts):.0f}, max {max(region_counts)})\n"
+    )
+    print(
+        C.table(
+            ["step", "ms/img", "ratio to postprocess (paired median)"],
+            [[n, v["ms"], f"{v['paired_speedup']:.2f}x"] for n, v in post_ms.items()],
+        )
+    )
 
     torch_ms = {}
     if not args.skip_torch:
@@ -157,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.set_num_threads(threads)
                 with torch.inference_mode():
                     return net(torch.from_numpy(batch)).numpy()
+
             return run
 
         fns = {f"torch {t} thr": torch_fn(t) for t in sorted({1, cores})}
@@ -165,14 +200,25 @@ def main(argv: list[str] | None = None) -> int:
         torch_ms = interleave(fns, batches[: max(4, len(batches) // 3)], args.reps)
         torch.set_num_threads(cores)
         print("\n### 3. eager PyTorch threads (network only)\n")
-        print(C.table(["torch", "ms/img", "speed-up vs 1 thread (paired median)"],
-                      [[n, v["ms"], f"{v['paired_speedup']:.2f}x"] for n, v in torch_ms.items()]))
+        print(
+            C.table(
+                ["torch", "ms/img", "speed-up vs 1 thread (paired median)"],
+                [[n, v["ms"], f"{v['paired_speedup']:.2f}x"] for n, v in torch_ms.items()],
+            )
+        )
 
-    path = C.write_result(args.result_name, {
-        "machine": info, "model": {"source": model_source}, "args": vars(args),
-        "ort_network_ms": ort_ms, "postprocess_ms": post_ms,
-        "regions_per_tile": region_counts, "torch_network_ms": torch_ms,
-    })
+    path = C.write_result(
+        args.result_name,
+        {
+            "machine": info,
+            "model": {"source": model_source},
+            "args": vars(args),
+            "ort_network_ms": ort_ms,
+            "postprocess_ms": post_ms,
+            "regions_per_tile": region_counts,
+            "torch_network_ms": torch_ms,
+        },
+    )
     print(f"\nwrote {path.relative_to(C.REPO)}")
     return 0
 

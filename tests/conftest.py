@@ -1,4 +1,5 @@
 """Shared fixtures: synthetic tile archives (no shared data needed) and the real dataset when present."""
+
 from __future__ import annotations
 
 import io
@@ -21,7 +22,8 @@ requires_dataset = pytest.mark.skipif(
 
 
 def synthetic_pair(seed: int, defective: bool, size: tuple[int, int] = (72, 56)) -> tuple[bytes, bytes]:
-    """A gray tile with texture and, if defective, a dark blob; its mask has soft edge values like the real ones."""
+    """A gray tile with texture and, if defective, a dark blob; its mask has soft edge values like the
+    real ones."""
     rng = np.random.default_rng(seed)
     h, w = size
     img = np.clip(rng.normal(140, 12, (h, w)), 0, 255)

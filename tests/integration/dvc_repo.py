@@ -1,4 +1,5 @@
 """A throwaway copy of the project as its own git + DVC repo, for real `dvc exp run` tests."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT_FILES = ("dvc.yaml", "conf", "src", ".dvc/config", ".dvc/.gitignore", ".gitignore", ".dvcignore",
-                 "data/.gitignore", "models/.gitignore", "reports/.gitignore")
+PROJECT_FILES = (
+    "dvc.yaml",
+    "conf",
+    "src",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    ".gitignore",
+    ".dvcignore",
+    "data/.gitignore",
+    "models/.gitignore",
+    "reports/.gitignore",
+)
 
 
 def make_repo(dest: Path) -> Path:
@@ -43,20 +54,30 @@ def env(bentoml_home: Path, data_source: Path) -> dict[str, str]:
         MT_DATA_SOURCE=str(data_source),
         BENTOML_HOME=str(bentoml_home),
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}",
-        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@localhost",
-        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@localhost",
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="test@localhost",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="test@localhost",
         DVC_NO_ANALYTICS="1",
     )
     return e
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True,
-                          env=env(repo / ".bentoml", repo)).stdout
+    return subprocess.run(
+        ["git", *args], cwd=repo, check=True, capture_output=True, text=True, env=env(repo / ".bentoml", repo)
+    ).stdout
 
 
-def dvc(repo: Path, environment: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(["dvc", *args], cwd=repo, env=environment, capture_output=True, text=True, timeout=timeout)
+def dvc(
+    repo: Path, environment: dict[str, str], *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        ["dvc", *args], cwd=repo, env=environment, capture_output=True, text=True, timeout=timeout
+    )
     if result.returncode != 0:
-        raise AssertionError(f"dvc {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+        raise AssertionError(
+            f"dvc {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
     return result

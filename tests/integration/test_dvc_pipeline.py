@@ -1,4 +1,5 @@
 """The real `dvc exp run` in a temporary git repo on a small subset of the shared archive."""
+
 from __future__ import annotations
 
 import json

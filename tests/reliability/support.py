@@ -3,6 +3,7 @@ file hashes, and a loopback S3 server (moto) for the DVC remote.
 
 Nothing here touches the network beyond 127.0.0.1, and every wait has a deadline.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,10 +16,10 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -80,15 +81,16 @@ class Result:
     output: str
     seconds: float
 
-    def check(self) -> "Result":
+    def check(self) -> Result:
         assert self.returncode == 0, f"{' '.join(self.args)} exited {self.returncode}:\n{self.output[-6000:]}"
         return self
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 240) -> Result:
     start = time.perf_counter()
-    proc = subprocess.run(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
+    )
     return Result(args, proc.returncode, proc.stdout, time.perf_counter() - start)
 
 
@@ -105,7 +107,7 @@ def write_big_archive(path: Path, pairs_per_class: int = 60, size: tuple[int, in
     h, w = size
     image = np.clip(rng.normal(140, 20, (h, w)), 0, 255).astype(np.uint8)
     mask = np.zeros((h, w), np.uint8)
-    mask[h // 3: h // 2, w // 3: w // 2] = 255
+    mask[h // 3 : h // 2, w // 3 : w // 2] = 255
     jpg, png = io.BytesIO(), io.BytesIO()
     Image.fromarray(image).save(jpg, format="JPEG", quality=90)
     Image.fromarray(mask).save(png, format="PNG")
@@ -141,8 +143,9 @@ def dvc_status(repo: Path, env: dict[str, str]) -> dict:
     return json.loads(result.output.strip().splitlines()[-1] or "{}")
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.05,
-             alive: subprocess.Popen | None = None) -> bool:
+def wait_for(
+    predicate, timeout: float, interval: float = 0.05, alive: subprocess.Popen | None = None
+) -> bool:
     """Poll ``predicate`` until true (→ True) or the deadline / the process exits (→ False)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -168,10 +171,16 @@ def moto_s3(log: Path) -> Iterator[str]:
     """A standalone moto S3 server on a free loopback port; yields its endpoint URL."""
     port = free_port()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True)
+        proc = subprocess.Popen(
+            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=child_env(),
+            start_new_session=True,
+        )
     endpoint = f"http://127.0.0.1:{port}"
     try:
+
         def up() -> bool:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5):

@@ -6,6 +6,7 @@ One project is shared by the whole module (tests run in file order and each leav
 Data: a small synthetic archive (fast, and the same on every machine); MT_RELIABILITY_DATA=real runs
 the same tests on the shared Magnetic Tile archive (3 images per class in the split).
 """
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,11 @@ def project(tmp_path_factory) -> Project:
         write_synthetic_tree(base / "archive", per_class=3)
         archive = zip_tree(base / "archive", base / "tiles.zip")
     repo = make_dvc_project(base / "project")
-    env = child_env(MT_DATA_SOURCE=str(archive), BENTOML_HOME=str(base / "bentoml"),
-                    DVC_SITE_CACHE_DIR=str(base / "dvc-site-cache"))
+    env = child_env(
+        MT_DATA_SOURCE=str(archive),
+        BENTOML_HOME=str(base / "bentoml"),
+        DVC_SITE_CACHE_DIR=str(base / "dvc-site-cache"),
+    )
     return Project(repo, env, archive)
 
 
@@ -137,8 +141,13 @@ def test_s3_remote_round_trip_is_byte_identical(project: Project, tmp_path: Path
     creds = dict(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
     env = {**project.env, **creds}
     with moto_s3(tmp_path / "moto.log") as endpoint:
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         s3.create_bucket(Bucket="mt-dvc")
         run([DVC, "remote", "add", "-f", "-d", "store", "s3://mt-dvc/cache"], repo, env).check()
         run([DVC, "remote", "modify", "store", "endpointurl", endpoint], repo, env).check()
@@ -186,8 +195,9 @@ def test_sigkill_mid_training_resumes_from_last_checkpoint(project: Project, tmp
     last = repo / "checkpoints" / "last.ckpt"
     log = tmp_path / "killed.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(args, cwd=repo, env=project.env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args, cwd=repo, env=project.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         saw_checkpoint = wait_for(last.exists, timeout=240, alive=proc)
     finally:

@@ -5,6 +5,7 @@ EXIF orientation) decodes to an HxW uint8 array of the displayed size; preproces
 stride; arbitrary logits come back as a mask of the input's size holding only 0 and 255, with
 regions inside the image whose areas add up to the mask. A fake runner stands in for the network.
 """
+
 from __future__ import annotations
 
 import io
@@ -66,8 +67,17 @@ def synth_image(mode: str, height: int, width: int, seed: int, special: bool) ->
     raise AssertionError(mode)
 
 
-def encode(fmt: str, mode: str, height: int, width: int, seed: int = 0, special: bool = False,
-           orientation: int | None = None, compression: str | None = None, quality: int = 90):
+def encode(
+    fmt: str,
+    mode: str,
+    height: int,
+    width: int,
+    seed: int = 0,
+    special: bool = False,
+    orientation: int | None = None,
+    compression: str | None = None,
+    quality: int = 90,
+):
     """→ (bytes, displayed (height, width), the source PIL image)."""
     img = synth_image(mode, height, width, seed, special)
     kwargs: dict = {}
@@ -97,8 +107,15 @@ def encoded_images(draw):
     height, width = draw(SIDE), draw(SIDE)
     orientation = draw(st.sampled_from([None, 1, 2, 3, 4, 5, 6, 7, 8])) if fmt != "BMP" else None
     data, expected, img = encode(
-        fmt, mode, height, width, draw(st.integers(0, 2**32 - 1)), draw(st.booleans()), orientation,
-        draw(st.sampled_from(TIFF_COMPRESSION)), draw(st.integers(50, 95)),
+        fmt,
+        mode,
+        height,
+        width,
+        draw(st.integers(0, 2**32 - 1)),
+        draw(st.booleans()),
+        orientation,
+        draw(st.sampled_from(TIFF_COMPRESSION)),
+        draw(st.integers(50, 95)),
     )
     return data, expected, fmt, mode, img, orientation
 
@@ -106,8 +123,14 @@ def encoded_images(draw):
 def orient(array: np.ndarray, orientation: int | None) -> np.ndarray:
     """EXIF orientation applied by hand (independent of PIL's ImageOps.exif_transpose)."""
     return {
-        None: lambda a: a, 1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1],
-        4: lambda a: a[::-1, :], 5: lambda a: a.T, 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].T,
+        None: lambda a: a,
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1, :],
+        5: lambda a: a.T,
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].T,
         8: lambda a: np.rot90(a, 1),
     }[orientation](array)
 
@@ -144,8 +167,16 @@ def test_every_format_mode_and_orientation_decodes() -> None:
             for (h, w), orientation, special in SWEEP:
                 if fmt == "BMP":
                     orientation = None
-                data, expected, img = encode(fmt, mode, h, w, seed=count, special=special,
-                                             orientation=orientation, compression="tiff_lzw")
+                data, expected, img = encode(
+                    fmt,
+                    mode,
+                    h,
+                    w,
+                    seed=count,
+                    special=special,
+                    orientation=orientation,
+                    compression="tiff_lzw",
+                )
                 check_decoded(data, expected, fmt, mode, img, orientation)
                 count += 1
     assert count == len(SWEEP) * sum(len(m) for m in MODES.values())
@@ -177,7 +208,7 @@ def test_preprocess_pads_to_stride_and_records_geometry(height, width, stride, l
     # edge replication: the padding repeats the last real row/column
     plane = batch[0, 0]
     np.testing.assert_array_equal(plane[sh:, :sw], np.broadcast_to(plane[sh - 1, :sw], (padded[0] - sh, sw)))
-    np.testing.assert_array_equal(plane[:, sw:], np.repeat(plane[:, sw - 1:sw], padded[1] - sw, axis=1))
+    np.testing.assert_array_equal(plane[:, sw:], np.repeat(plane[:, sw - 1 : sw], padded[1] - sw, axis=1))
 
 
 LOGITS = st.sampled_from(["normal", "huge", "saturated", "blobs"])
@@ -195,7 +226,7 @@ def make_logits(shape: tuple[int, int], kind: str, seed: int) -> np.ndarray:
     out = np.full(shape, -5.0, np.float32)  # a few rectangles of defect, including on the borders
     for _ in range(int(rng.integers(1, 6))):
         y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
-        out[y: y + rng.integers(1, 40), x: x + rng.integers(1, 40)] = rng.uniform(-1, 8)
+        out[y : y + rng.integers(1, 40), x : x + rng.integers(1, 40)] = rng.uniform(-1, 8)
     return out
 
 
@@ -214,7 +245,7 @@ def check_prediction(pred, shape: tuple[int, int], post: PostprocessSettings) ->
         x, y, bw, bh = r.bbox
         assert 0 <= x and 0 <= y and bw >= 1 and bh >= 1 and x + bw <= w and y + bh <= h, (r.bbox, shape)
         assert max(post.min_region_area, 1) <= r.area <= bw * bh
-        assert int(on[y: y + bh, x: x + bw].sum()) >= r.area
+        assert int(on[y : y + bh, x : x + bw].sum()) >= r.area
         assert post.threshold <= r.score <= 1.0
 
 
@@ -254,8 +285,14 @@ class FakeRunner:
 
 
 @PROFILE
-@given(case=encoded_images(), long_side=st.one_of(st.none(), st.integers(32, 256)), kind=LOGITS,
-       threshold=st.floats(0.05, 0.95), min_area=st.integers(0, 30), seed=st.integers(0, 2**32 - 1))
+@given(
+    case=encoded_images(),
+    long_side=st.one_of(st.none(), st.integers(32, 256)),
+    kind=LOGITS,
+    threshold=st.floats(0.05, 0.95),
+    min_area=st.integers(0, 30),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_bytes_to_answer_through_a_fake_runner(case, long_side, kind, threshold, min_area, seed) -> None:
     data, expected, *_ = case
     post = PostprocessSettings(threshold=threshold, min_region_area=min_area)
@@ -268,8 +305,13 @@ def test_bytes_to_answer_through_a_fake_runner(case, long_side, kind, threshold,
 
 
 @PROFILE
-@given(height=SIDE, width=SIDE, long_side=st.one_of(st.none(), st.integers(16, 400)),
-       seed=st.integers(0, 2**32 - 1), nan_pixels=st.integers(1, 20))
+@given(
+    height=SIDE,
+    width=SIDE,
+    long_side=st.one_of(st.none(), st.integers(16, 400)),
+    seed=st.integers(0, 2**32 - 1),
+    nan_pixels=st.integers(1, 20),
+)
 def test_nan_logits_never_become_a_silent_answer(height, width, long_side, seed, nan_pixels) -> None:
     """A diverged network (NaN logits inside the image) must not yield a normal-looking answer: the
     probability keeps the NaN and the service's output guard refuses it."""

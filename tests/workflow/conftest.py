@@ -1,4 +1,6 @@
-"""Helpers for the experiment-workflow tests: tiny synthetic data, subprocess runners, a throwaway DVC repo."""
+"""Helpers for the experiment-workflow tests: tiny synthetic data, subprocess runners, a throwaway
+DVC repo."""
+
 from __future__ import annotations
 
 import os
@@ -18,15 +20,18 @@ FAST = ["debug=fast", "trainer.limit_val_batches=3", "model.decoder_channels=[32
 
 
 def tool_env(tmp: Path, **extra: str) -> dict[str, str]:
-    """The environment for subprocesses: this venv first on PATH, the BentoML store and git identity in tmp."""
+    """The environment for subprocesses: this venv first on PATH, the BentoML store and git identity
+    in tmp."""
     env = dict(os.environ)
     env.update(
         PATH=f"{Path(PYTHON).parent}{os.pathsep}{env.get('PATH', '')}",
         BENTOML_HOME=str(tmp / "bentoml"),
         HYDRA_FULL_ERROR="1",
         DVC_NO_ANALYTICS="1",
-        GIT_AUTHOR_NAME="workflow-test", GIT_AUTHOR_EMAIL="workflow-test@localhost",
-        GIT_COMMITTER_NAME="workflow-test", GIT_COMMITTER_EMAIL="workflow-test@localhost",
+        GIT_AUTHOR_NAME="workflow-test",
+        GIT_AUTHOR_EMAIL="workflow-test@localhost",
+        GIT_COMMITTER_NAME="workflow-test",
+        GIT_COMMITTER_EMAIL="workflow-test@localhost",
         PYTHONWARNINGS="ignore",
         # one intra-op thread per process: on a small shared CPU box, OpenMP spin-waiting across
         # oversubscribed cores makes tiny convolutions ~10x slower (2 DDP ranks = 2 processes anyway)
@@ -40,11 +45,16 @@ def tool_env(tmp: Path, **extra: str) -> dict[str, str]:
 def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     """Run a command; on failure, fail the test with the tail of its output."""
     try:
-        result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        result = subprocess.run(
+            args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{' '.join(args)} timed out after {timeout}s:\n{(exc.stderr or b'')[-3000:]!r}")
     if result.returncode != 0:
-        pytest.fail(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        pytest.fail(
+            f"{' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
     return result
 
 

@@ -1,4 +1,5 @@
 """DDP through the Hydra entry point: 2 CPU processes over gloo, one model written by rank 0."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,20 @@ pytestmark = pytest.mark.slow
 def test_ddp_on_two_cpu_processes_writes_one_model(tmp_path, synthetic_dataset) -> None:
     dataset_dir, manifest = synthetic_dataset
     out = tmp_path / "ddp"
-    result = run(train_cmd("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *FAST,
-                           f"paths.data_dir={dataset_dir}", f"paths.manifest={manifest}", f"hydra.run.dir={out}"),
-                 tmp_path, tool_env(tmp_path), timeout=300)
+    result = run(
+        train_cmd(
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            *FAST,
+            f"paths.data_dir={dataset_dir}",
+            f"paths.manifest={manifest}",
+            f"hydra.run.dir={out}",
+        ),
+        tmp_path,
+        tool_env(tmp_path),
+        timeout=300,
+    )
     log = result.stdout + result.stderr
     assert "distributed_backend=gloo" in log and "Starting with 2 processes" in log
     assert (out / "train_ddp_process_1.log").exists(), "rank 1 ran in the same Hydra output folder"

@@ -4,6 +4,7 @@ Queued experiments run in temporary copies of the repo (.dvc/tmp/exps/...), so M
 The queue targets the `report` stage: freeze → load_data → split → train → evaluate → report
 (export and package are left out to keep the test short; tests/integration runs the whole pipeline).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,22 @@ def queued(tmp_path_factory, tiny_source):
     tmp = tmp_path_factory.mktemp("queue")
     env = tool_env(tmp, MT_DATA_SOURCE=str(tiny_source))
     repo = make_dvc_repo(tmp / "project", env)
-    dvc(repo, env, "exp", "run", "--queue", "-S", "model.lr=1e-3,3e-4", "-S", "debug=fast",
-        "-S", "data.split.max_per_class=4", "-S", "trainer.limit_val_batches=3", "report")
+    dvc(
+        repo,
+        env,
+        "exp",
+        "run",
+        "--queue",
+        "-S",
+        "model.lr=1e-3,3e-4",
+        "-S",
+        "debug=fast",
+        "-S",
+        "data.split.max_per_class=4",
+        "-S",
+        "trainer.limit_val_batches=3",
+        "report",
+    )
     dvc(repo, env, "queue", "start", "-j", "1", timeout=300)  # spawning the worker is slow on a loaded box
     deadline = time.monotonic() + QUEUE_WAIT_S
     try:
@@ -51,12 +66,27 @@ def queued(tmp_path_factory, tiny_source):
                 pytest.fail(f"the queue did not finish within {QUEUE_WAIT_S}s:\n{status}")
             time.sleep(5)
     finally:
-        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=repo, env=env, capture_output=True, timeout=60,
-                       check=False)
+        subprocess.run(
+            ["dvc", "queue", "stop", "--kill"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
     if "Failed" in status:
-        logs = [subprocess.run(["dvc", "queue", "logs", line.split()[1]], cwd=repo, env=env, capture_output=True,
-                               text=True, check=False).stdout[-3000:]
-                for line in status.splitlines() if "Failed" in line]
+        logs = [
+            subprocess.run(
+                ["dvc", "queue", "logs", line.split()[1]],
+                cwd=repo,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout[-3000:]
+            for line in status.splitlines()
+            if "Failed" in line
+        ]
         pytest.fail(f"queued experiments failed:\n{status}\n" + "\n".join(logs))
     shown = json.loads(dvc(repo, env, "exp", "show", "--json").stdout)
     return repo, env, status, experiments(shown)
@@ -94,14 +124,21 @@ def test_plots_diff_overlays_both_experiments(queued, tmp_path) -> None:
     names = sorted(exps)
     out = tmp_path / "plots"
     shown = json.loads(dvc(repo, env, "plots", "diff", *names, "--json", "-o", str(out)).stdout)["data"]
-    for title in ("Loss (train vs validation)", "Validation Dice and IoU", "ROC (image-level detection)",
-                  "Precision-recall (image-level detection)", "Per-class Dice (test)"):
+    for title in (
+        "Loss (train vs validation)",
+        "Validation Dice and IoU",
+        "ROC (image-level detection)",
+        "Precision-recall (image-level detection)",
+        "Per-class Dice (test)",
+    ):
         assert title in shown, sorted(shown)
         content = shown[title][0]["content"]
         revs = {point["rev"] for point in content["data"]["values"]}
         assert revs == set(names), (title, revs)
     # the sampled panels are the same test tiles in both experiments: each shown twice, side by side
     images = [k for k in shown if k.startswith("reports/overlays/sample_")]
-    assert images and all(len(shown[k]) == 2 for k in images), "each sampled overlay shown for both experiments"
+    assert images and all(len(shown[k]) == 2 for k in images), (
+        "each sampled overlay shown for both experiments"
+    )
     # the worst panels depend on each model's mistakes: present, from either experiment
     assert any(k.startswith("reports/overlays/worst_") for k in shown)

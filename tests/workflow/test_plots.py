@@ -1,4 +1,5 @@
 """`dvc plots show` / `dvc plots diff` render every plot the project defines, from hand-made stage outputs."""
+
 from __future__ import annotations
 
 import json
@@ -13,30 +14,62 @@ from PIL import Image
 
 from tests.workflow.conftest import ROOT, run, tool_env
 
-TOP_LEVEL = [next(iter(p)) if isinstance(p, dict) else p for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]]
+TOP_LEVEL = [
+    next(iter(p)) if isinstance(p, dict) else p
+    for p in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+]
 
 
 def write_outputs(repo: Path, scale: float) -> None:
     """What the train and evaluate stages write, with values scaled so two revisions differ."""
     metrics = repo / "dvclive" / "plots" / "metrics"
-    for name, field, values in (("train/loss.tsv", "loss", [1.2, 0.8, 0.5]), ("val/loss.tsv", "loss", [1.0, 0.7, 0.6]),
-                                ("val/dice.tsv", "dice", [0.2, 0.4, 0.5]), ("val/iou.tsv", "iou", [0.1, 0.25, 0.33]),
-                                ("lr-AdamW.tsv", "lr-AdamW", [1e-3, 5e-4, 1e-4]), ("epoch.tsv", "epoch", [0, 1, 2])):
+    for name, field, values in (
+        ("train/loss.tsv", "loss", [1.2, 0.8, 0.5]),
+        ("val/loss.tsv", "loss", [1.0, 0.7, 0.6]),
+        ("val/dice.tsv", "dice", [0.2, 0.4, 0.5]),
+        ("val/iou.tsv", "iou", [0.1, 0.25, 0.33]),
+        ("lr-AdamW.tsv", "lr-AdamW", [1e-3, 5e-4, 1e-4]),
+        ("epoch.tsv", "epoch", [0, 1, 2]),
+    ):
         (metrics / name).parent.mkdir(parents=True, exist_ok=True)
         rows = "".join(f"{step}\t{v * scale}\n" for step, v in zip((2, 4, 6), values))
         (metrics / name).write_text(f"step\t{field}\n{rows}")
     plots = repo / "reports" / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    (plots / "roc.json").write_text(json.dumps([{"fpr": 0.0, "tpr": 0.0, "threshold": 1.0},
-                                                {"fpr": 0.1, "tpr": 0.7 * scale, "threshold": 0.6},
-                                                {"fpr": 1.0, "tpr": 1.0, "threshold": 0.1}]))
-    (plots / "pr.json").write_text(json.dumps([{"recall": 0.5, "precision": 1.0, "threshold": 0.9},
-                                               {"recall": 1.0, "precision": 0.6 * scale, "threshold": 0.2}]))
-    (plots / "per_class_dice.json").write_text(json.dumps([{"class": c, "dice": d * scale} for c, d in
-                                                           (("MT_Blowhole", 0.6), ("MT_Crack", 0.3))]))
-    (plots / "per_image.json").write_text(json.dumps([
-        {"image": "MT_Crack/a.jpg", "class": "MT_Crack", "dice": 0.3 * scale, "score": 0.8, "defective": True},
-        {"image": "MT_Free/b.jpg", "class": "MT_Free", "dice": 0.0, "score": 0.2, "defective": False}]))
+    (plots / "roc.json").write_text(
+        json.dumps(
+            [
+                {"fpr": 0.0, "tpr": 0.0, "threshold": 1.0},
+                {"fpr": 0.1, "tpr": 0.7 * scale, "threshold": 0.6},
+                {"fpr": 1.0, "tpr": 1.0, "threshold": 0.1},
+            ]
+        )
+    )
+    (plots / "pr.json").write_text(
+        json.dumps(
+            [
+                {"recall": 0.5, "precision": 1.0, "threshold": 0.9},
+                {"recall": 1.0, "precision": 0.6 * scale, "threshold": 0.2},
+            ]
+        )
+    )
+    (plots / "per_class_dice.json").write_text(
+        json.dumps([{"class": c, "dice": d * scale} for c, d in (("MT_Blowhole", 0.6), ("MT_Crack", 0.3))])
+    )
+    (plots / "per_image.json").write_text(
+        json.dumps(
+            [
+                {
+                    "image": "MT_Crack/a.jpg",
+                    "class": "MT_Crack",
+                    "dice": 0.3 * scale,
+                    "score": 0.8,
+                    "defective": True,
+                },
+                {"image": "MT_Free/b.jpg", "class": "MT_Free", "dice": 0.0, "score": 0.2, "defective": False},
+            ]
+        )
+    )
     (repo / "reports" / "metrics.json").write_text(json.dumps({"test": {"dice": 0.5 * scale}}))
     (repo / "dvclive" / "metrics.json").write_text(json.dumps({"val": {"dice": 0.5 * scale}}))
     overlays = repo / "reports" / "overlays"

@@ -8,6 +8,7 @@ the page makes can be listed.
 uploads ``tile.jpg`` on a running service's operator page at 1280x800 and saves the screenshot.
 The service never imports this module.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -112,9 +113,15 @@ class Chromium:
 
     def viewport(self, width: int, height: int) -> None:
         """Exactly width x height CSS pixels of page (the window's frame does not count)."""
-        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-            "width": width, "height": height, "deviceScaleFactor": 1, "mobile": False,
-        })
+        self.driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {
+                "width": width,
+                "height": height,
+                "deviceScaleFactor": 1,
+                "mobile": False,
+            },
+        )
 
     def requests(self) -> list[str]:
         """Every URL the browser requested so far (all pages, all kinds: documents, scripts,
@@ -167,10 +174,12 @@ class Chromium:
             const transfer = new DataTransfer();
             transfer.items.add(new File([new Uint8Array(bytes)], name));
             const zone = document.getElementById('drop');
-            zone.dispatchEvent(new DragEvent('dragover', {dataTransfer: transfer, bubbles: true, cancelable: true}));
-            zone.dispatchEvent(new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+            const init = {dataTransfer: transfer, bubbles: true, cancelable: true};
+            zone.dispatchEvent(new DragEvent('dragover', init));
+            zone.dispatchEvent(new DragEvent('drop', init));
             """,
-            name, list(data),
+            name,
+            list(data),
         )
         self.wait_for(lambda: self.state() in ("done", "error"), timeout, "an answer on the page")
         return self.state()
@@ -189,8 +198,9 @@ def foreign(urls: Iterable[str], origin: str) -> list[str]:
     return out
 
 
-def screenshot(url: str, image: Path, out: Path, width: int = 1280, height: int = 800,
-               api_key: str | None = None) -> list[str]:
+def screenshot(
+    url: str, image: Path, out: Path, width: int = 1280, height: int = 800, api_key: str | None = None
+) -> list[str]:
     """Upload ``image`` on the operator page at ``url``; save a width x height screenshot to ``out``.
     Returns the URLs the browser requested."""
     with Chromium(width, height) as browser:
@@ -217,8 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     urls = screenshot(args.url, args.image, args.out, args.width, args.height, args.api_key)
     others = foreign(urls, args.url)
-    print(f"wrote {args.out} ({len(urls)} requests, {len(others)} to other origins{': ' if others else ''}"
-          f"{', '.join(others)})")
+    print(
+        f"wrote {args.out} ({len(urls)} requests, {len(others)} to other origins{': ' if others else ''}"
+        f"{', '.join(others)})"
+    )
 
 
 if __name__ == "__main__":

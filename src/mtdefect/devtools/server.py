@@ -3,6 +3,7 @@ benchmarks; the service never imports this module.
 
 The server runs in its own session (process group), so that stopping it stops its workers too.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,8 +50,16 @@ class ServerProcess:
 P = TypeVar("P", bound=ServerProcess)
 
 
-def launch(service: str, env: dict[str, str], log_path: Path, cwd: Path, host: str = "127.0.0.1", *,
-           cls: type[P] = ServerProcess, bentoml: Sequence[str] = (BENTOML,)) -> P:
+def launch(
+    service: str,
+    env: dict[str, str],
+    log_path: Path,
+    cwd: Path,
+    host: str = "127.0.0.1",
+    *,
+    cls: type[P] = ServerProcess,
+    bentoml: Sequence[str] = (BENTOML,),
+) -> P:
     """``bentoml serve SERVICE`` on a free port of ``host``, output to ``log_path``; does not wait.
     ``SERVICE``: ``module:Class`` in ``cwd``, or a built bento's tag. ``cls``: a subclass of
     ServerProcess to return (its extra fields need defaults). ``bentoml``: the command that runs
@@ -68,8 +77,9 @@ def launch(service: str, env: dict[str, str], log_path: Path, cwd: Path, host: s
     return cls(url=f"http://{host}:{port}", process=process, log_path=log_path)
 
 
-def wait_ready(server: ServerProcess, path: str = "/readyz", timeout: float = 180.0,
-               interval: float = 0.25) -> None:
+def wait_ready(
+    server: ServerProcess, path: str = "/readyz", timeout: float = 180.0, interval: float = 0.25
+) -> None:
     """Poll ``GET path`` until it answers 200. RuntimeError if the server exits first, TimeoutError
     after ``timeout`` seconds (both with the end of the log); the server is left running."""
     deadline = time.monotonic() + timeout

@@ -1,9 +1,10 @@
 """What every stage shares: reading params.yaml and turning expected failures into one line."""
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 

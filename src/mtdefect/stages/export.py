@@ -1,4 +1,5 @@
 """Stage: model folder → ONNX (dynamic H/W) + parity report against PyTorch on real test images."""
+
 import json
 import shutil
 from pathlib import Path
@@ -6,10 +7,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from mtdefect.data.split import read_manifest
-from mtdefect.scoring import UNLIMITED
 from mtdefect.export import check_parity, export_onnx
 from mtdefect.inference import decode_image
 from mtdefect.inference.settings import ONNX_FILE
+from mtdefect.scoring import UNLIMITED
 from mtdefect.stages._common import run
 
 
@@ -27,8 +28,10 @@ def stage(cfg: DictConfig) -> None:
     for name in (ONNX_FILE, "parity.json"):
         (work / name).replace(out_dir / name)
     shutil.rmtree(work, ignore_errors=True)
-    print(f"export: {out_dir / ONNX_FILE}; max |Δp| {report['max_abs_prob_delta']:.2e} over "
-          f"{report['images']} images, {report['mask_mismatches']} mask mismatches")
+    print(
+        f"export: {out_dir / ONNX_FILE}; max |Δp| {report['max_abs_prob_delta']:.2e} over "
+        f"{report['images']} images, {report['mask_mismatches']} mask mismatches"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Stage: write the exact installed package list (always runs; downstream reruns only if it changed)."""
+
 from __future__ import annotations
 
 import platform

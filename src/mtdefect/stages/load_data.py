@@ -1,4 +1,5 @@
 """Stage: data.source (URL, .zip or folder) → paths.data_dir, verified and binarised."""
+
 from omegaconf import DictConfig
 
 from mtdefect.data.source import load_dataset

@@ -1,4 +1,5 @@
 """Stage: model folder + ONNX export → a new version in the BentoML model store."""
+
 import json
 import shutil
 import subprocess
@@ -13,15 +14,25 @@ from mtdefect.inference.settings import ONNX_FILE
 from mtdefect.stages._common import run
 from mtdefect.store import save_model_dir
 
-
 # the test metrics copied into the store entry's metadata (the full report stays in reports/)
-HEADLINE = ("dice", "iou", "dice_ungated", "mean_class_dice", "per_class_dice", "detection", "score_source",
-            "decision_threshold", "backend")
+HEADLINE = (
+    "dice",
+    "iou",
+    "dice_ungated",
+    "mean_class_dice",
+    "per_class_dice",
+    "detection",
+    "score_source",
+    "decision_threshold",
+    "backend",
+)
 
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -39,8 +50,12 @@ def stage(cfg: DictConfig) -> None:
         tag = save_model_dir(
             bundle,
             name=cfg.package.name,
-            labels={"encoder": str(cfg.model.encoder), "arch": str(cfg.model.arch),
-                    "data_version": data_version[:12], "git_commit": git_commit()[:12]},
+            labels={
+                "encoder": str(cfg.model.encoder),
+                "arch": str(cfg.model.arch),
+                "data_version": data_version[:12],
+                "git_commit": git_commit()[:12],
+            },
             metadata={"test_metrics": metrics, "data_version": data_version, "git_commit": git_commit()},
         )
     out = Path(cfg.paths.reports_dir) / "package.json"

@@ -1,4 +1,5 @@
 """Stage: dataset folder → stratified, seeded train/val/test manifest CSV."""
+
 from collections import Counter
 
 from omegaconf import DictConfig
@@ -9,10 +10,18 @@ from mtdefect.stages._common import run
 
 def stage(cfg: DictConfig) -> None:
     s = cfg.data.split
-    records = make_split(cfg.paths.data_dir, cfg.paths.manifest, s.val_fraction, s.test_fraction, s.seed,
-                         s.get("max_per_class"))
+    records = make_split(
+        cfg.paths.data_dir,
+        cfg.paths.manifest,
+        s.val_fraction,
+        s.test_fraction,
+        s.seed,
+        s.get("max_per_class"),
+    )
     counts = Counter(r.split for r in records)
-    print(f"split: train {counts['train']}, val {counts['val']}, test {counts['test']} → {cfg.paths.manifest}")
+    print(
+        f"split: train {counts['train']}, val {counts['val']}, test {counts['test']} → {cfg.paths.manifest}"
+    )
 
 
 if __name__ == "__main__":

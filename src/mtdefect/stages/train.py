@@ -3,6 +3,7 @@
 Writes ``reports/validation.json``: the calibrated validation metrics (what experiments are chosen
 by; the test split is only for reporting) and the training time.
 """
+
 from pathlib import Path
 
 from omegaconf import DictConfig
