@@ -282,7 +282,7 @@ def random_model_dir(out: Path) -> Path:
     from mtdefect.export import export_onnx
     from mtdefect.inference.settings import ModelSettings, PostprocessSettings, PreprocessSettings
     from mtdefect.model.bundle import write_model_dir
-    from mtdefect.model.net import build_net
+    from mtdefect.inference.network import build_net
 
     torch.manual_seed(0)
     config = default_net_config()

@@ -208,7 +208,7 @@ def test_pickled_checkpoint_is_refused_by_load_best_weights(tmp_path: Path, kind
 def model_dir(tmp_path_factory) -> Path:
     from mtdefect.inference import ModelSettings
     from mtdefect.model.bundle import write_model_dir
-    from mtdefect.model.net import build_net
+    from mtdefect.inference.network import build_net
 
     net_cfg = dict(arch="Unet", encoder="resnet10t", pretrained=False, in_channels=1, classes=1,
                    decoder_channels=[16, 8, 8, 8, 8])

@@ -52,7 +52,7 @@ def rgb(gray: np.ndarray) -> np.ndarray:
 
 def net_config() -> dict:
     """A small U-Net on a timm encoder, in whichever key style build_net currently takes."""
-    from mtdefect.model.net import build_net
+    from mtdefect.inference.network import build_net
 
     common = {"arch": "Unet", "decoder_channels": [32, 16, 16, 8, 8], "in_channels": 1, "classes": 1}
     if "encoder" in inspect.signature(build_net).parameters:
@@ -69,7 +69,7 @@ def train_tiny_model(out_dir: Path, steps: int = 25, seed: int = 0) -> Path:
     from mtdefect.inference.settings import ModelSettings, PostprocessSettings, PreprocessSettings
     from mtdefect.model.bundle import write_model_dir
     from mtdefect.model.losses import CombinedLoss
-    from mtdefect.model.net import build_net
+    from mtdefect.inference.network import build_net
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -40,7 +40,7 @@ def test_bento_references_the_stored_model(bento, model_home):
 def test_bento_packs_serving_code_only(bento):
     files = {p.relative_to(bento / "src").as_posix() for p in (bento / "src").rglob("*") if p.is_file()}
     assert {"service.py", "src/mtdefect/store.py", "src/mtdefect/inference/predictor.py",
-            "src/mtdefect/serving/upload.py", "src/mtdefect/model/net.py"} <= files
+            "src/mtdefect/serving/upload.py", "src/mtdefect/inference/network.py"} <= files
     assert not any(f.startswith(("src/mtdefect/data/", "src/mtdefect/stages/", "tests/")) for f in files)
     assert "src/mtdefect/train.py" not in files and "src/mtdefect/model/module.py" not in files
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()

@@ -5,15 +5,17 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from mtdefect.calibrate import budget_threshold, choose_postprocess
 from mtdefect.inference import postprocess
 from mtdefect.data.split import Record
-from mtdefect.evaluate import ScoredImage, evaluate
+from mtdefect.evaluate import evaluate
+from mtdefect.scoring import ScoredImage
 from mtdefect.inference.settings import ModelSettings, PostprocessSettings, PreprocessSettings
 from mtdefect.model.bundle import write_model_dir
-from mtdefect.model.net import build_net
+from mtdefect.inference.network import build_net
 
 
 def item(cls: str, truth: np.ndarray, prob: np.ndarray) -> ScoredImage:
@@ -83,3 +85,88 @@ def test_evaluate_writes_metrics_plots_and_overlays(synthetic_dataset: tuple[Pat
         assert json.loads((tmp_path / "reports" / "plots" / f"{name}.json").read_text())
     overlays = sorted(p.name for p in (tmp_path / "reports" / "overlays").glob("*.png"))
     assert sum(n.startswith("sample_") for n in overlays) == 3 and sum(n.startswith("worst_") for n in overlays) == 2
+
+
+def head_item(cls: str, truth: np.ndarray, prob: np.ndarray, scores: dict[str, float]) -> ScoredImage:
+    return ScoredImage(item(cls, truth, prob).record, np.zeros(truth.shape, np.uint8), truth,
+                       prob.astype(np.float32), scores)
+
+
+CLASSES = ("MT_Blowhole", "MT_Crack", "MT_Free")
+
+
+def scores_for(free: float, crack: float) -> dict[str, float]:
+    return {"MT_Blowhole": 1 - free - crack, "MT_Crack": crack, "MT_Free": free}
+
+
+def test_calibration_takes_the_head_when_it_ranks_tiles_better_and_the_service_answers_alike() -> None:
+    truth = np.zeros((30, 30), bool)
+    truth[5:15, 5:15] = True
+    # the mask paints a confident blob on the free tile (mask scores cannot separate the tiles)
+    blob = np.where(truth, 0.9, 0.0)
+    items = [head_item("MT_Crack", truth, blob, scores_for(0.1, 0.8)),
+             head_item("MT_Free", np.zeros((30, 30), bool), blob, scores_for(0.9, 0.05))]
+    post, report = choose_postprocess(items, thresholds=(0.5,), min_areas=(0,), max_false_alarm_rate=0.0,
+                                      score_windows=(1, 5))
+    rows = {(r["score_source"], r["score_window"]): r for r in report["decision"]}
+    assert rows[("head", 1)]["recall"] == 1.0 and rows[("mask", 5)]["recall"] == 0.0
+    assert post.score_source == "head" and 1 - 0.9 < post.decision_threshold <= 1 - 0.1
+    crack = postprocess(blob.astype(np.float32), post, scores_for(0.1, 0.8))
+    assert crack.defective and crack.defect_class == "MT_Crack" and crack.score == pytest.approx(0.9)
+    assert [r.class_name for r in crack.regions] == ["MT_Crack"] and crack.regions[0].class_score == 0.8
+    clean = postprocess(blob.astype(np.float32), post, scores_for(0.9, 0.05))
+    assert not clean.defective and clean.defect_class is None and clean.regions == []
+    assert report["chosen"]["classification"]["accuracy"] == 1.0
+
+
+def test_mean_class_dice_keeps_the_small_defects_that_pooled_dice_deletes() -> None:
+    big, small = np.zeros((60, 60), bool), np.zeros((60, 60), bool)
+    big[:, :40] = True  # a fray-like 2,400 px defect, found with a few stray specks beside it
+    small[30:33, 30:33] = True  # a 9 px blowhole
+    big_prob = np.where(big, 0.9, 0.0)
+    big_prob[::7, 45::7] = 0.9  # 1-px specks: a larger minimum area removes them
+    items = [item("MT_Fray", big, big_prob), item("MT_Blowhole", small, np.where(small, 0.9, 0.0))]
+    common = dict(thresholds=(0.5,), min_areas=(0, 16), max_false_alarm_rate=0.0, score_windows=(1,))
+    pooled, _ = choose_postprocess(items, mask_criterion="dice", **common)
+    per_class, report = choose_postprocess(items, mask_criterion="mean_class_dice", **common)
+    assert pooled.min_region_area == 16  # the specks cost more pooled Dice than the blowhole's 9 px
+    assert per_class.min_region_area == 0 and report["chosen"]["per_class_dice"]["MT_Blowhole"] == 1.0
+    with pytest.raises(ValueError, match="mask_criterion"):
+        choose_postprocess(items, mask_criterion="iou", **common)
+
+
+def test_split_metrics_confusion_counts_missed_tiles_as_free() -> None:
+    from mtdefect.scoring import split_metrics
+
+    truth = np.zeros((20, 20), bool)
+    truth[2:6, 2:6] = True
+    prob = np.where(truth, 0.9, 0.0)
+    items = [head_item("MT_Crack", truth, prob, scores_for(0.1, 0.8)),
+             head_item("MT_Blowhole", truth, prob, scores_for(0.6, 0.3)),  # missed, and its top class is wrong
+             head_item("MT_Free", np.zeros((20, 20), bool), prob * 0, scores_for(0.95, 0.0))]
+    result = split_metrics(items, PostprocessSettings(score_source="head", decision_threshold=0.5))
+    assert result["detection"]["recall"] == 0.5 and result["detection"]["false_alarm_rate"] == 0.0
+    confusion = result["confusion"]
+    assert confusion["labels"] == list(CLASSES)
+    assert confusion["matrix"] == [[0, 0, 1], [0, 1, 0], [0, 0, 1]]  # the missed blowhole counts as free
+    top1 = result["classification"]
+    assert top1["labels"] == ["MT_Blowhole", "MT_Crack"] and top1["accuracy"] == 0.5
+    assert top1["per_class"]["MT_Crack"] == {"precision": 0.5, "recall": 1.0, "support": 1}
+    assert result["mean_class_dice"] == pytest.approx(0.5)  # crack 1.0, blowhole 0 (judged clean)
+
+
+def test_evaluate_a_model_with_a_tile_head_writes_the_confusion_plot(synthetic_dataset, tmp_path: Path) -> None:
+    from mtdefect.inference.network import build_net as build
+
+    dataset_dir, manifest = synthetic_dataset
+    torch.manual_seed(0)
+    classes = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Free", "MT_Uneven")
+    net_cfg = {"arch": "Unet", "encoder": "resnet10t", "in_channels": 1, "classes": 1,
+               "decoder_channels": [16, 16, 8, 8, 8], "tile_classes": len(classes)}
+    settings = ModelSettings(net=net_cfg, class_names=classes,
+                             postprocess=PostprocessSettings(score_source="head", decision_threshold=0.5))
+    write_model_dir(build(**net_cfg).eval(), settings, tmp_path / "model")
+    test = evaluate(tmp_path / "model", dataset_dir, manifest, tmp_path / "reports", n_overlays=2, worst_n=1)["test"]
+    assert test["score_source"] == "head" and set(test["classification"]["labels"]) == set(classes) - {"MT_Free"}
+    rows = json.loads((tmp_path / "reports" / "plots" / "confusion.json").read_text())
+    assert len(rows) == test["images"] and {r["actual"] for r in rows} <= set(classes)

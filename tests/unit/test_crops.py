@@ -128,3 +128,19 @@ def test_per_image_normalisation_edge_cases() -> None:
     assert not np.allclose(normalize(gray, fixed), normalize(gray + 50, fixed), atol=1e-2)
     with pytest.raises(ValueError, match="stats"):
         normalize(torch.from_numpy(gray), settings)
+
+
+def test_crop_labels_are_the_tiles_class_only_where_the_crop_shows_a_defect() -> None:
+    from mtdefect.data.dataset import render_crops
+    from mtdefect.inference.settings import PreprocessSettings
+
+    images = torch.zeros((2, 16, 16), dtype=torch.uint8)
+    masks = torch.zeros((2, 16, 16), dtype=torch.bool)
+    masks[0, 2:4, 2:4] = True  # tile 0 (class 3): a defect at the top left; tile 1 (class 4 = free)
+    plan = {"index": torch.tensor([0, 0, 1]), "top": torch.tensor([0, 8, 0]), "left": torch.tensor([0, 8, 0]),
+            "flip_h": torch.tensor([False, False, True]), "flip_v": torch.tensor([False] * 3),
+            "contrast": torch.ones(3), "brightness": torch.zeros(3)}
+    batch = render_crops(images, masks, plan, 8, PreprocessSettings(), tile_labels=torch.tensor([3, 4]),
+                         free_label=4)
+    assert batch["label"].tolist() == [3, 4, 4]  # the crop beside the defect is labelled free
+    assert "label" not in render_crops(images, masks, plan, 8, PreprocessSettings())

@@ -63,3 +63,24 @@ def test_combined_loss_adds_the_tile_term_only_when_weighted() -> None:
     expected = without + 0.5 * TileScoreLoss(window=5)(logits, clean)
     assert with_tile.item() == pytest.approx(expected.item(), rel=1e-6)
     assert with_tile.item() > without.item()
+
+
+def test_per_image_dice_weighs_a_missed_small_defect_as_much_as_a_missed_big_one() -> None:
+    from mtdefect.model.losses import PerImageDiceLoss
+
+    target = torch.zeros((2, 1, 32, 32))
+    target[0, 0, :, :24] = 1.0  # a big defect, found
+    target[1, 0, 14:17, 14:17] = 1.0  # a 9 px defect, missed
+    logits = torch.where(target.bool(), HIGH, LOW)
+    logits[1] = LOW
+    import segmentation_models_pytorch as smp
+
+    pooled = smp.losses.DiceLoss("binary", from_logits=True)(logits, target).item()
+    per_image = PerImageDiceLoss()(logits, target).item()
+    assert pooled < 0.02  # 9 missed px out of ~780: the batch-pooled Dice barely notices
+    assert per_image == pytest.approx(0.5, abs=0.05)  # one of two defective crops entirely missed
+    # crops without a defect are left to BCE; a batch without any defect gives 0 and a gradient graph
+    empty = torch.zeros((1, 1, 8, 8))
+    loss = PerImageDiceLoss()(torch.zeros((1, 1, 8, 8), requires_grad=True), empty)
+    assert loss.item() == 0.0 and loss.requires_grad
+    assert isinstance(CombinedLoss(dice_per_image=True).terms[1][1], PerImageDiceLoss)

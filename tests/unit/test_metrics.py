@@ -6,7 +6,16 @@ import math
 import numpy as np
 import pytest
 
-from mtdefect.metrics import EvaluationAccumulator, PixelCounts, auroc, dice, iou, roc_curve
+from mtdefect.metrics import (
+    PixelCounts,
+    auroc,
+    classification_report,
+    detection_rates,
+    dice,
+    iou,
+    precision_recall_curve,
+    roc_curve,
+)
 
 
 def m(rows: list[str]) -> np.ndarray:
@@ -55,17 +64,42 @@ def test_roc_curve_ends() -> None:
     assert points[-1]["fpr"] == 1.0 and points[-1]["tpr"] == 1.0
 
 
-def test_accumulator_detection_and_per_class() -> None:
-    acc = EvaluationAccumulator()
-    acc.add("MT_Crack", m(["##"]), m(["#."]), score=0.9, flagged=True)
-    acc.add("MT_Crack", m([".."]), m(["##"]), score=0.2, flagged=False)
-    acc.add("MT_Free", m(["#."]), m([".."]), score=0.6, flagged=True)
-    acc.add("MT_Free", m([".."]), m([".."]), score=0.1, flagged=False)
-    s = acc.summary()
-    # defect images only: tp 1, fp 1, fn 2 → dice 2/5, iou 1/4 (the Free false positive is excluded)
-    assert s["dice"] == pytest.approx(2 / 5) and s["iou"] == pytest.approx(1 / 4)
-    assert s["detection"]["recall"] == 0.5 and s["detection"]["false_alarm_rate"] == 0.5
-    # scores: positives 0.9, 0.2; negatives 0.6, 0.1 → pairs won: (0.9>0.6, 0.9>0.1, 0.2>0.1) = 3/4
-    assert s["detection"]["auroc"] == pytest.approx(0.75)
-    assert s["per_class_dice"] == {"MT_Crack": pytest.approx(2 / 5)}
-    assert s["free_clean_rate"] == 0.5
+def rank_statistic_auroc(scores, labels) -> float:
+    """An independent AUROC: the share of (positive, negative) pairs ranked right, ties one half."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
+    pos, neg = scores[labels], scores[~labels]
+    return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (pos.size * neg.size))
+
+
+def test_library_auroc_and_curves_agree_with_an_independent_implementation() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        labels = rng.random(60) < 0.3
+        labels[:2] = [True, False]
+        scores = np.round(rng.random(60) * (0.5 + labels), 2).clip(0, 1)  # rounded: ties included
+        assert auroc(scores, labels) == pytest.approx(rank_statistic_auroc(scores, labels), abs=1e-6)
+        roc = roc_curve(scores, labels)
+        area = sum((b["fpr"] - a["fpr"]) * (a["tpr"] + b["tpr"]) / 2 for a, b in zip(roc, roc[1:]))
+        assert area == pytest.approx(rank_statistic_auroc(scores, labels), abs=1e-6)
+        for point in roc[1:]:  # each point: the rates of flagging score >= threshold
+            flagged = scores >= point["threshold"]
+            assert point["tpr"] == pytest.approx(flagged[labels].mean())
+            assert point["fpr"] == pytest.approx(flagged[~labels].mean())
+        for point in precision_recall_curve(scores, labels):
+            flagged = scores >= point["threshold"]
+            assert point["recall"] == pytest.approx(flagged[labels].mean())
+            assert point["precision"] == pytest.approx(labels[flagged].mean())
+
+
+def test_detection_rates_by_hand() -> None:
+    rates = detection_rates(np.array([1, 0, 1, 0, 0], bool), np.array([1, 1, 0, 0, 0], bool))
+    assert rates == {"recall": 0.5, "false_alarm_rate": pytest.approx(1 / 3), "n_defective": 2, "n_free": 3}
+    assert math.isnan(detection_rates(np.array([True]), np.array([True]))["false_alarm_rate"])
+
+
+def test_classification_report_by_hand() -> None:
+    report = classification_report(["a", "a", "b", "c"], ["a", "b", "b", "b"], ["a", "b", "c"])
+    assert report["matrix"] == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]  # rows actual, columns predicted
+    assert report["accuracy"] == 0.5
+    assert report["per_class"]["b"] == {"precision": pytest.approx(1 / 3), "recall": 1.0, "support": 1}
+    assert report["per_class"]["a"]["recall"] == 0.5 and math.isnan(report["per_class"]["c"]["precision"])
