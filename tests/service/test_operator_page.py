@@ -6,6 +6,7 @@ request to another origin (BentoML's own index page loads Google Tag Manager).
 MT_SCREENSHOT_DIR=docs/images pytest tests/service/test_operator_page.py  also writes the page's
 screenshot at 1280x800 there (operator_page.png, the one docs/API.md shows).
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,10 @@ TRACKERS = ("googletagmanager", "gtm-wnpgwrm", "google-analytics.com", "datalaye
 
 def dataset_zip() -> Path | None:
     source = os.environ.get("MT_DATA_SOURCE", "")
-    for candidate in (Path(source) if source.endswith(".zip") else None,
-                      REPO.parent / "shared" / "data" / "magnetic-tiles.zip"):
+    for candidate in (
+        Path(source) if source.endswith(".zip") else None,
+        REPO.parent / "shared" / "data" / "magnetic-tiles.zip",
+    ):
         if candidate is not None and candidate.is_file():
             return candidate
     return None
@@ -78,12 +81,16 @@ def page_facts(browser) -> dict:
         "defect_class": d.find_element("id", "defect-class").get_attribute("data-value"),
         "regions": len(rows),
         "region_count": d.find_element("id", "region-count").get_attribute("data-value"),
-        "first_bbox": [int(td.text) for td in rows[0].find_elements("css selector", "td")[4:8]] if rows else None,
+        "first_bbox": [int(td.text) for td in rows[0].find_elements("css selector", "td")[4:8]]
+        if rows
+        else None,
         "score": d.find_element("id", "score").text,
         "model": d.find_element("id", "model").text,
         "latency": d.find_element("id", "latency").text,
         "overlay": d.execute_script(
-            "const i = document.getElementById('overlay'); return i.hidden ? null : [i.naturalWidth, i.naturalHeight];"),
+            "const i = document.getElementById('overlay');"
+            "return i.hidden ? null : [i.naturalWidth, i.naturalHeight];"
+        ),
     }
 
 
@@ -99,14 +106,15 @@ def upload_on_strict(browser, path: Path, attempts: int = 3) -> str:
 
 
 def no_horizontal_scroll(browser) -> bool:
-    return browser.driver.execute_script(
-        "return document.documentElement.scrollWidth <= window.innerWidth;")
+    return browser.driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth;")
 
 
 def box(browser, element_id: str) -> dict:
     return browser.driver.execute_script(
         "const r = document.getElementById(arguments[0]).getBoundingClientRect();"
-        "return {left: r.left, right: r.right, top: r.top, bottom: r.bottom};", element_id)
+        "return {left: r.left, right: r.right, top: r.top, bottom: r.bottom};",
+        element_id,
+    )
 
 
 def save_screenshot(browser, name: str, tmp_path: Path) -> None:
@@ -127,15 +135,26 @@ def test_root_is_the_operator_page_not_bentoml_index(server):
     assert "Tile inspection" in page.text and 'id="file-input"' in page.text
     csp = page.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "connect-src 'self'" in csp and "script-src 'self'" in csp
-    for path, kind in (("/ui/app.js", "text/javascript"), ("/ui/style.css", "text/css"),
-                       ("/docs", "text/html"), ("/docs/init.js", "text/javascript"),
-                       ("/docs/assets/swagger-ui-bundle.js", "javascript"), ("/docs/assets/swagger-ui.css", "text/css")):
+    for path, kind in (
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/style.css", "text/css"),
+        ("/docs", "text/html"),
+        ("/docs/init.js", "text/javascript"),
+        ("/docs/assets/swagger-ui-bundle.js", "javascript"),
+        ("/docs/assets/swagger-ui.css", "text/css"),
+    ):
         response = server.get(path)
         assert response.status_code == 200, path
         assert kind in response.headers["content-type"], (path, response.headers["content-type"])
         text = response.text.lower()
         assert not any(t in text for t in TRACKERS), path
-    for path in ("/ui/index.html", "/ui/docs.html", "/ui/..%2Fpages.py", "/ui/missing.js", "/docs/assets/../pages.py"):
+    for path in (
+        "/ui/index.html",
+        "/ui/docs.html",
+        "/ui/..%2Fpages.py",
+        "/ui/missing.js",
+        "/docs/assets/../pages.py",
+    ):
         assert server.get(path).status_code == 404, path
     for method in ("post", "put", "delete"):
         assert requests.request(method, server.url + "/", timeout=10).status_code == 405
@@ -170,8 +189,11 @@ def test_page_shows_what_detect_answers_and_stays_on_its_origin(server, chromium
     blobs = tmp_path / "blobs.png"  # what the tiny test model calls defective
     blobs.write_bytes(encode(tile(200, 260, seed=3, blobs=3)))
     chromium.driver.get(server.url + "/")
-    chromium.wait_for(lambda: chromium.driver.find_element("id", "service-state").get_attribute("data-ready") == "yes",
-                      30, "service ready pill")
+    chromium.wait_for(
+        lambda: chromium.driver.find_element("id", "service-state").get_attribute("data-ready") == "yes",
+        30,
+        "service ready pill",
+    )
     answers = []
     for path in (real, blobs):  # the screenshot shows the last one: defects found, regions listed
         assert chromium.upload(path) == "done", chromium.driver.find_element("id", "error").text
@@ -189,9 +211,14 @@ def test_page_shows_what_detect_answers_and_stays_on_its_origin(server, chromium
         width, height = Image.open(path).size
         assert facts["overlay"] is not None and facts["overlay"][0] == width and facts["overlay"][1] >= height
         shown = chromium.driver.find_element("id", "original")
-        assert shown.is_displayed() and chromium.driver.execute_script("return arguments[0].naturalWidth;", shown) == width
+        assert (
+            shown.is_displayed()
+            and chromium.driver.execute_script("return arguments[0].naturalWidth;", shown) == width
+        )
         assert chromium.driver.find_element("id", "error").is_displayed() is False
-    assert any(a["defective"] and a["regions"] for a in answers), "no defective answer: the regions table went untested"
+    assert any(a["defective"] and a["regions"] for a in answers), (
+        "no defective answer: the regions table went untested"
+    )
 
     # 1280x800: pictures and result side by side, nothing wider than the window
     chromium.viewport(1280, 800)
@@ -213,14 +240,32 @@ def test_page_shows_what_detect_answers_and_stays_on_its_origin(server, chromium
 
 
 CLASSIFIED_ANSWER = {  # the documented /detect answer of a model with a class head (docs/API.md)
-    "defective": True, "score": 0.912345, "decision_threshold": 0.4172, "threshold": 0.5,
+    "defective": True,
+    "score": 0.912345,
+    "decision_threshold": 0.4172,
+    "threshold": 0.5,
     "defect_area_fraction": 0.00412,
-    "regions": [{"bbox": [120, 48, 31, 22], "area": 517, "score": 0.987655, "class": "MT_Crack", "class_score": 0.8731},
-                {"bbox": [10, 200, 6, 5], "area": 21, "score": 0.71, "class": "MT_Blowhole", "class_score": 0.42}],
+    "regions": [
+        {
+            "bbox": [120, 48, 31, 22],
+            "area": 517,
+            "score": 0.987655,
+            "class": "MT_Crack",
+            "class_score": 0.8731,
+        },
+        {"bbox": [10, 200, 6, 5], "area": 21, "score": 0.71, "class": "MT_Blowhole", "class_score": 0.42},
+    ],
     "defect_class": "MT_Crack",
-    "class_scores": {"MT_Blowhole": 0.0212, "MT_Break": 0.0305, "MT_Crack": 0.8731, "MT_Fray": 0.0118,
-                     "MT_Free": 0.0409, "MT_Uneven": 0.0225},
-    "model": "magnetic-tile-segmenter:abc123", "inference_ms": 41.7,
+    "class_scores": {
+        "MT_Blowhole": 0.0212,
+        "MT_Break": 0.0305,
+        "MT_Crack": 0.8731,
+        "MT_Fray": 0.0118,
+        "MT_Free": 0.0409,
+        "MT_Uneven": 0.0225,
+    },
+    "model": "magnetic-tile-segmenter:abc123",
+    "inference_ms": 41.7,
 }
 
 
@@ -236,22 +281,36 @@ def test_page_shows_defect_classes_as_documented(server, chromium):
     defect_class = d.find_element("id", "defect-class")
     assert defect_class.get_attribute("data-value") == "MT_Crack" and "Crack" in defect_class.text
     colour = d.execute_script(
-        "return getComputedStyle(document.querySelector('#defect-class .swatch')).backgroundColor;")
+        "return getComputedStyle(document.querySelector('#defect-class .swatch')).backgroundColor;"
+    )
     assert colour == "rgb({}, {}, {})".format(*CLASS_COLOURS["MT_Crack"])
     probabilities = [li.text.split("\n") for li in d.find_elements("css selector", "#class-scores li")]
-    assert [p[0] for p in probabilities] == ["Crack", "Free", "Break", "Uneven", "Blowhole", "Fray"]  # most likely first
+    assert [p[0] for p in probabilities] == [
+        "Crack",
+        "Free",
+        "Break",
+        "Uneven",
+        "Blowhole",
+        "Fray",
+    ]  # most likely first
     assert probabilities[0][-1] == "0.873"
-    rows = [[td.text for td in tr.find_elements("css selector", "td")]
-            for tr in d.find_elements("css selector", "#regions tbody tr")]
-    assert rows == [["1", "Crack", "0.873", "0.988", "120", "48", "31", "22", "517"],
-                    ["2", "Blowhole", "0.420", "0.710", "10", "200", "6", "5", "21"]]
+    rows = [
+        [td.text for td in tr.find_elements("css selector", "td")]
+        for tr in d.find_elements("css selector", "#regions tbody tr")
+    ]
+    assert rows == [
+        ["1", "Crack", "0.873", "0.988", "120", "48", "31", "22", "517"],
+        ["2", "Blowhole", "0.420", "0.710", "10", "200", "6", "5", "21"],
+    ]
     assert d.find_element("id", "threshold").text == "0.417"
     clean = {**CLASSIFIED_ANSWER, "defective": False, "score": 0.1, "regions": [], "defect_class": None}
     d.execute_script("render(arguments[0], 50);", clean)
     assert d.find_element("id", "defect-class").text == "none (clean tile)"
     assert d.find_element("id", "decision").get_attribute("data-value") == "clean"
     legacy = {k: v for k, v in CLASSIFIED_ANSWER.items() if k not in ("defect_class", "class_scores")}
-    legacy["regions"] = [{k: v for k, v in r.items() if k not in ("class", "class_score")} for r in legacy["regions"]]
+    legacy["regions"] = [
+        {k: v for k, v in r.items() if k not in ("class", "class_score")} for r in legacy["regions"]
+    ]
     d.execute_script("render(arguments[0], 50);", legacy)  # an older server: no class fields at all
     assert d.find_element("id", "defect-class").text == "not available (this model has no class head)"
     assert len(d.find_elements("css selector", "#regions tbody tr:not(.muted)")) == 2
@@ -298,7 +357,9 @@ def test_api_key_field_and_too_big_files(strict_server, chromium, tmp_path):
 
     key.send_keys(API_KEY)
     assert upload_on_strict(chromium, small) == "done", chromium.driver.find_element("id", "error").text
-    expected = strict_server.post_image("/detect", small.read_bytes(), headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    expected = strict_server.post_image(
+        "/detect", small.read_bytes(), headers={"Authorization": f"Bearer {API_KEY}"}
+    ).json()
     assert page_facts(chromium)["decision"] == ("defective" if expected["defective"] else "clean")
 
     noise = np.random.default_rng(0).integers(0, 256, (250, 250), dtype=np.uint8)  # noise barely compresses
@@ -314,8 +375,14 @@ def test_api_key_field_and_too_big_files(strict_server, chromium, tmp_path):
 def test_openapi_ui_at_docs_without_trackers(server, chromium):
     chromium.driver.get(server.url + "/docs")
     chromium.wait_for(
-        lambda: len(chromium.driver.find_elements("css selector", ".opblock-summary-path")) >= 3, 60, "Swagger UI")
-    paths = {e.text.replace("\u200b", "") for e in chromium.driver.find_elements("css selector", ".opblock-summary-path")}
+        lambda: len(chromium.driver.find_elements("css selector", ".opblock-summary-path")) >= 3,
+        60,
+        "Swagger UI",
+    )
+    paths = {
+        e.text.replace("\u200b", "")
+        for e in chromium.driver.find_elements("css selector", ".opblock-summary-path")
+    }
     assert {"/detect", "/segment", "/overlay"} <= paths
     urls = chromium.requests()
     assert any(u.endswith("/docs.json") for u in urls)

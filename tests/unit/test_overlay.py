@@ -1,5 +1,6 @@
 """Overlay pictures on synthetic arrays: the red overlay and panels the evaluation draws, and the
 class-coloured overlay with a legend that the service's /overlay answers."""
+
 from __future__ import annotations
 
 import re
@@ -122,7 +123,9 @@ def test_legend_fits_any_image_width(shape):
     regions = [region(0, 0, shape[1] // 2, shape[0] // 2, name) for name in CLASS_COLOURS]
     out = class_overlay(gray, mask, regions)
     assert out.shape[1] == shape[1] and out.shape[0] > shape[0] and out.dtype == np.uint8
-    assert np.array_equal(out[: shape[0], shape[1] - 1], overlay(gray, mask)[:, shape[1] - 1]) or shape[1] < 16
+    assert (
+        np.array_equal(out[: shape[0], shape[1] - 1], overlay(gray, mask)[:, shape[1] - 1]) or shape[1] < 16
+    )
 
 
 def test_operator_page_uses_the_same_class_colours():

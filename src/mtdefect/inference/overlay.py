@@ -5,6 +5,7 @@ service's /overlay answers) colours each region by its defect class, frames it, 
 strip under the image naming the classes present; regions without a class get ``overlay``'s red, and
 a picture without any classified region is exactly ``overlay``'s (same size, no strip).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -95,10 +96,10 @@ def _frame(out: np.ndarray, bbox: Sequence[int], colour: np.ndarray, pad: int = 
     x, y, w, h = (int(v) for v in bbox)
     x0, y0 = max(x - pad, 0), max(y - pad, 0)
     x1, y1 = min(x + w - 1 + pad, width - 1), min(y + h - 1 + pad, height - 1)
-    out[y0, x0:x1 + 1] = colour
-    out[y1, x0:x1 + 1] = colour
-    out[y0:y1 + 1, x0] = colour
-    out[y0:y1 + 1, x1] = colour
+    out[y0, x0 : x1 + 1] = colour
+    out[y1, x0 : x1 + 1] = colour
+    out[y0 : y1 + 1, x0] = colour
+    out[y0 : y1 + 1, x1] = colour
 
 
 def _font(size: int):
@@ -137,7 +138,9 @@ def legend_strip(width: int, entries: Sequence[tuple[str, tuple[int, int, int]]]
     return np.asarray(strip, dtype=np.uint8)
 
 
-def class_overlay(gray: np.ndarray, mask: np.ndarray, regions: Sequence[Any], alpha: float = 0.45) -> np.ndarray:
+def class_overlay(
+    gray: np.ndarray, mask: np.ndarray, regions: Sequence[Any], alpha: float = 0.45
+) -> np.ndarray:
     """HxW uint8 image + HxW {0,255} mask + regions (objects with ``bbox`` and ``class_name``) →
     RGB uint8: each region tinted, outlined and framed in its class's colour (CLASS_COLOURS), with a
     legend strip below the image (``<class> (<regions>)`` per class present), so the picture is

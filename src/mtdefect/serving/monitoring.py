@@ -15,6 +15,7 @@ The metrics are prometheus_client objects, as BentoML 1.4 documents for custom m
 Prometheus multiprocess mode; it gives each worker ``PROMETHEUS_MULTIPROC_DIR`` before starting it,
 and the objects are created on first use, inside the worker, never at import time.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,20 +55,27 @@ def series() -> Series:
 
                 _series = Series(
                     decisions=prom.Counter(
-                        f"{PREFIX}_decisions", "Tile decisions by endpoint, outcome and defect class",
+                        f"{PREFIX}_decisions",
+                        "Tile decisions by endpoint, outcome and defect class",
                         ["endpoint", "outcome", "defect_class"],
                     ),
                     score=prom.Histogram(
-                        f"{PREFIX}_tile_score", "Image-level defect score of each predicted tile (0-1)",
-                        ["endpoint"], buckets=SCORE_BUCKETS,
+                        f"{PREFIX}_tile_score",
+                        "Image-level defect score of each predicted tile (0-1)",
+                        ["endpoint"],
+                        buckets=SCORE_BUCKETS,
                     ),
                     pixels=prom.Histogram(
-                        f"{PREFIX}_image_pixels", "Size of each predicted image in pixels (width x height)",
-                        ["endpoint"], buckets=PIXEL_BUCKETS,
+                        f"{PREFIX}_image_pixels",
+                        "Size of each predicted image in pixels (width x height)",
+                        ["endpoint"],
+                        buckets=PIXEL_BUCKETS,
                     ),
                     model_info=prom.Gauge(
-                        f"{PREFIX}_model_info", "1 for the model (store tag) and backend this service answers with",
-                        ["model", "backend"], multiprocess_mode="livemax",
+                        f"{PREFIX}_model_info",
+                        "1 for the model (store tag) and backend this service answers with",
+                        ["model", "backend"],
+                        multiprocess_mode="livemax",
                     ),
                 )
     return _series

@@ -9,6 +9,7 @@ Every answer carries a Content-Security-Policy that allows this origin only (plu
 images), so even a future edit that links a CDN would be blocked by the browser. The routes are
 GET/HEAD only and outside the API guard's paths: no API key is needed to load a page.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,13 +23,20 @@ PAGE_DIR = Path(__file__).resolve().parent / "page"
 UI_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 
 # Same origin only. 'unsafe-inline' styles on /docs: Swagger UI sets style attributes.
-PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-            "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'self'")
-DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-            "connect-src 'self'; font-src 'self' data:; form-action 'none'; base-uri 'none'; "
-            "frame-ancestors 'self'")
-COMMON_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-                  "Cache-Control": "no-cache"}
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'self'"
+)
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self' data:; form-action 'none'; base-uri 'none'; "
+    "frame-ancestors 'self'"
+)
+COMMON_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 def swagger_assets() -> Path | None:
@@ -44,7 +52,9 @@ def swagger_assets() -> Path | None:
 def _file(path: Path, media_type: str, csp: str) -> Response:
     if not path.is_file():
         return Response("not found", status_code=404, media_type="text/plain")
-    return FileResponse(path, media_type=media_type, headers={**COMMON_HEADERS, "Content-Security-Policy": csp})
+    return FileResponse(
+        path, media_type=media_type, headers={**COMMON_HEADERS, "Content-Security-Policy": csp}
+    )
 
 
 async def operator_page(_: Request) -> Response:
