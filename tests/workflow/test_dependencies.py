@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
 import sys
 import tomllib
 from importlib import metadata
@@ -125,3 +126,20 @@ def test_make_venv_installs_with_the_constraints() -> None:
     assert "$(CONSTRAINTS)" in recipe.splitlines()[0], "the venv is rebuilt when the constraints change"
     installs = [line for line in recipe.splitlines() if "pip install" in line and "--upgrade pip" not in line]
     assert installs and all("-c $(CONSTRAINTS)" in line for line in installs), installs
+
+
+def test_no_build_output_is_tracked_and_the_named_license_exists() -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", "*.egg-info", "*.egg-info/*"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if tracked.returncode != 0:
+        pytest.skip(f"not a git checkout: {tracked.stderr.strip()}")
+    assert tracked.stdout.strip() == "", f"build output tracked in git: {tracked.stdout.split()}"
+    assert PYPROJECT["project"]["license"] == "MIT"
+    for name in PYPROJECT["project"]["license-files"]:
+        text = (ROOT / name).read_text()
+        assert text.startswith("MIT License") and "mtdefect contributors" in text
