@@ -136,6 +136,7 @@ class MagneticTileService:
             "X-Model": self.runtime.tag or "",
             "X-Defective": str(prediction.defective).lower(),
             "X-Score": f"{prediction.score:.6f}",
+            "X-Defect-Class": prediction.defect_class or "",
             "X-Inference-Ms": f"{ms:.1f}",
         }
 
@@ -152,12 +153,15 @@ class MagneticTileService:
             score=round(prediction.score, 6),
             decision_threshold=self.runtime.decision_threshold,
             threshold=self.runtime.threshold,
+            score_source=self.runtime.score_source,
             defect_area_fraction=round(prediction.defect_area_fraction, 8),
             regions=[region.to_dict() for region in prediction.regions],
+            defect_class=prediction.defect_class,
+            class_scores={name: round(p, 6) for name, p in prediction.class_scores.items()},
             model=self.runtime.tag or "",
             inference_ms=round(ms, 3),
         )
-        return JSONResponse(result.model_dump(mode="json"), headers=self._headers(prediction, ms))
+        return JSONResponse(result.model_dump(mode="json", by_alias=True), headers=self._headers(prediction, ms))
 
 
 def _png(array: np.ndarray) -> bytes:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mtdefect.inference import PostprocessSettings, Predictor, PreprocessSettings, decode_image, postprocess
-from mtdefect.inference.postprocess import restore_probability
+from mtdefect.inference.postprocess import find_regions, image_score, restore_probability
 from mtdefect.inference.preprocess import preprocess
 from mtdefect.inference.settings import ModelSettings
 
@@ -231,6 +231,8 @@ def make_logits(shape: tuple[int, int], kind: str, seed: int) -> np.ndarray:
 
 
 def check_prediction(pred, shape: tuple[int, int], post: PostprocessSettings) -> None:
+    """The answer's invariants under each decision rule: regions (``decision_threshold`` None), a
+    calibrated threshold on the mask's windowed score, or on the tile head's 1 - P(free)."""
     h, w = shape
     assert pred.probability.shape == shape and pred.probability.dtype == np.float32
     assert ((pred.probability >= 0) & (pred.probability <= 1)).all()
@@ -239,8 +241,27 @@ def check_prediction(pred, shape: tuple[int, int], post: PostprocessSettings) ->
     on = pred.mask > 0
     assert (pred.probability[on] >= post.threshold).all(), "mask pixel below the threshold"
     assert sum(r.area for r in pred.regions) == int(on.sum()), "region areas do not add up to the mask"
-    assert pred.defective == bool(pred.regions) == bool(on.any())
-    assert pred.score == float(pred.probability.max())
+    assert bool(pred.regions) == bool(on.any())
+    if post.score_source == "head":
+        assert pred.score == pytest.approx(1.0 - pred.class_scores[post.free_class], abs=1e-9)
+    else:
+        assert pred.score == pytest.approx(image_score(pred.probability, post.score_window), abs=1e-7)
+    if post.decision_threshold is None:
+        assert pred.defective == bool(pred.regions)
+    else:
+        assert pred.defective == (pred.score >= post.decision_threshold)
+        if not pred.defective:
+            assert not on.any() and pred.regions == [], "a tile judged clean must show no defects"
+        else:  # the regions are exactly those of the mask alone
+            expected_mask, _ = find_regions(pred.probability, post.threshold, post.min_region_area)
+            assert np.array_equal(pred.mask, expected_mask)
+    if pred.class_scores:
+        assert sum(pred.class_scores.values()) == pytest.approx(1.0, abs=1e-6)
+        defects = {k: v for k, v in pred.class_scores.items() if k != post.free_class}
+        assert pred.defect_class == (max(defects, key=defects.get) if pred.defective else None)
+        assert all(r.class_name == pred.defect_class for r in pred.regions)
+    else:
+        assert pred.defect_class is None
     for r in pred.regions:
         x, y, bw, bh = r.bbox
         assert 0 <= x and 0 <= y and bw >= 1 and bh >= 1 and x + bw <= w and y + bh <= h, (r.bbox, shape)
@@ -271,17 +292,27 @@ def test_restore_and_postprocess_give_a_binary_mask_of_the_input_size(
     check_prediction(postprocess(prob, post), (height, width), post)
 
 
+TILE_CLASSES = ("MT_Blowhole", "MT_Crack", "MT_Free", "MT_Uneven")
+
+
 class FakeRunner:
-    """Stands in for the network: checks the batch it is given, returns seeded logits of its shape."""
+    """Stands in for the network: checks the batch it is given, returns seeded logits of its shape
+    (and seeded tile-class logits when ``head``)."""
 
-    def __init__(self, stride: int, kind: str, seed: int) -> None:
-        self.stride, self.kind, self.seed, self.calls = stride, kind, seed, 0
+    def __init__(self, stride: int, kind: str, seed: int, head: bool = False) -> None:
+        self.stride, self.kind, self.seed, self.head, self.calls = stride, kind, seed, head, 0
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         self.calls += 1
         assert batch.dtype == np.float32 and batch.ndim == 4 and batch.shape[:2] == (1, 1)
         assert batch.shape[2] % self.stride == 0 and batch.shape[3] % self.stride == 0
-        return make_logits(batch.shape[2:], self.kind, self.seed)[None, None]
+        tile = np.random.default_rng(self.seed).normal(0, 3, (1, len(TILE_CLASSES))) if self.head else None
+        return make_logits(batch.shape[2:], self.kind, self.seed)[None, None], tile
+
+
+# the decision rules a model can ship with: regions (old models), the mask's calibrated window
+# score, the tile head's calibrated score
+DECISIONS = st.sampled_from([None, "mask", "head"])
 
 
 @PROFILE
@@ -292,13 +323,24 @@ class FakeRunner:
     threshold=st.floats(0.05, 0.95),
     min_area=st.integers(0, 30),
     seed=st.integers(0, 2**32 - 1),
+    decision=DECISIONS,
+    window=st.sampled_from([1, 5, 15]),
+    decision_threshold=st.floats(0.0, 1.0),
+    head=st.booleans(),
 )
-def test_bytes_to_answer_through_a_fake_runner(case, long_side, kind, threshold, min_area, seed) -> None:
+def test_bytes_to_answer_through_a_fake_runner(
+    case, long_side, kind, threshold, min_area, seed, decision, window, decision_threshold, head
+) -> None:
     data, expected, *_ = case
-    post = PostprocessSettings(threshold=threshold, min_region_area=min_area)
+    head = head or decision == "head"
+    post = PostprocessSettings(
+        threshold=threshold, min_region_area=min_area, score_window=window,
+        score_source="head" if decision == "head" else "mask",
+        decision_threshold=None if decision is None else decision_threshold,
+    )
     prep = PreprocessSettings(long_side=long_side, stride=32)
-    model = ModelSettings(net={}, preprocess=prep, postprocess=post)
-    runner = FakeRunner(32, kind, seed)
+    model = ModelSettings(net={}, preprocess=prep, postprocess=post, class_names=TILE_CLASSES if head else ())
+    runner = FakeRunner(32, kind, seed, head)
     prediction, ms = Predictor(model, runner, "fake").predict(decode_image(data))
     assert runner.calls == 1 and ms >= 0
     check_prediction(prediction, expected, post)

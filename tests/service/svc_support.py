@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 BENTOML = devserver.BENTOML
 API_KEY = "test-key-0123456789"
 CLASS_NAMES = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven")
+# the tiny model's tile-class head: its outputs in order (MT_Free = no defect)
+TILE_CLASSES = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Free", "MT_Uneven")
 START_TIMEOUT_S = 90.0
 
 
@@ -55,6 +57,8 @@ def net_config() -> dict:
     from mtdefect.inference.network import build_net
 
     common = {"arch": "Unet", "decoder_channels": [32, 16, 16, 8, 8], "in_channels": 1, "classes": 1}
+    if "tile_classes" in inspect.signature(build_net).parameters:
+        return {**common, "encoder": "lcnet_035", "tile_classes": len(TILE_CLASSES)}
     if "encoder" in inspect.signature(build_net).parameters:
         return {**common, "encoder": "lcnet_035", "pretrained": False}
     return {**common, "encoder_name": "tu-lcnet_035", "encoder_weights": None}
@@ -62,7 +66,9 @@ def net_config() -> dict:
 
 def train_tiny_model(out_dir: Path, steps: int = 25, seed: int = 0) -> Path:
     """A few optimizer steps on bright-blob images with the project's loss, written as a model folder
-    (settings.json + weights.safetensors) with an ONNX export next to it."""
+    (settings.json + weights.safetensors) with an ONNX export next to it. Its tile head learns
+    "blobs → MT_Blowhole, none → MT_Free"; the decision stays the mask's (defective exactly when a
+    region exists), so the tests can reason about regions."""
     import torch
 
     from mtdefect.export import export_onnx
@@ -86,8 +92,13 @@ def train_tiny_model(out_dir: Path, steps: int = 25, seed: int = 0) -> Path:
             images = [tile(64, 64, seed=int(rng.integers(1 << 30)), blobs=int(rng.integers(0, 3))) for _ in range(8)]
             x = np.stack([(im.astype(np.float32) / 255.0 - preprocess.mean) / preprocess.std for im in images])
             y = np.stack([(im > 200).astype(np.float32) for im in images])
+            labels = torch.tensor([TILE_CLASSES.index("MT_Blowhole" if m.any() else "MT_Free") for m in y])
             optimizer.zero_grad()
-            loss = loss_fn(net(torch.from_numpy(x[:, None])), torch.from_numpy(y[:, None]))
+            output = net(torch.from_numpy(x[:, None]))
+            logits, tile_logits = output if isinstance(output, tuple) else (output, None)
+            loss = loss_fn(logits, torch.from_numpy(y[:, None]))
+            if tile_logits is not None:
+                loss = loss + torch.nn.functional.cross_entropy(tile_logits, labels)
             loss.backward()
             optimizer.step()
     finally:
@@ -98,7 +109,7 @@ def train_tiny_model(out_dir: Path, steps: int = 25, seed: int = 0) -> Path:
         preprocess=preprocess,
         # window 1 + decision 0.5: defective exactly when a pixel reaches 0.5, i.e. when a region exists
         postprocess=PostprocessSettings(threshold=0.5, min_region_area=0, score_window=1, decision_threshold=0.5),
-        class_names=CLASS_NAMES,
+        class_names=TILE_CLASSES if config.get("tile_classes") else CLASS_NAMES,
         info={"purpose": "service tests"},
     )
     write_model_dir(net, settings, out_dir)

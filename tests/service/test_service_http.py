@@ -16,12 +16,13 @@ from mtdefect.inference import Predictor, decode_image
 from mtdefect.serving.schema import DetectResult
 
 from .logcheck import assert_clean_log_since, log_offset
-from .svc_support import encode, raw_connect, read_response, rgb, tile
+from .svc_support import TILE_CLASSES, encode, raw_connect, read_response, rgb, tile
 
 pytestmark = pytest.mark.slow
 
 ROUTES = ("/segment", "/detect", "/overlay")
-DETECT_KEYS = {"defective", "score", "decision_threshold", "threshold", "defect_area_fraction", "regions", "model", "inference_ms"}
+DETECT_KEYS = {"defective", "score", "score_source", "decision_threshold", "threshold", "defect_area_fraction",
+               "regions", "defect_class", "class_scores", "model", "inference_ms"}
 
 
 def png_of(response) -> Image.Image:
@@ -143,6 +144,8 @@ def test_answers_equal_the_in_process_prediction(server, use_model_home, seed, h
     assert detect["score"] == pytest.approx(expected.score, abs=1e-6)
     assert detect["regions"] == [r.to_dict() for r in expected.regions]
     assert detect["defect_area_fraction"] == pytest.approx(expected.defect_area_fraction, abs=1e-7)
+    assert detect["defect_class"] == expected.defect_class
+    assert detect["class_scores"] == pytest.approx(expected.class_scores, abs=1e-6)
 
 
 def test_detect_answer_follows_the_documented_schema(server, model_home):
@@ -160,7 +163,15 @@ def test_detect_answer_follows_the_documented_schema(server, model_home):
     assert body["threshold"] == 0.5 and 0 <= body["score"] <= 1 and body["inference_ms"] > 0
     assert body["decision_threshold"] == 0.5 and body["defective"] == (body["score"] >= 0.5)
     assert isinstance(body["defective"], bool) and body["defective"] == bool(body["regions"])
+    # the tiny model has a class head: a probability per class, a class only for a defective tile
+    assert body["score_source"] == "mask" and set(body["class_scores"]) == set(TILE_CLASSES)
+    assert sum(body["class_scores"].values()) == pytest.approx(1.0, abs=1e-5)
+    defects = {k: v for k, v in body["class_scores"].items() if k != "MT_Free"}
+    assert body["defect_class"] == (max(defects, key=defects.get) if body["defective"] else None)
+    assert response.headers["x-defect-class"] == (body["defect_class"] or "")
     for region in body["regions"]:
+        assert region["class"] == body["defect_class"]
+        assert region["class_score"] == pytest.approx(body["class_scores"][body["defect_class"]], abs=1e-6)
         x, y, w, h = region["bbox"]
         assert 0 <= x < x + w <= 300 and 0 <= y < y + h <= 200 and 1 <= region["area"] <= w * h
         assert body["threshold"] <= region["score"] <= 1

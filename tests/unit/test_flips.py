@@ -29,9 +29,9 @@ def test_an_equivariant_network_gives_the_same_map(flips: tuple[str, ...]) -> No
     answer, so every view was flipped back onto the right pixels."""
     batches = []
 
-    def identity(batch: np.ndarray) -> np.ndarray:
+    def identity(batch: np.ndarray) -> tuple[np.ndarray, None]:
         batches.append(batch.shape)
-        return batch.copy()
+        return batch.copy(), None
 
     gray = _tile()
     plain = _predictor((), identity).probability(gray)
@@ -45,9 +45,9 @@ def test_a_position_dependent_network_is_averaged_over_views() -> None:
     """logits = the row index (whatever the input): with the vertical flip, each row averages its own
     index and its mirror's, so the map becomes flat."""
 
-    def rows(batch: np.ndarray) -> np.ndarray:
+    def rows(batch: np.ndarray) -> tuple[np.ndarray, None]:
         n, c, h, w = batch.shape
-        return np.broadcast_to(np.arange(h, dtype=np.float32)[None, None, :, None], (n, c, h, w)) / h
+        return np.broadcast_to(np.arange(h, dtype=np.float32)[None, None, :, None], (n, c, h, w)) / h, None
 
     gray = _tile()
     padded_h = 64

@@ -18,15 +18,22 @@ CONF = str(Path(__file__).resolve().parents[2] / "conf")
 TINY_NET = dict(encoder="resnet10t", decoder_channels=[32, 16, 16, 8, 8])
 
 
-def test_fast_dev_run(synthetic_dataset: tuple[Path, Path], tmp_path: Path) -> None:
+CLASSES = ["MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Free", "MT_Uneven"]
+
+
+@pytest.mark.parametrize("tile_classes", [[], CLASSES])
+def test_fast_dev_run(synthetic_dataset: tuple[Path, Path], tmp_path: Path, tile_classes: list[str]) -> None:
     dataset_dir, manifest = synthetic_dataset
-    dm = TileDataModule(str(dataset_dir), str(manifest), {"stride": 32}, crop_size=32, batch_size=4)
-    module = SegmentationModule(**TINY_NET)
+    dm = TileDataModule(str(dataset_dir), str(manifest), {"stride": 32}, crop_size=32, batch_size=4,
+                        class_names=tile_classes)
+    module = SegmentationModule(**TINY_NET, tile_classes=tile_classes)
     trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", default_root_dir=tmp_path, enable_progress_bar=False)
     trainer.fit(module, datamodule=dm)
     assert trainer.state.finished
     assert np.isfinite(trainer.callback_metrics["train/loss"].item())
     assert 0.0 <= trainer.callback_metrics["val/dice"].item() <= 1.0
+    assert ("train/head_loss" in trainer.callback_metrics) == bool(tile_classes)
+    assert ("val/head_auroc" in trainer.callback_metrics) == bool(tile_classes)
 
 
 @pytest.mark.parametrize("class_balance", [False, True])
@@ -76,17 +83,24 @@ def compose_cfg(tmp_path: Path, dataset: tuple[Path, Path], *extra: str):
 
 
 def test_train_writes_a_model_folder(synthetic_dataset: tuple[Path, Path], tmp_path: Path) -> None:
-    cfg = compose_cfg(tmp_path, synthetic_dataset, "calibration.thresholds=[0.4,0.6]", "calibration.min_areas=[0,8]")
+    cfg = compose_cfg(tmp_path, synthetic_dataset, "calibration.thresholds=[0.4,0.6]", "calibration.min_areas=[0,8]",
+                      "calibration.test_time_flips=[[],[vertical]]")
     result = train(cfg)
     assert {"val/dice", "val/recall", "val/objective", "val/false_alarm_rate", "val/auroc", "train/seconds"} <= set(result)
     assert {k for k in result if k.startswith("val/dice/")} == {f"val/dice/{c}" for c in ("MT_Blowhole", "MT_Break",
                                                                                          "MT_Crack", "MT_Fray", "MT_Uneven")}
     settings = ModelSettings.load(tmp_path / "model")
-    assert settings.net["encoder"] == cfg.model.encoder and settings.net["pretrained"] is False
+    assert settings.net["encoder"] == cfg.model.encoder and "pretrained" not in settings.net
+    # the default: the packaged ImageNet weights, every encoder tensor, and a tile-class head
+    assert settings.info["pretrained"]["source"] == "package" and settings.info["pretrained"]["tensors"] == 240
+    assert settings.net["tile_classes"] == 6 and list(settings.class_names) == CLASSES
+    assert "val/class_accuracy" in result and "val/mean_class_dice" in result
     assert settings.postprocess.threshold in (0.4, 0.6) and settings.postprocess.min_region_area in (0, 8)
     assert settings.preprocess.stride == 32
     report = json.loads((tmp_path / "model" / "calibration.json").read_text())
-    assert len(report["mask"]) == 4 and {r["score_window"] for r in report["decision"]} == {1, 5, 9, 15}
+    assert len(report["mask"]) == 4
+    assert {(r["score_source"], r["score_window"]) for r in report["decision"]} == {
+        ("head", 1), ("mask", 1), ("mask", 5), ("mask", 9), ("mask", 15)}
     assert settings.postprocess.score_window in (1, 5, 9, 15) and 0 <= settings.postprocess.decision_threshold <= 1
     assert report["chosen"]["decision_threshold"] == settings.postprocess.decision_threshold
     # both candidate flip sets were calibrated in full; the saved model runs the winner
@@ -110,20 +124,25 @@ def test_train_is_deterministic_on_cpu(synthetic_dataset: tuple[Path, Path], tmp
         np.testing.assert_array_equal(weights[0][key], weights[1][key], err_msg=key)
 
 
-def test_pretrained_flag_reaches_timm(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pretrained=true asks smp/timm for ImageNet weights (works online); here we only check the request."""
-    import segmentation_models_pytorch as smp
+@pytest.mark.parametrize("pretrained", [True, "hub"])
+def test_hub_weights_are_asked_of_timm(monkeypatch: pytest.MonkeyPatch, pretrained) -> None:
+    """pretrained=hub (or true) asks timm for its ImageNet weights (works online); here we only check
+    the request. The network itself is built without weights either way."""
+    import timm
 
     seen = {}
+    real = timm.create_model
 
-    def fake_create_model(**kwargs):
-        seen.update(kwargs)
-        raise RuntimeError("stop")
+    def fake_create_model(name, **kwargs):
+        if kwargs.get("pretrained"):
+            seen.update(name=name, **kwargs)
+            raise RuntimeError("stop")
+        return real(name, **kwargs)
 
-    monkeypatch.setattr(smp, "create_model", fake_create_model)
+    monkeypatch.setattr(timm, "create_model", fake_create_model)
     with pytest.raises(RuntimeError, match="stop"):
-        SegmentationModule(encoder="resnet34", pretrained=True)
-    assert seen["encoder_name"] == "tu-resnet34" and seen["encoder_weights"] == "imagenet"
+        SegmentationModule(encoder="resnet10t", decoder_channels=[16, 16, 8, 8, 8], pretrained=pretrained)
+    assert seen == {"name": "resnet10t", "pretrained": True}
 
 
 @pytest.mark.slow
@@ -137,4 +156,4 @@ def test_gpu_recipe_composes_and_runs_on_cpu(synthetic_dataset: tuple[Path, Path
     assert cfg.data.module.num_workers == 2 and cfg.model.channels_last
     result = train(cfg)
     assert 0.0 <= result["val/dice"] <= 1.0
-    assert ModelSettings.load(tmp_path / "model").net["encoder"] == "resnet34"
+    assert ModelSettings.load(tmp_path / "model").net["encoder"] == "tf_efficientnet_lite2"

@@ -77,6 +77,11 @@ class ModelRuntime:
         value = self.predictor.settings.postprocess.decision_threshold
         return None if value is None else float(value)
 
+    @property
+    def score_source(self) -> str:
+        assert self.predictor is not None
+        return self.predictor.settings.postprocess.score_source
+
     def load(self) -> ModelRuntime:
         """Resolve the tag in the model store, build the predictor, warm it up. Never raises."""
         from mtdefect import store

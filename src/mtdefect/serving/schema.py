@@ -48,13 +48,21 @@ ImageUpload.multipart_fields = [FIELD]
 
 
 class RegionOut(BaseModel):
-    model_config = ConfigDict(title="Region")
+    model_config = ConfigDict(title="Region", populate_by_name=True)
 
     bbox: list[int] = Field(
         min_length=4, max_length=4, description="[x, y, width, height] in input pixels (x, y: top-left)"
     )
     area: int = Field(ge=1, description="defect pixels in the region")
     score: float = Field(ge=0.0, le=1.0, description="highest defect probability inside the region")
+    class_name: str | None = Field(
+        default=None, alias="class",
+        description="the region's defect class: the tile's defect_class, carried to each of its regions "
+        "(null for models without a class head)",
+    )
+    class_score: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="the class head's probability of that class (null without a head)"
+    )
 
 
 class DetectResult(bentoml.IODescriptor):
@@ -68,9 +76,11 @@ class DetectResult(bentoml.IODescriptor):
     )
     score: float = Field(
         ge=0.0, le=1.0,
-        description="image-level defect score: the highest mean defect probability over any window of the "
-        "model's score_window x score_window pixels",
+        description="image-level defect score (see score_source): 'head': 1 - P(MT_Free) from the model's "
+        "tile-class head; 'mask': the highest mean defect probability over any window of the model's "
+        "score_window x score_window pixels",
     )
+    score_source: str = Field(description="where score comes from: 'head' (tile-class head) or 'mask'")
     decision_threshold: float | None = Field(
         ge=0.0, le=1.0, description="score at or above which the tile is defective (chosen on validation to keep "
         "false alarms within budget); null for models that decide by regions"
@@ -78,6 +88,14 @@ class DetectResult(bentoml.IODescriptor):
     threshold: float = Field(ge=0.0, le=1.0, description="pixel probability at or above which a pixel is a defect")
     defect_area_fraction: float = Field(ge=0.0, le=1.0, description="fraction of the image's pixels marked defect")
     regions: list[RegionOut] = Field(description="connected defect regions (8-connectivity) that passed the minimum area")
+    defect_class: str | None = Field(
+        description="the most probable defect class (MT_Blowhole, MT_Break, MT_Crack, MT_Fray, MT_Uneven) of a "
+        "tile judged defective; null when the tile is judged clean or the model has no class head"
+    )
+    class_scores: dict[str, float] = Field(
+        description="the class head's probability per class, MT_Free (no defect) included, summing to 1; "
+        "empty for models without a class head"
+    )
     model: str = Field(description="model store tag that produced this answer")
     inference_ms: float = Field(ge=0.0, description="model time incl. pre/post-processing, excl. upload and decoding")
 
