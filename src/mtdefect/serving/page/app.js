@@ -12,6 +12,7 @@ const CLASS_COLOURS = {
   MT_Uneven: "#e69f00",
 };
 const OTHER_COLOUR = "#f0e442";
+const FREE_COLOUR = "#9aa5b1"; // MT_Free: no defect (not drawn on the overlay)
 const KEY_STORAGE = "mtdefect.apiKey";
 
 // What to tell a person for each refusal; the service's own sentence is shown under it.
@@ -100,10 +101,14 @@ function friendly(name) {
   return String(name).replace(/^MT_/, "");
 }
 
+function colourOf(name) {
+  return CLASS_COLOURS[name] || (name === "MT_Free" ? FREE_COLOUR : OTHER_COLOUR);
+}
+
 function swatch(name) {
   const s = document.createElement("span");
   s.className = "swatch";
-  s.style.backgroundColor = CLASS_COLOURS[name] || OTHER_COLOUR;
+  s.style.backgroundColor = colourOf(name);
   return s;
 }
 
@@ -159,13 +164,13 @@ function render(result, roundTripMs) {
     if (name === cls) li.className = "top";
     const label = document.createElement("span");
     label.className = "label";
-    label.appendChild(name === "MT_Free" ? document.createTextNode("") : swatch(name));
+    label.appendChild(swatch(name));
     label.appendChild(document.createTextNode(friendly(name)));
     const bar = document.createElement("span");
-    bar.className = "bar";
+    bar.className = "prob";
     const fill = document.createElement("span");
     fill.style.width = (Math.max(0, Math.min(1, p)) * 100).toFixed(1) + "%";
-    fill.style.backgroundColor = name === "MT_Free" ? "#9aa5b1" : (CLASS_COLOURS[name] || OTHER_COLOUR);
+    fill.style.backgroundColor = colourOf(name);
     bar.appendChild(fill);
     const value = document.createElement("span");
     value.className = "num";
