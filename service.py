@@ -98,7 +98,9 @@ class MagneticTileService:
 
     @bentoml.api(route="/overlay", input_spec=ImageUpload, output_spec=PngImage)
     async def overlay(self, image: PendingUpload) -> Response:
-        """The input as an RGB PNG with defects tinted red and outlined yellow."""
+        """The input as an RGB PNG with each defect region tinted, outlined and framed in its class's colour,
+        and a legend strip below the image naming the classes present (models without a class head: red
+        tint, yellow outline, no strip)."""
         return await self._answer(image, self._overlay_png)
 
     async def _answer(self, upload: PendingUpload, render) -> Response:

@@ -114,7 +114,8 @@ def test_mask_and_overlay_have_the_input_size(server, height, width, mode, fmt):
     assert mask.size == (width, height) and mask.mode == "L"
     assert set(np.unique(np.asarray(mask))) <= {0, 255}
     picture = png_of(server.post_image("/overlay", data))
-    assert picture.size == (width, height) and picture.mode == "RGB"
+    # the input's width; as tall as the input, plus a class legend strip below when regions have a class
+    assert picture.width == width and picture.height >= height and picture.mode == "RGB"
 
 
 def test_exif_orientation_is_applied_before_segmenting(server):
@@ -183,11 +184,18 @@ def test_overlay_keeps_the_image_outside_defects(server):
     gray = tile(120, 160, seed=5, blobs=3)
     data = encode(gray)
     mask = np.asarray(png_of(server.post_image("/segment", data)))
+    detect = server.post_image("/detect", data).json()
     picture = np.asarray(png_of(server.post_image("/overlay", data)))
+    assert picture.shape[1] == 160 and picture.shape[0] == (120 if not detect["defect_class"] else picture.shape[0])
+    image = picture[:120]  # below: the class legend strip, when the regions have a class
     outside = mask == 0
-    assert np.array_equal(picture[outside], np.repeat(gray[..., None], 3, axis=2)[outside])
-    if (~outside).any():
-        assert not np.array_equal(picture[~outside], np.repeat(gray[..., None], 3, axis=2)[~outside])
+    for region in detect["regions"]:  # each region's class-coloured frame, 2 px around its box
+        x, y, w, h = region["bbox"]
+        outside[max(y - 2, 0): y + h + 2, max(x - 2, 0): x + w + 2] = False
+    assert np.array_equal(image[outside], np.repeat(gray[..., None], 3, axis=2)[outside])
+    if (mask > 0).any():
+        assert detect["defect_class"] and picture.shape[0] > 120  # the tiny model's head names a class
+        assert not np.array_equal(image[mask > 0], np.repeat(gray[..., None], 3, axis=2)[mask > 0])
 
 
 def test_concurrent_requests_all_succeed(server):
