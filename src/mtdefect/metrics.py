@@ -8,11 +8,12 @@ Conventions (documented in the README):
 - AUROC and the ROC / precision-recall curves come from torchmetrics (tests cross-check them
   against the rank statistic); pooled Dice stays here, where it is four lines.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -25,7 +26,7 @@ class PixelCounts:
     fp: int = 0
     fn: int = 0
 
-    def add(self, prediction: np.ndarray, truth: np.ndarray) -> "PixelCounts":
+    def add(self, prediction: np.ndarray, truth: np.ndarray) -> PixelCounts:
         p = np.asarray(prediction) > 0
         t = np.asarray(truth) > 0
         if p.shape != t.shape:
@@ -58,8 +59,10 @@ def iou(prediction: np.ndarray, truth: np.ndarray) -> float:
 def _tensors(scores: np.ndarray, labels: np.ndarray):
     import torch
 
-    return (torch.as_tensor(np.asarray(scores, dtype=np.float64)).clamp(0.0, 1.0),
-            torch.as_tensor(np.asarray(labels).astype(bool)).long())
+    return (
+        torch.as_tensor(np.asarray(scores, dtype=np.float64)).clamp(0.0, 1.0),
+        torch.as_tensor(np.asarray(labels).astype(bool)).long(),
+    )
 
 
 def binary_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -80,8 +83,10 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> list[dict[str, float]]:
     from torchmetrics.functional.classification import binary_roc
 
     fpr, tpr, thresholds = binary_roc(*_tensors(scores, labels))
-    return [{"fpr": float(f), "tpr": float(t), "threshold": float(min(th, 1.0))}
-            for f, t, th in zip(fpr, tpr, thresholds)]
+    return [
+        {"fpr": float(f), "tpr": float(t), "threshold": float(min(th, 1.0))}
+        for f, t, th in zip(fpr, tpr, thresholds)
+    ]
 
 
 def precision_recall_curve(scores: np.ndarray, labels: np.ndarray) -> list[dict[str, float]]:
@@ -89,8 +94,10 @@ def precision_recall_curve(scores: np.ndarray, labels: np.ndarray) -> list[dict[
     from torchmetrics.functional.classification import binary_precision_recall_curve
 
     precision, recall, thresholds = binary_precision_recall_curve(*_tensors(scores, labels))
-    points = [{"recall": float(r), "precision": float(p), "threshold": float(t)}
-              for p, r, t in zip(precision[:-1], recall[:-1], thresholds)]
+    points = [
+        {"recall": float(r), "precision": float(p), "threshold": float(t)}
+        for p, r, t in zip(precision[:-1], recall[:-1], thresholds)
+    ]
     return points[::-1]
 
 
@@ -116,8 +123,11 @@ def classification_report(actual: Sequence[str], predicted: Sequence[str], label
     index = {name: i for i, name in enumerate(labels)}
     if not len(actual):
         return {"labels": list(labels), "matrix": [], "accuracy": float("nan"), "per_class": {}}
-    matrix = multiclass_confusion_matrix(torch.tensor([index[p] for p in predicted]),
-                                         torch.tensor([index[a] for a in actual]), num_classes=len(labels))
+    matrix = multiclass_confusion_matrix(
+        torch.tensor([index[p] for p in predicted]),
+        torch.tensor([index[a] for a in actual]),
+        num_classes=len(labels),
+    )
     counts = matrix.numpy()
     per_class = {}
     for i, name in enumerate(labels):
@@ -127,8 +137,12 @@ def classification_report(actual: Sequence[str], predicted: Sequence[str], label
             "recall": float(counts[i, i] / support) if support else float("nan"),
             "support": support,
         }
-    return {"labels": list(labels), "matrix": counts.tolist(),
-            "accuracy": float(np.trace(counts) / counts.sum()), "per_class": per_class}
+    return {
+        "labels": list(labels),
+        "matrix": counts.tolist(),
+        "accuracy": float(np.trace(counts) / counts.sum()),
+        "per_class": per_class,
+    }
 
 
 def nan_to_none(value: float) -> float | None:

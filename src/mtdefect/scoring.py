@@ -1,11 +1,12 @@
 """Score a split with a predictor, and reduce it to the project's metrics under given postprocess
 settings. The one layer below calibration (which calls ``split_metrics`` per candidate setting) and
 evaluation (which calls it once, with the model's own settings): a new metric is added here."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -37,7 +38,9 @@ def read_truth(path: Path) -> np.ndarray:
         return np.asarray(mask.convert("L")) > MASK_THRESHOLD
 
 
-def score_split(predictor: Predictor, dataset_dir: str | Path, records: Sequence[Record]) -> Iterator[ScoredImage]:
+def score_split(
+    predictor: Predictor, dataset_dir: str | Path, records: Sequence[Record]
+) -> Iterator[ScoredImage]:
     """Each record's file bytes go through ``decode_image`` and ``Predictor.infer``: the service's path."""
     root = Path(dataset_dir)
     for record in records:
@@ -46,7 +49,9 @@ def score_split(predictor: Predictor, dataset_dir: str | Path, records: Sequence
         yield ScoredImage(record, gray, read_truth(root / record.mask), probability, class_scores)
 
 
-def split_metrics(items: Sequence[ScoredImage], settings: PostprocessSettings, per_image: bool = False) -> dict:
+def split_metrics(
+    items: Sequence[ScoredImage], settings: PostprocessSettings, per_image: bool = False
+) -> dict:
     """Every headline number of a split under ``settings`` (what the service would answer):
 
     - ``dice``/``iou``: pooled over defective tiles, the decision applied (a tile judged clean shows
@@ -67,7 +72,9 @@ def split_metrics(items: Sequence[ScoredImage], settings: PostprocessSettings, p
         is_defective = name != free
         if is_defective:
             pooled.add(answer.mask, item.truth)
-            ungated.add(find_regions(item.probability, settings.threshold, settings.min_region_area)[0], item.truth)
+            ungated.add(
+                find_regions(item.probability, settings.threshold, settings.min_region_area)[0], item.truth
+            )
             per_class.setdefault(name, metrics.PixelCounts()).add(answer.mask, item.truth)
         scores.append(answer.score)
         flagged.append(answer.defective)
@@ -79,9 +86,16 @@ def split_metrics(items: Sequence[ScoredImage], settings: PostprocessSettings, p
                 top1_actual.append(name)
                 top1.append(defect_class_of(item.class_scores, free))
         if per_image:
-            rows.append({"image": item.record.image, "class": name, "dice": metrics.dice(answer.mask, item.truth),
-                         "score": answer.score, "defective": answer.defective,
-                         "defect_class": answer.defect_class})
+            rows.append(
+                {
+                    "image": item.record.image,
+                    "class": name,
+                    "dice": metrics.dice(answer.mask, item.truth),
+                    "score": answer.score,
+                    "defective": answer.defective,
+                    "defect_class": answer.defect_class,
+                }
+            )
     class_dice = {c: n.dice for c, n in sorted(per_class.items())}
     result = {
         "dice": pooled.dice,
@@ -89,8 +103,10 @@ def split_metrics(items: Sequence[ScoredImage], settings: PostprocessSettings, p
         "dice_ungated": ungated.dice,
         "per_class_dice": class_dice,
         "mean_class_dice": float(np.mean(list(class_dice.values()))) if class_dice else float("nan"),
-        "detection": {**metrics.detection_rates(np.array(flagged), np.array(defective)),
-                      "auroc": metrics.binary_auroc(np.array(scores), np.array(defective))},
+        "detection": {
+            **metrics.detection_rates(np.array(flagged), np.array(defective)),
+            "auroc": metrics.binary_auroc(np.array(scores), np.array(defective)),
+        },
     }
     if not all(defective):
         free_flags = np.array(flagged)[~np.array(defective)]

@@ -1,16 +1,17 @@
 """train(cfg): shared by the DVC stage (cfg from params.yaml) and the Hydra entry point (multirun).
 
-    python -m mtdefect.train                                   # one run, config from conf/
-    python -m mtdefect.train -m model.encoder=resnet18,efficientnet_b0   # a sweep
+python -m mtdefect.train                                   # one run, config from conf/
+python -m mtdefect.train -m model.encoder=resnet18,efficientnet_b0   # a sweep
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
 import time
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -99,13 +100,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return {}
     preprocess = PreprocessSettings(**as_dict(cfg.data.preprocess))
     free_class = cfg.data.get("free_class", "MT_Free")
-    settings = ModelSettings(net=dict(module.net_config), preprocess=preprocess, class_names=module.class_names,
-                             postprocess=PostprocessSettings(free_class=free_class))
+    settings = ModelSettings(
+        net=dict(module.net_config),
+        preprocess=preprocess,
+        class_names=module.class_names,
+        postprocess=PostprocessSettings(free_class=free_class),
+    )
     net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
     predictor = Predictor(settings, torch_runner(net), "torch-cpu")
     val_records = read_manifest(paths.manifest, "val")
-    flips, post, report = calibrate_on_validation(predictor, paths.data_dir, val_records,
-                                                  as_dict(cfg.get("calibration", {})))
+    flips, post, report = calibrate_on_validation(
+        predictor, paths.data_dir, val_records, as_dict(cfg.get("calibration", {}))
+    )
     chosen = report["chosen"]
     info = {
         "val": {k: v for k, v in chosen.items() if k not in ("confusion",)},
@@ -117,17 +123,26 @@ def train(cfg: DictConfig) -> dict[str, float]:
     write_model_dir(net, settings, paths.model_dir)
     write_json_atomic(Path(paths.model_dir) / "calibration.json", report)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
-    print(f"train: {trainer.current_epoch} epochs in {fit_seconds:.0f}s; val dice {chosen['dice']:.3f} "
-          f"(mean per class {chosen['mean_class_dice']:.3f}) recall {chosen['recall']:.3f} "
-          f"false alarms {chosen['false_alarm_rate']:.3f} auroc {chosen['auroc']:.3f} "
-          f"(pixel threshold {post.threshold}, min area {post.min_region_area}, score {post.score_source}"
-          f"/{post.score_window}, decision threshold {post.decision_threshold:.4f}, "
-          f"test-time flips {list(flips) or 'none'}) → {paths.model_dir}")
-    result = {"val/dice": chosen["dice"], "val/dice_ungated": chosen["dice_ungated"],
-              "val/mean_class_dice": chosen["mean_class_dice"], "val/recall": chosen["recall"],
-              "val/objective": chosen["objective"], "val/false_alarm_rate": chosen["false_alarm_rate"],
-              "val/auroc": chosen["auroc"], **{f"val/dice/{c}": v for c, v in chosen["per_class_dice"].items()},
-              "train/seconds": round(fit_seconds, 1), "train/epochs": trainer.current_epoch}
+    print(
+        f"train: {trainer.current_epoch} epochs in {fit_seconds:.0f}s; val dice {chosen['dice']:.3f} "
+        f"(mean per class {chosen['mean_class_dice']:.3f}) recall {chosen['recall']:.3f} "
+        f"false alarms {chosen['false_alarm_rate']:.3f} auroc {chosen['auroc']:.3f} "
+        f"(pixel threshold {post.threshold}, min area {post.min_region_area}, score {post.score_source}"
+        f"/{post.score_window}, decision threshold {post.decision_threshold:.4f}, "
+        f"test-time flips {list(flips) or 'none'}) → {paths.model_dir}"
+    )
+    result = {
+        "val/dice": chosen["dice"],
+        "val/dice_ungated": chosen["dice_ungated"],
+        "val/mean_class_dice": chosen["mean_class_dice"],
+        "val/recall": chosen["recall"],
+        "val/objective": chosen["objective"],
+        "val/false_alarm_rate": chosen["false_alarm_rate"],
+        "val/auroc": chosen["auroc"],
+        **{f"val/dice/{c}": v for c, v in chosen["per_class_dice"].items()},
+        "train/seconds": round(fit_seconds, 1),
+        "train/epochs": trainer.current_epoch,
+    }
     if "classification" in chosen:
         result["val/class_accuracy"] = chosen["classification"]["accuracy"]
     return result

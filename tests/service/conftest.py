@@ -1,5 +1,6 @@
 """Fixtures for the service tests: a tiny model trained in this session, a model store holding it,
 and real `bentoml serve` processes (started lazily, once per session, killed at the end)."""
+
 from __future__ import annotations
 
 import os

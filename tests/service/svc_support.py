@@ -1,4 +1,5 @@
 """Helpers shared by the service tests (imported by conftest.py and the test modules)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -72,10 +73,10 @@ def train_tiny_model(out_dir: Path, steps: int = 25, seed: int = 0) -> Path:
     import torch
 
     from mtdefect.export import export_onnx
+    from mtdefect.inference.network import build_net
     from mtdefect.inference.settings import ModelSettings, PostprocessSettings, PreprocessSettings
     from mtdefect.model.bundle import write_model_dir
     from mtdefect.model.losses import CombinedLoss
-    from mtdefect.inference.network import build_net
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -89,8 +90,12 @@ def train_tiny_model(out_dir: Path, steps: int = 25, seed: int = 0) -> Path:
     torch.set_num_threads(1)  # several times faster than 2 threads when the cores are shared
     try:
         for _ in range(steps):
-            images = [tile(64, 64, seed=int(rng.integers(1 << 30)), blobs=int(rng.integers(0, 3))) for _ in range(8)]
-            x = np.stack([(im.astype(np.float32) / 255.0 - preprocess.mean) / preprocess.std for im in images])
+            images = [
+                tile(64, 64, seed=int(rng.integers(1 << 30)), blobs=int(rng.integers(0, 3))) for _ in range(8)
+            ]
+            x = np.stack(
+                [(im.astype(np.float32) / 255.0 - preprocess.mean) / preprocess.std for im in images]
+            )
             y = np.stack([(im > 200).astype(np.float32) for im in images])
             labels = torch.tensor([TILE_CLASSES.index("MT_Blowhole" if m.any() else "MT_Free") for m in y])
             optimizer.zero_grad()
@@ -108,7 +113,9 @@ def train_tiny_model(out_dir: Path, steps: int = 25, seed: int = 0) -> Path:
         net=config,
         preprocess=preprocess,
         # window 1 + decision 0.5: defective exactly when a pixel reaches 0.5, i.e. when a region exists
-        postprocess=PostprocessSettings(threshold=0.5, min_region_area=0, score_window=1, decision_threshold=0.5),
+        postprocess=PostprocessSettings(
+            threshold=0.5, min_region_area=0, score_window=1, decision_threshold=0.5
+        ),
         class_names=TILE_CLASSES if config.get("tile_classes") else CLASS_NAMES,
         info={"purpose": "service tests"},
     )
@@ -141,8 +148,10 @@ def bentoml_home_at(home: Path):
     previous = os.environ.get("BENTOML_HOME")
     os.environ["BENTOML_HOME"] = str(home)
     try:
-        with BentoMLContainer.bentoml_home.patch(str(home)), \
-                BentoMLContainer.model_store.patch(ModelStore(str(home / "models"))):
+        with (
+            BentoMLContainer.bentoml_home.patch(str(home)),
+            BentoMLContainer.model_store.patch(ModelStore(str(home / "models"))),
+        ):
             yield
     finally:
         if previous is None:
@@ -200,8 +209,14 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
             raise ConnectionError(f"connection closed after {data!r}")
         data += chunk
     head, body = data.split(b"\r\n\r\n", 1)
-    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"content-length:")), 0)
+    length = next(
+        (
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
     while len(body) < length:
         chunk = sock.recv(65536)
         if not chunk:

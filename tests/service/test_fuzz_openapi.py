@@ -10,6 +10,7 @@ The operations' Hypothesis strategies are used directly (``APIOperation.as_strat
 rather than through ``schemathesis.pytest.from_fixture``: the lazy-fixture path of Schemathesis
 4.32 reads ``request.node._nodeid``, which pytest 9 no longer has (AttributeError).
 """
+
 from __future__ import annotations
 
 import io
@@ -31,8 +32,15 @@ pytestmark = pytest.mark.slow
 
 MAX_EXAMPLES = int(os.environ.get("MT_FUZZ_EXAMPLES", "30"))  # per operation
 IMAGE_EXAMPLES = int(os.environ.get("MT_FUZZ_IMAGE_EXAMPLES", "15"))  # per API route, valid images
-OPERATIONS = ("POST /segment", "POST /detect", "POST /overlay",
-              "GET /livez", "GET /readyz", "GET /healthz", "GET /metrics")
+OPERATIONS = (
+    "POST /segment",
+    "POST /detect",
+    "POST /overlay",
+    "GET /livez",
+    "GET /readyz",
+    "GET /healthz",
+    "GET /metrics",
+)
 STATUSES: dict[str, list[int]] = {}  # operation -> statuses seen, for the summary
 
 
@@ -64,11 +72,17 @@ def test_fuzzed_requests_get_documented_answers(api_schema, server, label):
     start = log_offset(server)
 
     @given(case=strategy(operation))
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     def fuzz(case):
-        response = case.call_and_validate(base_url=server.url, excluded_checks=[positive_data_acceptance],
-                                          timeout=30)
+        response = case.call_and_validate(
+            base_url=server.url, excluded_checks=[positive_data_acceptance], timeout=30
+        )
         seen.append(response.status_code)
         assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:300])
 
@@ -83,8 +97,12 @@ def images(draw) -> tuple[bytes, tuple[int, int]]:
     """A valid upload: any accepted format, a common mode, sides 8..300 px; (bytes, (width, height))."""
     height, width = draw(st.integers(8, 300)), draw(st.integers(8, 300))
     fmt = draw(st.sampled_from(["PNG", "JPEG", "BMP", "TIFF"]))
-    modes = {"PNG": ["L", "RGB", "RGBA", "P", "I;16"], "JPEG": ["L", "RGB", "CMYK"],
-             "BMP": ["L", "RGB", "P"], "TIFF": ["L", "RGB", "RGBA", "I;16"]}[fmt]
+    modes = {
+        "PNG": ["L", "RGB", "RGBA", "P", "I;16"],
+        "JPEG": ["L", "RGB", "CMYK"],
+        "BMP": ["L", "RGB", "P"],
+        "TIFF": ["L", "RGB", "RGBA", "I;16"],
+    }[fmt]
     mode = draw(st.sampled_from(modes))
     gray = tile(height, width, seed=draw(st.integers(0, 2**16)), blobs=draw(st.integers(0, 3)))
     if mode == "I;16":
@@ -105,14 +123,22 @@ def test_fuzzed_valid_images_get_conforming_answers(api_schema, server, label):
     start = log_offset(server)
 
     @given(case=operation.as_strategy(GenerationMode.POSITIVE), upload=images())
-    @settings(max_examples=IMAGE_EXAMPLES, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=IMAGE_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     def fuzz(case, upload):
         data, size = upload
         case.body = {"image": data}  # replaced after generation: the case's metadata no longer describes it,
         # so the checks that judge by it (positive / negative data) would judge the wrong body
-        response = case.call_and_validate(base_url=server.url, timeout=30,
-                                          excluded_checks=[positive_data_acceptance, negative_data_rejection])
+        response = case.call_and_validate(
+            base_url=server.url,
+            timeout=30,
+            excluded_checks=[positive_data_acceptance, negative_data_rejection],
+        )
         seen.append(response.status_code)
         assert response.status_code == 200, (label, size, response.status_code, response.text[:300])
         if label == "POST /detect":

@@ -11,6 +11,7 @@
 
 Fuzzing is in test_fuzz_openapi.py, load and overload in test_load_service.py.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -48,7 +49,9 @@ DOCUMENTED_PATHS = {"/segment", "/detect", "/overlay", "/livez", "/readyz", "/he
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 @lru_cache(maxsize=1)
@@ -59,14 +62,24 @@ def png_bomb(width: int = 20000, height: int = 20000) -> bytes:
     rows = (b"\0" * (width + 1)) * 200  # filter byte + pixels, 200 rows at a time
     idat = b"".join(packer.compress(rows) for _ in range(height // 200)) + packer.flush()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def png_with_garbage_pixels(width: int = 64, height: int = 64) -> bytes:
     """Valid signature and IHDR, then an IDAT chunk (correct CRC) holding random bytes, not zlib data."""
     garbage = np.random.default_rng(7).integers(0, 256, 3000, dtype=np.uint8).tobytes()
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", garbage) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", garbage)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def random_bytes(n: int, seed: int) -> bytes:
@@ -81,8 +94,13 @@ def save(image: Image.Image, fmt: str, **options) -> bytes:
 
 def frames(fmt: str, n: int = 3) -> bytes:
     images = [Image.fromarray(tile(64, 64, seed=s)) for s in range(n)]
-    return save(images[0], fmt, save_all=True, append_images=images[1:], **({"duration": 100, "loop": 0}
-                                                                          if fmt == "GIF" else {}))
+    return save(
+        images[0],
+        fmt,
+        save_all=True,
+        append_images=images[1:],
+        **({"duration": 100, "loop": 0} if fmt == "GIF" else {}),
+    )
 
 
 def exif_rotated_jpeg(height: int, width: int, orientation: int) -> bytes:
@@ -122,53 +140,134 @@ def corpus(tmp: Path) -> list[Case]:
     palette = Image.fromarray(rgb(gray)).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
     cmyk = Image.fromarray(rgb(gray)).convert("CMYK")
     rgba = np.dstack([rgb(gray), np.linspace(0, 255, gray.size).reshape(gray.shape).astype(np.uint8)])
-    html = b"<!DOCTYPE html><html><head><title>x</title></head><body><img src=x onerror=alert(1)></body></html>"
-    svg = (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">'
-           b'<rect width="64" height="64" fill="gray"/><circle cx="32" cy="32" r="8" fill="white"/></svg>')
+    html = (
+        b"<!DOCTYPE html><html><head><title>x</title></head><body><img src=x onerror=alert(1)></body></html>"
+    )
+    svg = (
+        b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">'
+        b'<rect width="64" height="64" fill="gray"/><circle cx="32" cy="32" r="8" fill="white"/></svg>'
+    )
     marker = tmp / "unpickled-by-the-server"
     evil = pickle.dumps({"image": Marker(str(marker))})
     multipart = {"Content-Type": "multipart/form-data; boundary=b0undary"}
     return [
-        Case("control-png", "an ordinary 120x90 grayscale PNG (control)", files(encode(gray), "t.png"), 200, (120, 90)),
+        Case(
+            "control-png",
+            "an ordinary 120x90 grayscale PNG (control)",
+            files(encode(gray), "t.png"),
+            200,
+            (120, 90),
+        ),
         Case("zero-byte-file", "`image` part of 0 bytes", files(b"", "e.png"), 400),
-        Case("zero-byte-body", "multipart Content-Type, empty body", {"data": b"", "headers": multipart}, 400),
+        Case(
+            "zero-byte-body", "multipart Content-Type, empty body", {"data": b"", "headers": multipart}, 400
+        ),
         Case("random-bytes", "4 KiB of random bytes", files(random_bytes(4096, 1)), 415),
         Case("text", "plain text", files(b"this is not an image\n" * 50, "a.txt"), 415),
         Case("html", "an HTML page", files(html, "a.html"), 415),
         Case("svg", "an SVG image (vector, not accepted)", files(svg, "a.svg"), 415),
         Case("truncated-jpeg", "JPEG cut in half", files(jpeg[: len(jpeg) // 2], "t.jpg"), 400),
         Case("truncated-png", "PNG without its last 40 bytes", files(good[:-40], "t.png"), 400),
-        Case("png-header-then-garbage", "PNG signature + IHDR, then random bytes",
-             files(good[:33] + random_bytes(2000, 2), "g.png"), 415),
-        Case("png-valid-chunks-garbage-pixels", "well-formed PNG chunks whose IDAT is random bytes",
-             files(png_with_garbage_pixels(), "g.png"), 400),
-        Case("jpeg-header-then-garbage", "JPEG SOI + APP0 header, then random bytes",
-             files(jpeg[:20] + random_bytes(2000, 3), "g.jpg"), 415),
+        Case(
+            "png-header-then-garbage",
+            "PNG signature + IHDR, then random bytes",
+            files(good[:33] + random_bytes(2000, 2), "g.png"),
+            415,
+        ),
+        Case(
+            "png-valid-chunks-garbage-pixels",
+            "well-formed PNG chunks whose IDAT is random bytes",
+            files(png_with_garbage_pixels(), "g.png"),
+            400,
+        ),
+        Case(
+            "jpeg-header-then-garbage",
+            "JPEG SOI + APP0 header, then random bytes",
+            files(jpeg[:20] + random_bytes(2000, 3), "g.jpg"),
+            415,
+        ),
         Case("1x1", "1 x 1 px PNG", files(encode(np.zeros((1, 1), np.uint8)), "1.png"), 400),
-        Case("1x10000", "1 px wide, 10000 px high PNG", files(encode(np.zeros((10000, 1), np.uint8)), "s.png"), 413),
-        Case("10000x1", "10000 px wide, 1 px high PNG", files(encode(np.zeros((1, 10000), np.uint8)), "s.png"), 413),
-        Case("decompression-bomb", "20000 x 20000 PNG, ~0.4 MB on disk (400 Mpx)", files(png_bomb(), "bomb.png"),
-             413, note="refused from the header by Pillow's decompression-bomb guard, reported as 413"),
-        Case("png-16-bit", "16-bit grayscale PNG", files(encode(gray.astype(np.uint16) * 257), "16.png"), 200, (120, 90)),
+        Case(
+            "1x10000",
+            "1 px wide, 10000 px high PNG",
+            files(encode(np.zeros((10000, 1), np.uint8)), "s.png"),
+            413,
+        ),
+        Case(
+            "10000x1",
+            "10000 px wide, 1 px high PNG",
+            files(encode(np.zeros((1, 10000), np.uint8)), "s.png"),
+            413,
+        ),
+        Case(
+            "decompression-bomb",
+            "20000 x 20000 PNG, ~0.4 MB on disk (400 Mpx)",
+            files(png_bomb(), "bomb.png"),
+            413,
+            note="refused from the header by Pillow's decompression-bomb guard, reported as 413",
+        ),
+        Case(
+            "png-16-bit",
+            "16-bit grayscale PNG",
+            files(encode(gray.astype(np.uint16) * 257), "16.png"),
+            200,
+            (120, 90),
+        ),
         Case("png-rgba", "RGBA PNG with a gradient alpha", files(encode(rgba), "a.png"), 200, (120, 90)),
-        Case("png-palette", "palette (P mode) PNG, 64 colours", files(save(palette, "PNG"), "p.png"), 200, (120, 90)),
+        Case(
+            "png-palette",
+            "palette (P mode) PNG, 64 colours",
+            files(save(palette, "PNG"), "p.png"),
+            200,
+            (120, 90),
+        ),
         Case("jpeg-cmyk", "CMYK JPEG", files(save(cmyk, "JPEG"), "c.jpg"), 200, (120, 90)),
         Case("gif-animated", "animated GIF, 3 frames", files(frames("GIF"), "a.gif"), 415),
         Case("tiff-multipage", "multi-page TIFF, 3 pages", files(frames("TIFF"), "a.tif"), 400),
-        Case("jpeg-exif-rotate-90", "JPEG 222x103 stored, EXIF orientation 6 (displayed 103x222)",
-             files(exif_rotated_jpeg(103, 222, 6), "r.jpg"), 200, (103, 222)),
-        Case("jpeg-exif-transverse", "JPEG 222x103 stored, EXIF orientation 7 (displayed 103x222)",
-             files(exif_rotated_jpeg(103, 222, 7), "r.jpg"), 200, (103, 222)),
-        Case("over-byte-cap", "21 MiB file (cap 20 MiB + 64 KiB envelope)",
-             files(b"\x89PNG" + b"\0" * (21 * 1024 * 1024), "huge.png"), 413),
-        Case("missing-field", "multipart with a `file` field instead of `image`",
-             {"files": {"file": ("t.png", good)}}, 400),
-        Case("extra-fields", "`image` plus a `threshold` field",
-             {"files": {"image": ("t.png", good)}, "data": {"threshold": "0.1"}}, 400),
-        Case("wrong-content-type", "the PNG as the raw body, Content-Type application/json",
-             {"data": good, "headers": {"Content-Type": "application/json"}}, 415),
-        Case("pickle-body", "application/vnd.bentoml+pickle body whose unpickling would create a file",
-             {"data": evil, "headers": {"Content-Type": "application/vnd.bentoml+pickle"}}, 415),
+        Case(
+            "jpeg-exif-rotate-90",
+            "JPEG 222x103 stored, EXIF orientation 6 (displayed 103x222)",
+            files(exif_rotated_jpeg(103, 222, 6), "r.jpg"),
+            200,
+            (103, 222),
+        ),
+        Case(
+            "jpeg-exif-transverse",
+            "JPEG 222x103 stored, EXIF orientation 7 (displayed 103x222)",
+            files(exif_rotated_jpeg(103, 222, 7), "r.jpg"),
+            200,
+            (103, 222),
+        ),
+        Case(
+            "over-byte-cap",
+            "21 MiB file (cap 20 MiB + 64 KiB envelope)",
+            files(b"\x89PNG" + b"\0" * (21 * 1024 * 1024), "huge.png"),
+            413,
+        ),
+        Case(
+            "missing-field",
+            "multipart with a `file` field instead of `image`",
+            {"files": {"file": ("t.png", good)}},
+            400,
+        ),
+        Case(
+            "extra-fields",
+            "`image` plus a `threshold` field",
+            {"files": {"image": ("t.png", good)}, "data": {"threshold": "0.1"}},
+            400,
+        ),
+        Case(
+            "wrong-content-type",
+            "the PNG as the raw body, Content-Type application/json",
+            {"data": good, "headers": {"Content-Type": "application/json"}},
+            415,
+        ),
+        Case(
+            "pickle-body",
+            "application/vnd.bentoml+pickle body whose unpickling would create a file",
+            {"data": evil, "headers": {"Content-Type": "application/vnd.bentoml+pickle"}},
+            415,
+        ),
         Case("pickle-as-image", "the same pickle sent as the `image` file", files(evil, "x.pkl"), 415),
     ]
 
@@ -178,9 +277,18 @@ def answer_of(response: requests.Response, case: Case, route: str) -> str:
     status = response.status_code
     assert status < 500, f"{case.name} {route}: {status} {response.text[:300]}"
     if case.status != 200:
-        assert response.headers["content-type"].startswith("application/json"), (case.name, route, response.headers)
+        assert response.headers["content-type"].startswith("application/json"), (
+            case.name,
+            route,
+            response.headers,
+        )
         body = response.json()
-        assert isinstance(body, dict) and set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+        assert (
+            isinstance(body, dict)
+            and set(body) == {"error"}
+            and isinstance(body["error"], str)
+            and body["error"]
+        )
         expected = case.status if isinstance(case.status, tuple) else (case.status,)
         assert status in expected, f"{case.name} {route}: {status} {body['error']}"
         return body["error"]
@@ -213,12 +321,21 @@ def test_bad_input_corpus(server, tmp_path_factory):
     before = server.post_image("/detect", probe).json()
     results, failures = [], []
     for case in cases:
-        row = {"case": case.name, "input": case.what, "expected": case.status, "note": case.note, "routes": {}}
+        row = {
+            "case": case.name,
+            "input": case.what,
+            "expected": case.status,
+            "note": case.note,
+            "routes": {},
+        }
         for route in ROUTES:
             start = time.perf_counter()
             try:
                 response = server.post(route, **case.request)
-                row["routes"][route] = {"status": response.status_code, "ms": round(1000 * (time.perf_counter() - start), 1)}
+                row["routes"][route] = {
+                    "status": response.status_code,
+                    "ms": round(1000 * (time.perf_counter() - start), 1),
+                }
                 row["routes"][route]["answer"] = answer_of(response, case, route)
             except (AssertionError, requests.RequestException, ValueError) as exc:
                 failures.append(f"{case.name} {route}: {type(exc).__name__}: {exc}")
@@ -237,14 +354,17 @@ def test_bad_input_corpus(server, tmp_path_factory):
     print("| case | answer (/segment) | status |\n|---|---|---|")
     for row in results:
         segment = row["routes"]["/segment"]
-        print(f"| {row['case']} | {segment.get('answer', segment.get('failure'))} | {segment.get('status')} |")
+        print(
+            f"| {row['case']} | {segment.get('answer', segment.get('failure'))} | {segment.get('status')} |"
+        )
 
     assert not failures, "\n".join(failures)
     assert not (tmp / "unpickled-by-the-server").exists(), "the server unpickled a request body"
     after = server.post_image("/detect", probe)
     assert after.status_code == 200
-    assert {k: v for k, v in after.json().items() if k != "inference_ms"} == \
-           {k: v for k, v in before.items() if k != "inference_ms"}
+    assert {k: v for k, v in after.json().items() if k != "inference_ms"} == {
+        k: v for k, v in before.items() if k != "inference_ms"
+    }
     assert server.get("/readyz").status_code == 200
     assert "Traceback" not in server.log()
 
@@ -252,7 +372,9 @@ def test_bad_input_corpus(server, tmp_path_factory):
 def test_decompression_bomb_is_refused_from_the_header(server):
     """The 400 Mpx PNG is refused without decoding it: quickly, and the server's memory stays put."""
     bomb = png_bomb()
-    serving = [p for p in [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(True)]]
+    serving = [
+        p for p in [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(True)]
+    ]
     rss_before = sum(p.memory_info().rss for p in serving if p.is_running())
     start = time.perf_counter()
     response = server.post_image("/segment", bomb, "bomb.png")
@@ -269,8 +391,12 @@ def test_decompression_bomb_is_refused_from_the_header(server):
 def in_progress(server: Server, endpoint: str) -> float:
     """BentoML's bentoml_service_request_in_progress gauge for one endpoint (summed over workers)."""
     text = server.get("/metrics", timeout=5).text
-    pattern = re.compile(r'^bentoml_service_request_in_progress\{[^}]*endpoint="' + re.escape(endpoint)
-                         + r'"[^}]*\}\s+([0-9.e+-]+)$', re.MULTILINE)
+    pattern = re.compile(
+        r'^bentoml_service_request_in_progress\{[^}]*endpoint="'
+        + re.escape(endpoint)
+        + r'"[^}]*\}\s+([0-9.e+-]+)$',
+        re.MULTILINE,
+    )
     return sum(float(v) for v in pattern.findall(text))
 
 
@@ -314,9 +440,11 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits(model_home, tmp_path_
         _, alive = psutil.wait_procs(family, timeout=10)
         assert not alive, f"still running after SIGTERM: {alive}"
         late = sum(t > signalled for t in done_at)
-        print(f"\nSIGTERM with {n} requests in flight: {n}x 200 ({late} answered after the signal, the last "
-              f"{max(done_at) - signalled:.1f} s after it), exit code {srv.process.returncode}, "
-              f"all {len(family)} processes gone {exited_after:.1f} s after the signal")
+        print(
+            f"\nSIGTERM with {n} requests in flight: {n}x 200 ({late} answered after the signal, the last "
+            f"{max(done_at) - signalled:.1f} s after it), exit code {srv.process.returncode}, "
+            f"all {len(family)} processes gone {exited_after:.1f} s after the signal"
+        )
         with pytest.raises(requests.ConnectionError):
             srv.get("/livez", timeout=2)
     finally:
@@ -330,10 +458,16 @@ def test_listens_only_on_the_address_given(server):
     """Started with --host 127.0.0.1: the listening socket is bound to 127.0.0.1 only, and the
     port cannot be reached on any other local address of this machine."""
     port = int(server.url.rsplit(":", 1)[1])
-    listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    listening = [
+        c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    ]
     assert listening and {c.laddr.ip for c in listening} == {"127.0.0.1"}, listening
-    others = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
-              if a.family in (socket.AF_INET, socket.AF_INET6) and not a.address.startswith(("127.", "fe80"))]
+    others = [
+        a.address
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family in (socket.AF_INET, socket.AF_INET6) and not a.address.startswith(("127.", "fe80"))
+    ]
     for address in others:  # includes ::1 and this machine's LAN address(es), when it has them
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -349,15 +483,36 @@ def test_no_model_management_endpoint(server):
     for path, operations in spec["paths"].items():
         expected = {"post"} if path in ROUTES else {"get"}
         assert set(operations) == expected, (path, operations)
-    for path in ("/models", "/model", "/admin", "/api/models", "/v1/models", "/v1/models/magnetic-tile-segmenter",
-                 "/models/magnetic-tile-segmenter/load", "/reload", "/load", "/unload", "/upload", "/shutdown",
-                 "/bentos", "/deployments", "/config", "/debug", "/api/v1/admin", "/_internal", "/tasks"):
+    for path in (
+        "/models",
+        "/model",
+        "/admin",
+        "/api/models",
+        "/v1/models",
+        "/v1/models/magnetic-tile-segmenter",
+        "/models/magnetic-tile-segmenter/load",
+        "/reload",
+        "/load",
+        "/unload",
+        "/upload",
+        "/shutdown",
+        "/bentos",
+        "/deployments",
+        "/config",
+        "/debug",
+        "/api/v1/admin",
+        "/_internal",
+        "/tasks",
+    ):
         for method in ("POST", "PUT", "DELETE", "PATCH"):
             response = requests.request(method, server.url + path, data=b"{}", timeout=10)
             assert response.status_code in (404, 405), (method, path, response.status_code)
     for path in ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json", "/"):
         for method in ("POST", "PUT", "DELETE"):
-            assert requests.request(method, server.url + path, timeout=10).status_code in (404, 405), (method, path)
+            assert requests.request(method, server.url + path, timeout=10).status_code in (404, 405), (
+                method,
+                path,
+            )
     assert server.get("/readyz").status_code == 200
 
 

@@ -8,6 +8,7 @@
 
 Every run is bounded in requests and in time (a deadline stops the clients) and stays on 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -50,8 +51,15 @@ class Tally:
         return float(np.percentile(values, q)) if values else float("nan")
 
 
-def hammer(server: Server, data: bytes, total: int, concurrency: int, deadline_s: float,
-           headers: dict | None = None, stop: threading.Event | None = None) -> tuple[Tally, float]:
+def hammer(
+    server: Server,
+    data: bytes,
+    total: int,
+    concurrency: int,
+    deadline_s: float,
+    headers: dict | None = None,
+    stop: threading.Event | None = None,
+) -> tuple[Tally, float]:
     """``concurrency`` threads, each with its own keep-alive session, send /detect requests until
     ``total`` were sent, ``deadline_s`` passed or ``stop`` is set. Returns the tally and the wall time."""
     tally = Tally()
@@ -86,10 +94,14 @@ def test_2000_requests_at_concurrency_16(server):
     data = encode(tile(64, 64, seed=42, blobs=2))  # a 64 x 64 tile with two blobs, ~3 KB PNG
     tally, wall = hammer(server, data, TOTAL, CONCURRENCY, deadline_s=120)
     ok = tally.latencies.get(200, [])
-    print(f"\nload: {tally.sent} requests, concurrency {CONCURRENCY}, {wall:.1f} s, {tally.sent / wall:.0f} req/s; "
-          f"statuses {dict(tally.statuses)}, connection errors {len(tally.connection_errors)}; "
-          f"latency p50 {1000 * tally.percentile(200, 50):.0f} ms, p95 {1000 * tally.percentile(200, 95):.0f} ms, "
-          f"p99 {1000 * tally.percentile(200, 99):.0f} ms, max {1000 * max(ok, default=0):.0f} ms")
+    print(
+        f"\nload: {tally.sent} requests, concurrency {CONCURRENCY}, {wall:.1f} s, "
+        f"{tally.sent / wall:.0f} req/s; "
+        f"statuses {dict(tally.statuses)}, connection errors {len(tally.connection_errors)}; "
+        f"latency p50 {1000 * tally.percentile(200, 50):.0f} ms, "
+        f"p95 {1000 * tally.percentile(200, 95):.0f} ms, "
+        f"p99 {1000 * tally.percentile(200, 99):.0f} ms, max {1000 * max(ok, default=0):.0f} ms"
+    )
     assert tally.sent == TOTAL, f"only {tally.sent} sent before the deadline"
     assert not tally.connection_errors, tally.connection_errors[:5]
     assert not [s for s in tally.statuses if s >= 500], tally.statuses
@@ -104,11 +116,14 @@ def test_overload_is_shed_fast_and_the_server_recovers(strict_server):
     data = encode(tile(300, 300, seed=43, blobs=3))  # the strict server's pixel cap is 90000
     tally, wall = hammer(strict_server, data, total=1500, concurrency=16, deadline_s=12, headers=AUTH)
     shed = tally.statuses[429] + tally.statuses[503]
-    print(f"\noverload: {tally.sent} requests in {wall:.1f} s from 16 clients against MT_MAX_CONCURRENCY=2: "
-          f"statuses {dict(tally.statuses)}, connection errors {len(tally.connection_errors)}; "
-          f"shed (429) p50 {1000 * tally.percentile(429, 50):.1f} ms, p95 {1000 * tally.percentile(429, 95):.1f} ms; "
-          f"admitted (200) p50 {1000 * tally.percentile(200, 50):.0f} ms, "
-          f"{tally.statuses[200] / wall:.0f} answers/s")
+    print(
+        f"\noverload: {tally.sent} requests in {wall:.1f} s from 16 clients against MT_MAX_CONCURRENCY=2: "
+        f"statuses {dict(tally.statuses)}, connection errors {len(tally.connection_errors)}; "
+        f"shed (429) p50 {1000 * tally.percentile(429, 50):.1f} ms, "
+        f"p95 {1000 * tally.percentile(429, 95):.1f} ms; "
+        f"admitted (200) p50 {1000 * tally.percentile(200, 50):.0f} ms, "
+        f"{tally.statuses[200] / wall:.0f} answers/s"
+    )
     assert not tally.connection_errors, tally.connection_errors[:5]
     assert set(tally.statuses) <= {200, 429, 503}, tally.statuses  # no 504: nothing queued until it timed out
     assert shed > tally.sent / 4, "the overload was not shed"
@@ -119,8 +134,9 @@ def test_overload_is_shed_fast_and_the_server_recovers(strict_server):
     recovered_at = time.monotonic()
     statuses = [strict_server.post_image("/detect", data, headers=AUTH).status_code for _ in range(10)]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        statuses += list(pool.map(lambda _: strict_server.post_image("/detect", data, headers=AUTH).status_code,
-                                  range(10)))
+        statuses += list(
+            pool.map(lambda _: strict_server.post_image("/detect", data, headers=AUTH).status_code, range(10))
+        )
     print(f"after the load: {Counter(statuses)} in {time.monotonic() - recovered_at:.1f} s")
     assert statuses == [200] * 20
     assert strict_server.get("/readyz").status_code == 200

@@ -1,5 +1,6 @@
 """`bentoml build` packs the service, the serving code and a reference to the stored model, and the
 packed code imports on its own (without the development install of mtdefect)."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,15 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def bento(model_home) -> Path:
     env = model_home.env()
-    out = subprocess.run(check=False, args=[BENTOML, "build", "--output", "tag"], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        check=False,
+        args=[BENTOML, "build", "--output", "tag"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     name, version = tag.split(":")
@@ -39,8 +47,13 @@ def test_bento_references_the_stored_model(bento, model_home):
 
 def test_bento_packs_serving_code_only(bento):
     files = {p.relative_to(bento / "src").as_posix() for p in (bento / "src").rglob("*") if p.is_file()}
-    assert {"service.py", "src/mtdefect/store.py", "src/mtdefect/inference/predictor.py",
-            "src/mtdefect/serving/upload.py", "src/mtdefect/inference/network.py"} <= files
+    assert {
+        "service.py",
+        "src/mtdefect/store.py",
+        "src/mtdefect/inference/predictor.py",
+        "src/mtdefect/serving/upload.py",
+        "src/mtdefect/inference/network.py",
+    } <= files
     assert not any(f.startswith(("src/mtdefect/data/", "src/mtdefect/stages/", "tests/")) for f in files)
     assert "src/mtdefect/train.py" not in files and "src/mtdefect/model/module.py" not in files
     requirements = (bento / "env" / "python" / "requirements.txt").read_text()
@@ -58,9 +71,21 @@ def test_packed_service_imports_without_the_development_install(bento, tmp_path)
         "'mtdefect.train', 'mtdefect.stages')))}))"
     )
     site = sysconfig.get_paths()["purelib"]
-    env = {"PYTHONPATH": site, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run(check=False, args=[sys.executable, "-S", "-c", code], cwd=bento / "src", env=env, capture_output=True,
-                         text=True, timeout=120)
+    env = {
+        "PYTHONPATH": site,
+        "BENTOML_HOME": str(tmp_path),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PATH": "/usr/bin:/bin",
+    }
+    out = subprocess.run(
+        check=False,
+        args=[sys.executable, "-S", "-c", code],
+        cwd=bento / "src",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["mtdefect"].startswith(str(bento / "src" / "src" / "mtdefect"))

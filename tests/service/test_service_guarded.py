@@ -1,6 +1,7 @@
 """Over real HTTP: the API key, small byte and pixel caps, load shedding and timeouts (a server with
 MT_API_KEY, MT_MAX_BYTES, MT_MAX_PIXELS, MT_MAX_CONCURRENCY, MT_TIMEOUT_S and MT_BACKEND=torch), and
 a server whose model is missing (never ready, API answers 503)."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -30,7 +31,7 @@ MAX_BYTES = int(STRICT["MT_MAX_BYTES"])
 def smooth(height: int, width: int) -> bytes:
     """A noise-free tile: compresses to a few KB, so only the pixel count matters."""
     gray = np.full((height, width), 110, np.uint8)
-    gray[height // 3: height // 2, width // 4: width // 2] = 235
+    gray[height // 3 : height // 2, width // 4 : width // 2] = 235
     return encode(gray)
 
 
@@ -45,8 +46,14 @@ def error_of(response, status: int) -> str:
 
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize(
-    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY},
-                {"Authorization": f"Basic {API_KEY}"}, {"Authorization": f"Bearer {API_KEY}x"}],
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": API_KEY},
+        {"Authorization": f"Basic {API_KEY}"},
+        {"Authorization": f"Bearer {API_KEY}x"},
+    ],
     ids=["none", "wrong", "no-scheme", "basic", "longer"],
 )
 def test_api_calls_need_the_key(strict_server, route, headers):
@@ -67,7 +74,9 @@ def test_health_metrics_and_docs_stay_open(strict_server):
 
 
 def test_the_key_is_checked_before_anything_else(strict_server):
-    response = strict_server.post("/detect", data=b"x", headers={"Content-Type": "application/vnd.bentoml+pickle"})
+    response = strict_server.post(
+        "/detect", data=b"x", headers={"Content-Type": "application/vnd.bentoml+pickle"}
+    )
     error_of(response, 401)
 
 
@@ -81,14 +90,17 @@ def test_without_a_key_configured_the_api_is_open(server):
 def test_pixel_cap_is_configurable(strict_server):
     assert strict_server.post_image("/segment", smooth(300, 300), headers=AUTH).status_code == 200
     assert "over the limit of 90000 pixels" in error_of(
-        strict_server.post_image("/segment", smooth(301, 300), headers=AUTH), 413)
+        strict_server.post_image("/segment", smooth(301, 300), headers=AUTH), 413
+    )
 
 
 def test_byte_cap_is_configurable(strict_server):
     noisy = np.random.default_rng(0).integers(0, 256, (150, 150, 3), dtype=np.uint8)
     data = encode(noisy)  # 22500 px, under the pixel cap, but ~67 KB: over the byte cap
     assert MAX_BYTES < len(data) < MAX_BYTES + 64 * 1024  # passes the body check, refused by decode
-    assert f"over the {MAX_BYTES}-byte limit" in error_of(strict_server.post_image("/detect", data, headers=AUTH), 413)
+    assert f"over the {MAX_BYTES}-byte limit" in error_of(
+        strict_server.post_image("/detect", data, headers=AUTH), 413
+    )
 
 
 def test_oversized_body_is_refused_from_its_content_length(strict_server):
@@ -113,7 +125,9 @@ def test_oversized_chunked_body_is_cut_off(strict_server):
 def test_torch_backend_answers_equal_the_in_process_prediction(strict_server, use_model_home):
     model_home = use_model_home
     data = encode(tile(210, 170, seed=31, blobs=3))
-    expected = Predictor.from_dir(store.model_path(model_home.tag), backend="torch").predict(decode_image(data))[0]
+    expected = Predictor.from_dir(store.model_path(model_home.tag), backend="torch").predict(
+        decode_image(data)
+    )[0]
     response = strict_server.post_image("/segment", data, headers=AUTH)
     assert response.status_code == 200
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(response.content))), expected.mask)
@@ -127,8 +141,10 @@ def stalled_upload(server) -> socket.socket:
     """An authorised request whose body never finishes: it holds one concurrency slot."""
     sock = raw_connect(server)
     sock.sendall(
-        ("POST /detect HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + API_KEY + "\r\n"
-         "Content-Type: multipart/form-data; boundary=abc\r\nContent-Length: 5000\r\n\r\n--abc\r\n").encode()
+        (
+            "POST /detect HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + API_KEY + "\r\n"
+            "Content-Type: multipart/form-data; boundary=abc\r\nContent-Length: 5000\r\n\r\n--abc\r\n"
+        ).encode()
     )
     return sock
 

@@ -1,4 +1,5 @@
 """The API over real HTTP, against `bentoml serve` with default settings and the tiny model."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -21,8 +22,19 @@ from .svc_support import TILE_CLASSES, encode, raw_connect, read_response, rgb, 
 pytestmark = pytest.mark.slow
 
 ROUTES = ("/segment", "/detect", "/overlay")
-DETECT_KEYS = {"defective", "score", "score_source", "decision_threshold", "threshold", "defect_area_fraction",
-               "regions", "defect_class", "class_scores", "model", "inference_ms"}
+DETECT_KEYS = {
+    "defective",
+    "score",
+    "score_source",
+    "decision_threshold",
+    "threshold",
+    "defect_area_fraction",
+    "regions",
+    "defect_class",
+    "class_scores",
+    "model",
+    "inference_ms",
+}
 
 
 def png_of(response) -> Image.Image:
@@ -63,7 +75,11 @@ def test_openapi_document_describes_the_three_endpoints(server):
     for route in ROUTES:
         operation = spec["paths"][route]["post"]
         body = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
-        assert body["properties"]["image"] == {**body["properties"]["image"], "type": "string", "format": "binary"}
+        assert body["properties"]["image"] == {
+            **body["properties"]["image"],
+            "type": "string",
+            "format": "binary",
+        }
         assert body["required"] == ["image"]
         ok = operation["responses"]["200"]["content"]
         assert list(ok) == (["application/json"] if route == "/detect" else ["image/png"])
@@ -186,12 +202,14 @@ def test_overlay_keeps_the_image_outside_defects(server):
     mask = np.asarray(png_of(server.post_image("/segment", data)))
     detect = server.post_image("/detect", data).json()
     picture = np.asarray(png_of(server.post_image("/overlay", data)))
-    assert picture.shape[1] == 160 and picture.shape[0] == (120 if not detect["defect_class"] else picture.shape[0])
+    assert picture.shape[1] == 160 and picture.shape[0] == (
+        120 if not detect["defect_class"] else picture.shape[0]
+    )
     image = picture[:120]  # below: the class legend strip, when the regions have a class
     outside = mask == 0
     for region in detect["regions"]:  # each region's class-coloured frame, 2 px around its box
         x, y, w, h = region["bbox"]
-        outside[max(y - 2, 0): y + h + 2, max(x - 2, 0): x + w + 2] = False
+        outside[max(y - 2, 0) : y + h + 2, max(x - 2, 0) : x + w + 2] = False
     assert np.array_equal(image[outside], np.repeat(gray[..., None], 3, axis=2)[outside])
     if (mask > 0).any():
         assert detect["defect_class"] and picture.shape[0] > 120  # the tiny model's head names a class
@@ -208,10 +226,14 @@ def test_concurrent_requests_all_succeed(server):
 # ------------------------------------------------------------------ bad input: always a 4xx, never a 500
 
 
-def multipart(*parts: tuple[str, bytes], boundary: str = "b0undary", close: bool = True) -> tuple[bytes, dict]:
+def multipart(
+    *parts: tuple[str, bytes], boundary: str = "b0undary", close: bool = True
+) -> tuple[bytes, dict]:
     out = b""
     for name, data in parts:
-        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="f"\r\n\r\n').encode()
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="f"\r\n\r\n'
+        ).encode()
         out += data + b"\r\n"
     if close:
         out += f"--{boundary}--\r\n".encode()
@@ -253,8 +275,13 @@ def bad_requests() -> dict[str, tuple[dict, int]]:
         "extra-field": ({"files": {"image": ("t.png", GOOD), "note": ("n.txt", b"x")}}, 400),
         "extra-plain-field": ({"files": {"image": ("t.png", GOOD)}, "data": {"threshold": "0.1"}}, 400),
         "two-images": ({"files": [("image", ("a.png", GOOD)), ("image", ("b.png", GOOD))]}, 400),
-        "pickle-body": ({"data": pickle.dumps({"image": GOOD}),
-                         "headers": {"Content-Type": "application/vnd.bentoml+pickle"}}, 415),
+        "pickle-body": (
+            {
+                "data": pickle.dumps({"image": GOOD}),
+                "headers": {"Content-Type": "application/vnd.bentoml+pickle"},
+            },
+            415,
+        ),
         "text-body": ({"data": b"hello", "headers": {"Content-Type": "text/plain"}}, 415),
         "raw-png-body": ({"data": GOOD, "headers": {"Content-Type": "image/png"}}, 415),
         "json-url": ({"json": {"image": "http://169.254.169.254/latest/meta-data/"}}, 415),
@@ -269,7 +296,10 @@ def bad_requests() -> dict[str, tuple[dict, int]]:
     cases["unterminated-multipart"] = ({"data": body, "headers": headers}, 400)
     body, _ = multipart(("image", GOOD))
     cases["no-boundary"] = ({"data": body, "headers": {"Content-Type": "multipart/form-data"}}, 400)
-    cases["wrong-boundary"] = ({"data": body, "headers": {"Content-Type": "multipart/form-data; boundary=zz"}}, 400)
+    cases["wrong-boundary"] = (
+        {"data": body, "headers": {"Content-Type": "multipart/form-data; boundary=zz"}},
+        400,
+    )
     return cases
 
 
@@ -290,8 +320,10 @@ def test_wrong_method_is_refused(server):
 
 def test_declared_oversize_body_is_refused_before_it_is_sent(server):
     """Only the headers go out; a server that waited for the 25 MB body would never answer."""
-    head = ("POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=abc\r\n"
-            f"Content-Length: {25 * 1024 * 1024}\r\n\r\n")
+    head = (
+        "POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=abc\r\n"
+        f"Content-Length: {25 * 1024 * 1024}\r\n\r\n"
+    )
     start = time.monotonic()
     with raw_connect(server, timeout=5) as sock:
         sock.sendall(head.encode())

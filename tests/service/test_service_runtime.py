@@ -1,5 +1,6 @@
 """The model runtime in-process: loads the stored model on both backends, proves it with a warm-up,
 and stays unready (one log line, no exception) when the model is missing or damaged."""
+
 from __future__ import annotations
 
 import json
@@ -63,7 +64,9 @@ def damage(model_dir, how: str) -> None:
         (model_dir / ONNX_FILE).write_bytes(b"\x08\x01garbage" * 100)
     elif how == "weights_nan":
         state = load_file(str(model_dir / WEIGHTS_FILE))
-        state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+        state = {
+            k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()
+        }
         save_file(state, str(model_dir / WEIGHTS_FILE))
         (model_dir / ONNX_FILE).unlink()
     else:
@@ -73,7 +76,9 @@ def damage(model_dir, how: str) -> None:
 @pytest.mark.parametrize(
     "how", ["settings_garbage", "settings_wrong_net", "weights_truncated", "onnx_garbage", "weights_nan"]
 )
-def test_a_damaged_model_leaves_the_service_unready_with_one_log_line(model_home, copy_model_dir, caplog, how):
+def test_a_damaged_model_leaves_the_service_unready_with_one_log_line(
+    model_home, copy_model_dir, caplog, how
+):
     model_dir = copy_model_dir(how)
     damage(model_dir, how)
     # Stored without store.save_model_dir's own check (it would refuse the garbage settings file).

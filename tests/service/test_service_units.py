@@ -1,5 +1,6 @@
 """Fast, in-process tests of the serving helpers: multipart parsing, request guards, settings,
 the OpenAPI additions, and that service.py pulls in no training code."""
+
 from __future__ import annotations
 
 import asyncio
@@ -25,13 +26,19 @@ BOUNDARY = "xYzBoundary42"
 CT = f"multipart/form-data; boundary={BOUNDARY}"
 
 
-def form(*parts: tuple[str, bytes], boundary: str = BOUNDARY, close: bool = True, filename: str = "a.png") -> bytes:
+def form(
+    *parts: tuple[str, bytes], boundary: str = BOUNDARY, close: bool = True, filename: str = "a.png"
+) -> bytes:
     out = b""
     for name, data in parts:
         out += (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n"
-        ).encode() + data + b"\r\n"
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                f"Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
     if close:
         out += f"--{boundary}--\r\n".encode()
     return out
@@ -50,7 +57,7 @@ def test_the_image_part_is_returned_byte_for_byte():
 
 
 def test_a_plain_field_without_filename_is_accepted():
-    body = f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\n".encode() + b"abc\r\n"
+    body = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"\r\n\r\n'.encode() + b"abc\r\n"
     body += f"--{BOUNDARY}--\r\n".encode()
     assert image_from_form(body, CT) == b"abc"
 
@@ -87,7 +94,11 @@ def test_part_without_disposition_is_refused():
 @given(
     body=st.one_of(
         st.binary(max_size=400),
-        st.builds(lambda a, b: form(("image", a)) [: len(b) % 200 + 1] + b, st.binary(max_size=50), st.binary(max_size=50)),
+        st.builds(
+            lambda a, b: form(("image", a))[: len(b) % 200 + 1] + b,
+            st.binary(max_size=50),
+            st.binary(max_size=50),
+        ),
         st.builds(lambda n, d: form((n, d)), st.text(max_size=10), st.binary(max_size=50)),
     ),
     content_type=st.one_of(st.just(CT), st.text(max_size=60), st.just("multipart/form-data; boundary=")),
@@ -161,17 +172,37 @@ def test_config_from_env():
     assert (config.max_bytes, config.max_pixels) == (20 * 1024 * 1024, 4096 * 4096)
     assert config.api_key is None and config.backend == "auto"
     config = ServeConfig.from_env(
-        {"MT_MODEL_TAG": "m:v1", "MT_BACKEND": "ONNX", "MT_MAX_BYTES": "1_000", "MT_MAX_PIXELS": "64",
-         "MT_API_KEY": "k", "MT_TIMEOUT_S": "2.5", "MT_MAX_CONCURRENCY": "3", "MT_WORKERS": "2", "MT_THREADS": "1"}
+        {
+            "MT_MODEL_TAG": "m:v1",
+            "MT_BACKEND": "ONNX",
+            "MT_MAX_BYTES": "1_000",
+            "MT_MAX_PIXELS": "64",
+            "MT_API_KEY": "k",
+            "MT_TIMEOUT_S": "2.5",
+            "MT_MAX_CONCURRENCY": "3",
+            "MT_WORKERS": "2",
+            "MT_THREADS": "1",
+        }
     )
-    assert (config.model_tag, config.backend, config.max_bytes, config.max_pixels) == ("m:v1", "onnx", 1000, 64)
+    assert (config.model_tag, config.backend, config.max_bytes, config.max_pixels) == (
+        "m:v1",
+        "onnx",
+        1000,
+        64,
+    )
     assert (config.api_key, config.timeout_s, config.max_concurrency, config.workers, config.threads) == (
-        "k", 2.5, 3, 2, 1)
+        "k",
+        2.5,
+        3,
+        2,
+        1,
+    )
     assert config.max_body_bytes > config.max_bytes
 
 
 @pytest.mark.parametrize(
-    "env", [{"MT_BACKEND": "tensorrt"}, {"MT_MAX_BYTES": "lots"}, {"MT_MAX_PIXELS": "0"}, {"MT_TIMEOUT_S": "-1"}]
+    "env",
+    [{"MT_BACKEND": "tensorrt"}, {"MT_MAX_BYTES": "lots"}, {"MT_MAX_PIXELS": "0"}, {"MT_TIMEOUT_S": "-1"}],
 )
 def test_bad_config_is_refused(env):
     with pytest.raises(ConfigError):
@@ -180,7 +211,10 @@ def test_bad_config_is_refused(env):
 
 def test_openapi_additions_document_every_error_status():
     spec = {
-        "paths": {"/detect": {"post": {"responses": {200: {"description": "ok"}, 404: {}}}}, "/livez": {"get": {}}},
+        "paths": {
+            "/detect": {"post": {"responses": {200: {"description": "ok"}, 404: {}}}},
+            "/livez": {"get": {}},
+        },
         "components": {"schemas": {}},
     }
     out = with_error_responses(spec)
@@ -199,8 +233,18 @@ def test_service_module_imports_no_training_or_data_code(tmp_path):
         "or m.startswith(('mtdefect.data', 'mtdefect.train', 'mtdefect.stages', 'mtdefect.model.module', "
         "'mtdefect.evaluate', 'mtdefect.calibrate')))))"
     )
-    out = subprocess.run(check=False, args=[sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                         env={**{k: v for k, v in os.environ.items() if not k.startswith("MT_")},
-                              "BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": str(tmp_path)})
+    out = subprocess.run(
+        check=False,
+        args=[sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("MT_")},
+            "BENTOML_DO_NOT_TRACK": "true",
+            "BENTOML_HOME": str(tmp_path),
+        },
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []

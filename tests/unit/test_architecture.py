@@ -6,6 +6,7 @@
 - each DVC stage lists, as deps, every module of the package it imports (transitively), including
   the classes its params instantiate by ``_target_``: editing any of them reruns the stage.
 """
+
 from __future__ import annotations
 
 import ast
@@ -63,16 +64,33 @@ def closure(*modules: str) -> set[str]:
 
 def service_closure() -> set[str]:
     tree = ast.parse((ROOT / "service.py").read_text())
-    roots = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-             and (node.module or "").startswith(PACKAGE)}
+    roots = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PACKAGE)
+    }
     return closure(*roots)
 
 
 def test_serving_never_imports_training_or_evaluation_code() -> None:
-    reached = service_closure() | closure(f"{PACKAGE}.inference", f"{PACKAGE}.serving.runtime", f"{PACKAGE}.store")
-    forbidden = [m for m in reached if m.startswith((f"{PACKAGE}.model", f"{PACKAGE}.data", f"{PACKAGE}.train",
-                                                     f"{PACKAGE}.evaluate", f"{PACKAGE}.calibrate",
-                                                     f"{PACKAGE}.scoring", f"{PACKAGE}.report"))]
+    reached = service_closure() | closure(
+        f"{PACKAGE}.inference", f"{PACKAGE}.serving.runtime", f"{PACKAGE}.store"
+    )
+    forbidden = [
+        m
+        for m in reached
+        if m.startswith(
+            (
+                f"{PACKAGE}.model",
+                f"{PACKAGE}.data",
+                f"{PACKAGE}.train",
+                f"{PACKAGE}.evaluate",
+                f"{PACKAGE}.calibrate",
+                f"{PACKAGE}.scoring",
+                f"{PACKAGE}.report",
+            )
+        )
+    ]
     assert not forbidden, f"serving reaches training/evaluation code: {sorted(forbidden)}"
     assert f"{PACKAGE}.inference.network" in reached  # the network builder lives on the serving side
 
@@ -85,8 +103,12 @@ def test_inference_never_imports_model_and_uses_no_lightning() -> None:
 
 
 def test_training_never_imports_evaluation() -> None:
-    reached = closure(f"{PACKAGE}.train", f"{PACKAGE}.calibrate", f"{PACKAGE}.model.module", f"{PACKAGE}.stages.train")
-    assert not [m for m in reached if m.startswith((f"{PACKAGE}.evaluate", f"{PACKAGE}.report"))], sorted(reached)
+    reached = closure(
+        f"{PACKAGE}.train", f"{PACKAGE}.calibrate", f"{PACKAGE}.model.module", f"{PACKAGE}.stages.train"
+    )
+    assert not [m for m in reached if m.startswith((f"{PACKAGE}.evaluate", f"{PACKAGE}.report"))], sorted(
+        reached
+    )
 
 
 def targets_in(node, found: set[str]) -> set[str]:

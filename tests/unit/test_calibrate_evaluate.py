@@ -1,4 +1,5 @@
 """Validation calibration by hand-made probability maps; evaluation end to end on synthetic tiles."""
+
 from __future__ import annotations
 
 import json
@@ -9,13 +10,13 @@ import pytest
 import torch
 
 from mtdefect.calibrate import budget_threshold, choose_postprocess
-from mtdefect.inference import postprocess
 from mtdefect.data.split import Record
 from mtdefect.evaluate import evaluate
-from mtdefect.scoring import ScoredImage
+from mtdefect.inference import postprocess
+from mtdefect.inference.network import build_net
 from mtdefect.inference.settings import ModelSettings, PostprocessSettings, PreprocessSettings
 from mtdefect.model.bundle import write_model_dir
-from mtdefect.inference.network import build_net
+from mtdefect.scoring import ScoredImage
 
 
 def item(cls: str, truth: np.ndarray, prob: np.ndarray) -> ScoredImage:
@@ -39,8 +40,9 @@ def test_calibration_prefers_the_score_window_that_ignores_specks() -> None:
     free_prob = np.full((40, 40), 0.05)
     free_prob[30, 30] = 0.99  # one bright pixel on a defect-free tile outranks the real defect's pixels
     items = [item("MT_Crack", truth, defect_prob), item("MT_Free", np.zeros((40, 40), bool), free_prob)]
-    post, report = choose_postprocess(items, thresholds=(0.5, 0.9), min_areas=(0,), max_false_alarm_rate=0.0,
-                                      score_windows=(1, 5))
+    post, report = choose_postprocess(
+        items, thresholds=(0.5, 0.9), min_areas=(0,), max_false_alarm_rate=0.0, score_windows=(1, 5)
+    )
     rows = {r["score_window"]: r for r in report["decision"]}
     assert rows[1]["recall"] == 0.0 and rows[1]["auroc"] == 0.0
     assert rows[5]["recall"] == 1.0 and rows[5]["false_alarm_rate"] == 0.0 and rows[5]["auroc"] == 1.0
@@ -62,34 +64,51 @@ def test_calibration_counts_missed_tiles_as_empty_masks() -> None:
     faint = item("MT_Blowhole", truth, np.where(truth, 0.6, 0.0))  # scores below the free tile
     strong = item("MT_Crack", truth, np.where(truth, 0.95, 0.0))
     free = item("MT_Free", np.zeros((20, 20), bool), np.full((20, 20), 0.7))
-    post, report = choose_postprocess([faint, strong, free], thresholds=(0.5,), min_areas=(0,),
-                                      max_false_alarm_rate=0.0, score_windows=(1,))
+    post, report = choose_postprocess(
+        [faint, strong, free], thresholds=(0.5,), min_areas=(0,), max_false_alarm_rate=0.0, score_windows=(1,)
+    )
     assert report["chosen"]["recall"] == 0.5 and report["chosen"]["false_alarm_rate"] == 0.0
     assert abs(report["chosen"]["dice"] - 2 * 25 / (2 * 25 + 25)) < 1e-9  # the faint tile's 25 px are missed
     assert report["chosen"]["dice_ungated"] == 1.0  # the segmenter alone found both
     assert report["chosen"]["per_class_dice"] == {"MT_Blowhole": 0.0, "MT_Crack": 1.0}
 
 
-def test_evaluate_writes_metrics_plots_and_overlays(synthetic_dataset: tuple[Path, Path], tmp_path: Path) -> None:
+def test_evaluate_writes_metrics_plots_and_overlays(
+    synthetic_dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
     dataset_dir, manifest = synthetic_dataset
     torch.manual_seed(0)
-    net_cfg = {"arch": "Unet", "encoder": "resnet10t", "pretrained": False, "in_channels": 1, "classes": 1,
-               "decoder_channels": [16, 16, 8, 8, 8]}
-    settings = ModelSettings(net=net_cfg, preprocess=PreprocessSettings(), postprocess=PostprocessSettings(0.5, 0))
+    net_cfg = {
+        "arch": "Unet",
+        "encoder": "resnet10t",
+        "pretrained": False,
+        "in_channels": 1,
+        "classes": 1,
+        "decoder_channels": [16, 16, 8, 8, 8],
+    }
+    settings = ModelSettings(
+        net=net_cfg, preprocess=PreprocessSettings(), postprocess=PostprocessSettings(0.5, 0)
+    )
     write_model_dir(build_net(**net_cfg).eval(), settings, tmp_path / "model")
-    result = evaluate(tmp_path / "model", dataset_dir, manifest, tmp_path / "reports", n_overlays=3, worst_n=2)
+    result = evaluate(
+        tmp_path / "model", dataset_dir, manifest, tmp_path / "reports", n_overlays=3, worst_n=2
+    )
     test = result["test"]
     assert test["images"] == 12 and 0 <= test["dice"] <= 1 and 0 <= test["dice_ungated"] <= 1
     assert json.loads((tmp_path / "reports" / "metrics.json").read_text()) == json.loads(json.dumps(result))
     for name in ("roc", "pr", "per_class_dice", "per_image"):
         assert json.loads((tmp_path / "reports" / "plots" / f"{name}.json").read_text())
     overlays = sorted(p.name for p in (tmp_path / "reports" / "overlays").glob("*.png"))
-    assert sum(n.startswith("sample_") for n in overlays) == 3 and sum(n.startswith("worst_") for n in overlays) == 2
+    assert (
+        sum(n.startswith("sample_") for n in overlays) == 3
+        and sum(n.startswith("worst_") for n in overlays) == 2
+    )
 
 
 def head_item(cls: str, truth: np.ndarray, prob: np.ndarray, scores: dict[str, float]) -> ScoredImage:
-    return ScoredImage(item(cls, truth, prob).record, np.zeros(truth.shape, np.uint8), truth,
-                       prob.astype(np.float32), scores)
+    return ScoredImage(
+        item(cls, truth, prob).record, np.zeros(truth.shape, np.uint8), truth, prob.astype(np.float32), scores
+    )
 
 
 CLASSES = ("MT_Blowhole", "MT_Crack", "MT_Free")
@@ -104,10 +123,13 @@ def test_calibration_takes_the_head_when_it_ranks_tiles_better_and_the_service_a
     truth[5:15, 5:15] = True
     # the mask paints a confident blob on the free tile (mask scores cannot separate the tiles)
     blob = np.where(truth, 0.9, 0.0)
-    items = [head_item("MT_Crack", truth, blob, scores_for(0.1, 0.8)),
-             head_item("MT_Free", np.zeros((30, 30), bool), blob, scores_for(0.9, 0.05))]
-    post, report = choose_postprocess(items, thresholds=(0.5,), min_areas=(0,), max_false_alarm_rate=0.0,
-                                      score_windows=(1, 5))
+    items = [
+        head_item("MT_Crack", truth, blob, scores_for(0.1, 0.8)),
+        head_item("MT_Free", np.zeros((30, 30), bool), blob, scores_for(0.9, 0.05)),
+    ]
+    post, report = choose_postprocess(
+        items, thresholds=(0.5,), min_areas=(0,), max_false_alarm_rate=0.0, score_windows=(1, 5)
+    )
     rows = {(r["score_source"], r["score_window"]): r for r in report["decision"]}
     assert rows[("head", 1)]["recall"] == 1.0 and rows[("mask", 5)]["recall"] == 0.0
     assert post.score_source == "head" and 1 - 0.9 < post.decision_threshold <= 1 - 0.1
@@ -141,9 +163,11 @@ def test_split_metrics_confusion_counts_missed_tiles_as_free() -> None:
     truth = np.zeros((20, 20), bool)
     truth[2:6, 2:6] = True
     prob = np.where(truth, 0.9, 0.0)
-    items = [head_item("MT_Crack", truth, prob, scores_for(0.1, 0.8)),
-             head_item("MT_Blowhole", truth, prob, scores_for(0.6, 0.3)),  # missed, and its top class is wrong
-             head_item("MT_Free", np.zeros((20, 20), bool), prob * 0, scores_for(0.95, 0.0))]
+    items = [
+        head_item("MT_Crack", truth, prob, scores_for(0.1, 0.8)),
+        head_item("MT_Blowhole", truth, prob, scores_for(0.6, 0.3)),  # missed, and its top class is wrong
+        head_item("MT_Free", np.zeros((20, 20), bool), prob * 0, scores_for(0.95, 0.0)),
+    ]
     result = split_metrics(items, PostprocessSettings(score_source="head", decision_threshold=0.5))
     assert result["detection"]["recall"] == 0.5 and result["detection"]["false_alarm_rate"] == 0.0
     confusion = result["confusion"]
@@ -155,18 +179,33 @@ def test_split_metrics_confusion_counts_missed_tiles_as_free() -> None:
     assert result["mean_class_dice"] == pytest.approx(0.5)  # crack 1.0, blowhole 0 (judged clean)
 
 
-def test_evaluate_a_model_with_a_tile_head_writes_the_confusion_plot(synthetic_dataset, tmp_path: Path) -> None:
+def test_evaluate_a_model_with_a_tile_head_writes_the_confusion_plot(
+    synthetic_dataset, tmp_path: Path
+) -> None:
     from mtdefect.inference.network import build_net as build
 
     dataset_dir, manifest = synthetic_dataset
     torch.manual_seed(0)
     classes = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Free", "MT_Uneven")
-    net_cfg = {"arch": "Unet", "encoder": "resnet10t", "in_channels": 1, "classes": 1,
-               "decoder_channels": [16, 16, 8, 8, 8], "tile_classes": len(classes)}
-    settings = ModelSettings(net=net_cfg, class_names=classes,
-                             postprocess=PostprocessSettings(score_source="head", decision_threshold=0.5))
+    net_cfg = {
+        "arch": "Unet",
+        "encoder": "resnet10t",
+        "in_channels": 1,
+        "classes": 1,
+        "decoder_channels": [16, 16, 8, 8, 8],
+        "tile_classes": len(classes),
+    }
+    settings = ModelSettings(
+        net=net_cfg,
+        class_names=classes,
+        postprocess=PostprocessSettings(score_source="head", decision_threshold=0.5),
+    )
     write_model_dir(build(**net_cfg).eval(), settings, tmp_path / "model")
-    test = evaluate(tmp_path / "model", dataset_dir, manifest, tmp_path / "reports", n_overlays=2, worst_n=1)["test"]
-    assert test["score_source"] == "head" and set(test["classification"]["labels"]) == set(classes) - {"MT_Free"}
+    test = evaluate(tmp_path / "model", dataset_dir, manifest, tmp_path / "reports", n_overlays=2, worst_n=1)[
+        "test"
+    ]
+    assert test["score_source"] == "head" and set(test["classification"]["labels"]) == set(classes) - {
+        "MT_Free"
+    }
     rows = json.loads((tmp_path / "reports" / "plots" / "confusion.json").read_text())
     assert len(rows) == test["images"] and {r["actual"] for r in rows} <= set(classes)

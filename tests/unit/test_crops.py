@@ -1,4 +1,5 @@
 """Training crops: plans drawn per item, pixels cut in one gather on the model's device."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,8 @@ def reference_crop(gray: np.ndarray, mask: np.ndarray, plan: dict, size: int, se
     gray = np.pad(gray, ((0, max(size - h, 0)), (0, max(size - w, 0))), mode="edge")
     mask = np.pad(mask, ((0, max(size - h, 0)), (0, max(size - w, 0))))
     top, left = int(plan["top"]), int(plan["left"])
-    image = normalize(gray[top:top + size, left:left + size], settings)
-    target = mask[top:top + size, left:left + size].astype(np.float32)
+    image = normalize(gray[top : top + size, left : left + size], settings)
+    target = mask[top : top + size, left : left + size].astype(np.float32)
     if plan["flip_h"]:
         image, target = image[:, ::-1], target[:, ::-1]
     if plan["flip_v"]:
@@ -37,8 +38,16 @@ def reference_crop(gray: np.ndarray, mask: np.ndarray, plan: dict, size: int, se
 @pytest.fixture(scope="module")
 def datamodule(synthetic_dataset: tuple[Path, Path]) -> TileDataModule:
     dataset_dir, manifest = synthetic_dataset
-    dm = TileDataModule(str(dataset_dir), str(manifest), {"stride": 32, "mean": 0.5, "std": 0.25}, crop_size=48,
-                        batch_size=8, defect_crop_p=1.0, samples_per_epoch=16, jitter=0.2)
+    dm = TileDataModule(
+        str(dataset_dir),
+        str(manifest),
+        {"stride": 32, "mean": 0.5, "std": 0.25},
+        crop_size=48,
+        batch_size=8,
+        defect_crop_p=1.0,
+        samples_per_epoch=16,
+        jitter=0.2,
+    )
     dm.setup("fit")
     return dm
 
@@ -76,9 +85,15 @@ def test_small_tiles_are_padded_like_inference() -> None:
     ds.masks = [np.array([[0, 1], [0, 0]], bool), np.zeros((3, 5), bool)]
     images, masks = ds.stacked()
     assert images.shape == masks.shape == (2, 4, 5)
-    plan = {"index": torch.tensor([0]), "top": torch.tensor([0]), "left": torch.tensor([0]),
-            "flip_h": torch.tensor([True]), "flip_v": torch.tensor([False]),
-            "contrast": torch.tensor([1.0]), "brightness": torch.tensor([0.0])}
+    plan = {
+        "index": torch.tensor([0]),
+        "top": torch.tensor([0]),
+        "left": torch.tensor([0]),
+        "flip_h": torch.tensor([True]),
+        "flip_v": torch.tensor([False]),
+        "contrast": torch.tensor([1.0]),
+        "brightness": torch.tensor([0.0]),
+    }
     out = render_crops(images, masks, plan, 4, PreprocessSettings(mean=0.0, std=1.0 / 255))
     assert out["image"][0, 0].round().tolist() == [[20, 20, 20, 10]] + [[40, 40, 40, 30]] * 3
     assert out["mask"][0, 0].tolist() == [[0, 0, 1, 0]] + [[0, 0, 0, 0]] * 3
@@ -91,8 +106,17 @@ def test_per_image_normalisation_uses_the_whole_tiles_stats(synthetic_dataset: t
 
     dataset_dir, manifest = synthetic_dataset
     settings = {"stride": 32, "per_image": True}
-    dm = TileDataModule(str(dataset_dir), str(manifest), settings, crop_size=48, batch_size=8,
-                        defect_crop_p=1.0, samples_per_epoch=16, jitter=0.0, flip=False)
+    dm = TileDataModule(
+        str(dataset_dir),
+        str(manifest),
+        settings,
+        crop_size=48,
+        batch_size=8,
+        defect_crop_p=1.0,
+        samples_per_epoch=16,
+        jitter=0.0,
+        flip=False,
+    )
     dm.setup("fit")
     torch.manual_seed(5)
     batch = next(iter(dm.train_dataloader()))
@@ -104,11 +128,17 @@ def test_per_image_normalisation_uses_the_whole_tiles_stats(synthetic_dataset: t
         whole, _ = preprocess(ts.images[i], ts.preprocess)  # what the service feeds the network
         h, w = ts.images[i].shape
         if top + 48 <= h and left + 48 <= w:  # inside the tile: no padding differences
-            np.testing.assert_allclose(out["image"][b, 0].numpy(), whole[0, 0, top:top + 48, left:left + 48],
-                                       rtol=0, atol=1e-5)
+            np.testing.assert_allclose(
+                out["image"][b, 0].numpy(), whole[0, 0, top : top + 48, left : left + 48], rtol=0, atol=1e-5
+            )
         mean, std = image_stats(ts.images[i])
-        image = normalize(np.pad(ts.images[i], ((0, max(48 - h, 0)), (0, max(48 - w, 0))), mode="edge")
-                          [top:top + 48, left:left + 48], ts.preprocess, (mean, std))
+        image = normalize(
+            np.pad(ts.images[i], ((0, max(48 - h, 0)), (0, max(48 - w, 0))), mode="edge")[
+                top : top + 48, left : left + 48
+            ],
+            ts.preprocess,
+            (mean, std),
+        )
         np.testing.assert_allclose(out["image"][b, 0].numpy(), image, rtol=0, atol=1e-5)
 
 
@@ -137,10 +167,17 @@ def test_crop_labels_are_the_tiles_class_only_where_the_crop_shows_a_defect() ->
     images = torch.zeros((2, 16, 16), dtype=torch.uint8)
     masks = torch.zeros((2, 16, 16), dtype=torch.bool)
     masks[0, 2:4, 2:4] = True  # tile 0 (class 3): a defect at the top left; tile 1 (class 4 = free)
-    plan = {"index": torch.tensor([0, 0, 1]), "top": torch.tensor([0, 8, 0]), "left": torch.tensor([0, 8, 0]),
-            "flip_h": torch.tensor([False, False, True]), "flip_v": torch.tensor([False] * 3),
-            "contrast": torch.ones(3), "brightness": torch.zeros(3)}
-    batch = render_crops(images, masks, plan, 8, PreprocessSettings(), tile_labels=torch.tensor([3, 4]),
-                         free_label=4)
+    plan = {
+        "index": torch.tensor([0, 0, 1]),
+        "top": torch.tensor([0, 8, 0]),
+        "left": torch.tensor([0, 8, 0]),
+        "flip_h": torch.tensor([False, False, True]),
+        "flip_v": torch.tensor([False] * 3),
+        "contrast": torch.ones(3),
+        "brightness": torch.zeros(3),
+    }
+    batch = render_crops(
+        images, masks, plan, 8, PreprocessSettings(), tile_labels=torch.tensor([3, 4]), free_label=4
+    )
     assert batch["label"].tolist() == [3, 4, 4]  # the crop beside the defect is labelled free
     assert "label" not in render_crops(images, masks, plan, 8, PreprocessSettings())

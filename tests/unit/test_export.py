@@ -1,4 +1,5 @@
 """ONNX export: one graph gives the mask logits and the tile-class logits, equal to PyTorch."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,10 +23,19 @@ def gray(seed: int, shape=(70, 90)) -> np.ndarray:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    net_cfg = {"arch": "Unet", "encoder": "tf_efficientnet_lite0", "in_channels": 1, "classes": 1,
-               "decoder_channels": [16, 16, 8, 8, 8], "tile_classes": len(CLASSES)}
-    settings = ModelSettings(net=net_cfg, class_names=CLASSES,
-                             postprocess=PostprocessSettings(score_source="head", decision_threshold=0.5))
+    net_cfg = {
+        "arch": "Unet",
+        "encoder": "tf_efficientnet_lite0",
+        "in_channels": 1,
+        "classes": 1,
+        "decoder_channels": [16, 16, 8, 8, 8],
+        "tile_classes": len(CLASSES),
+    }
+    settings = ModelSettings(
+        net=net_cfg,
+        class_names=CLASSES,
+        postprocess=PostprocessSettings(score_source="head", decision_threshold=0.5),
+    )
     out = tmp_path_factory.mktemp("head") / "model"
     write_model_dir(build_net(**net_cfg).eval(), settings, out)
     export_onnx(out)
@@ -41,7 +51,10 @@ def test_one_onnx_pass_gives_mask_and_class_scores_equal_to_pytorch(model_dir: P
     assert report["max_abs_class_prob_delta"] < 1e-4 and report["mask_mismatches"] == 0
     onnx_answer = Predictor.from_dir(model_dir, backend="onnx").predict(gray(7))[0]
     torch_answer = Predictor.from_dir(model_dir, backend="torch").predict(gray(7))[0]
-    assert onnx_answer.defective == torch_answer.defective and onnx_answer.defect_class == torch_answer.defect_class
+    assert (
+        onnx_answer.defective == torch_answer.defective
+        and onnx_answer.defect_class == torch_answer.defect_class
+    )
     assert onnx_answer.score == pytest.approx(torch_answer.score, abs=1e-5)
     assert set(onnx_answer.class_scores) == set(CLASSES)
 

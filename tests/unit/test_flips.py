@@ -1,4 +1,5 @@
 """Test-time flips: one batched network pass, logits flipped back and averaged."""
+
 from __future__ import annotations
 
 import json

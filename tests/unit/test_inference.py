@@ -1,4 +1,5 @@
 """The one inference path: preprocess geometry, postprocess decisions, decode limits."""
+
 from __future__ import annotations
 
 import io
@@ -7,7 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtdefect.inference import DecodeError, DecodeLimits, PostprocessSettings, PreprocessSettings, decode_image, postprocess
+from mtdefect.inference import (
+    DecodeError,
+    DecodeLimits,
+    PostprocessSettings,
+    PreprocessSettings,
+    decode_image,
+    postprocess,
+)
 from mtdefect.inference.postprocess import restore_probability
 from mtdefect.inference.preprocess import preprocess
 

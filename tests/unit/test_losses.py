@@ -1,4 +1,5 @@
 """The loss terms, on small synthetic logit maps."""
+
 from __future__ import annotations
 
 import numpy as np

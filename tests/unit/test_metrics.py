@@ -1,4 +1,5 @@
 """Metrics against hand-computed values, empty masks included."""
+
 from __future__ import annotations
 
 import math
@@ -68,12 +69,14 @@ def rank_statistic_auroc(scores, labels) -> float:
     """An independent AUROC: the share of (positive, negative) pairs ranked right, ties one half."""
     scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
     pos, neg = scores[labels], scores[~labels]
-    return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (pos.size * neg.size))
+    return float(
+        ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (pos.size * neg.size)
+    )
 
 
 def test_library_auroc_and_curves_agree_with_an_independent_implementation() -> None:
     rng = np.random.default_rng(0)
-    for trial in range(20):
+    for _ in range(20):
         labels = rng.random(60) < 0.3
         labels[:2] = [True, False]
         scores = np.round(rng.random(60) * (0.5 + labels), 2).clip(0, 1)  # rounded: ties included

@@ -1,4 +1,5 @@
 """Hard-negative mining: scores of defect-free training tiles steer the next epochs' draw."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,16 @@ TINY_NET = dict(encoder="resnet10t", decoder_channels=[32, 16, 16, 8, 8])
 
 def _datamodule(synthetic_dataset: tuple[Path, Path]) -> TileDataModule:
     dataset_dir, manifest = synthetic_dataset
-    dm = TileDataModule(str(dataset_dir), str(manifest), {"stride": 32}, crop_size=32, batch_size=4,
-                        defect_fraction=0.6, class_balance=True, samples_per_epoch=16)
+    dm = TileDataModule(
+        str(dataset_dir),
+        str(manifest),
+        {"stride": 32},
+        crop_size=32,
+        batch_size=4,
+        defect_fraction=0.6,
+        class_balance=True,
+        samples_per_epoch=16,
+    )
     dm.setup("fit")
     return dm
 
@@ -76,8 +85,16 @@ def test_mining_inside_a_fit(synthetic_dataset: tuple[Path, Path], tmp_path: Pat
         return scores
 
     mining.score_free_tiles = recording
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", default_root_dir=tmp_path, enable_progress_bar=False,
-                         logger=False, enable_checkpointing=False, limit_val_batches=0, callbacks=[mining])
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        callbacks=[mining],
+    )
     trainer.fit(module, datamodule=dm)
     assert len(seen) == 2
     free = {i for i in range(len(dm.train_set)) if not dm.train_set.is_defective(i)}

@@ -1,5 +1,6 @@
 """Packaged ImageNet weights: every encoder tensor loaded, equal to the reference implementation,
 the 1-channel stem = the summed RGB filters, refusals on any mismatch."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -20,10 +21,14 @@ from mtdefect.model.pretrained import (
 timm = pytest.importorskip("timm")
 
 
-@pytest.mark.parametrize("encoder", ["tf_efficientnet_lite0", "efficientnet_lite0", "tf_efficientnet_lite1",
-                                     "tf_efficientnet_lite2"])
+@pytest.mark.parametrize(
+    "encoder",
+    ["tf_efficientnet_lite0", "efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"],
+)
 def test_every_encoder_tensor_is_loaded(encoder: str) -> None:
-    net = build_net(arch="Unet", encoder=encoder, in_channels=1, decoder_channels=[16, 16, 8, 8, 8], tile_classes=6)
+    net = build_net(
+        arch="Unet", encoder=encoder, in_channels=1, decoder_channels=[16, 16, 8, 8, 8], tile_classes=6
+    )
     report = load_pretrained(net, encoder, "package", in_channels=1)
     own = {k: v for k, v in net.encoder.model.state_dict().items() if not k.endswith("num_batches_tracked")}
     assert report["tensors"] == len(own) and report["adapted_stem"] == ["conv_stem.weight"]
@@ -56,7 +61,9 @@ def test_one_channel_stem_answers_as_the_rgb_network_on_a_gray_image() -> None:
     full = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True).eval()
     weights = package_state_dict("tf_efficientnet_lite0")
     full.load_state_dict({k: v for k, v in weights.items() if k in full.state_dict()}, strict=False)
-    net = build_net(arch="Unet", encoder="tf_efficientnet_lite0", in_channels=1, decoder_channels=[16, 16, 8, 8, 8])
+    net = build_net(
+        arch="Unet", encoder="tf_efficientnet_lite0", in_channels=1, decoder_channels=[16, 16, 8, 8, 8]
+    )
     load_pretrained(net, "tf_efficientnet_lite0", "package", in_channels=1)
     gray = torch.rand(1, 1, 96, 128, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -69,11 +76,14 @@ def test_one_channel_stem_answers_as_the_rgb_network_on_a_gray_image() -> None:
 def test_mismatches_refuse_the_whole_load() -> None:
     names = OrderedDict([("a", torch.Size([2, 3])), ("b", torch.Size([4]))])
     with pytest.raises(PretrainedError, match="hold 1 tensors, the timm network 2"):
-        map_by_order({"x": torch.zeros(2, 3)}, OrderedDict([("a", torch.Size([2, 3]))]) | {"c": torch.Size([1])})
+        map_by_order(
+            {"x": torch.zeros(2, 3)}, OrderedDict([("a", torch.Size([2, 3]))]) | {"c": torch.Size([1])}
+        )
     with pytest.raises(PretrainedError, match="does not fit"):
         map_by_order({"x": torch.zeros(2, 3), "y": torch.zeros(5)}, names)
-    mapped = map_by_order({"x": torch.zeros(2, 3), "y": torch.zeros(4), "z.num_batches_tracked": torch.tensor(1)},
-                          names)
+    mapped = map_by_order(
+        {"x": torch.zeros(2, 3), "y": torch.zeros(4), "z.num_batches_tracked": torch.tensor(1)}, names
+    )
     assert list(mapped) == ["a", "b"]
     with pytest.raises(PretrainedError, match="no installed package"):
         package_weights_path("resnet18")

@@ -1,4 +1,5 @@
 """Split: stratified, deterministic, disjoint; manifest columns and hashes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +9,11 @@ from pathlib import Path
 
 from mtdefect.data.split import assign_splits, make_split, read_manifest
 
-SAMPLES = [(c, f"s{i:03d}") for c, n in (("MT_Free", 100), ("MT_Crack", 20), ("MT_Fray", 7), ("MT_Break", 3)) for i in range(n)]
+SAMPLES = [
+    (c, f"s{i:03d}")
+    for c, n in (("MT_Free", 100), ("MT_Crack", 20), ("MT_Fray", 7), ("MT_Break", 3))
+    for i in range(n)
+]
 
 
 def test_stratified_by_class() -> None:
@@ -17,7 +22,9 @@ def test_stratified_by_class() -> None:
     assert per_class[("MT_Free", "test")] == 15 and per_class[("MT_Free", "val")] == 15
     assert per_class[("MT_Crack", "test")] == 3 and per_class[("MT_Crack", "val")] == 3
     for cls in ("MT_Fray", "MT_Break"):  # small classes still reach every split
-        assert per_class[(cls, "test")] >= 1 and per_class[(cls, "val")] >= 1 and per_class[(cls, "train")] >= 1
+        assert (
+            per_class[(cls, "test")] >= 1 and per_class[(cls, "val")] >= 1 and per_class[(cls, "train")] >= 1
+        )
 
 
 def test_deterministic_and_independent_of_input_order() -> None:

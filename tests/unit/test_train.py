@@ -1,4 +1,5 @@
 """Training: a Lightning fast_dev_run on synthetic tiles, and train(cfg) through the real Hydra config."""
+
 from __future__ import annotations
 
 import json
@@ -24,10 +25,13 @@ CLASSES = ["MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Free", "MT_Unev
 @pytest.mark.parametrize("tile_classes", [[], CLASSES])
 def test_fast_dev_run(synthetic_dataset: tuple[Path, Path], tmp_path: Path, tile_classes: list[str]) -> None:
     dataset_dir, manifest = synthetic_dataset
-    dm = TileDataModule(str(dataset_dir), str(manifest), {"stride": 32}, crop_size=32, batch_size=4,
-                        class_names=tile_classes)
+    dm = TileDataModule(
+        str(dataset_dir), str(manifest), {"stride": 32}, crop_size=32, batch_size=4, class_names=tile_classes
+    )
     module = SegmentationModule(**TINY_NET, tile_classes=tile_classes)
-    trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", default_root_dir=tmp_path, enable_progress_bar=False)
+    trainer = pl.Trainer(
+        fast_dev_run=True, accelerator="cpu", default_root_dir=tmp_path, enable_progress_bar=False
+    )
     trainer.fit(module, datamodule=dm)
     assert trainer.state.finished
     assert np.isfinite(trainer.callback_metrics["train/loss"].item())
@@ -40,13 +44,23 @@ def test_fast_dev_run(synthetic_dataset: tuple[Path, Path], tmp_path: Path, tile
 def test_sampler_shares(synthetic_dataset: tuple[Path, Path], class_balance: bool) -> None:
     """defect_fraction of the draws go to defective tiles; class_balance splits them evenly by class."""
     dataset_dir, manifest = synthetic_dataset
-    dm = TileDataModule(str(dataset_dir), str(manifest), {"stride": 32}, crop_size=32, defect_fraction=0.6,
-                        class_balance=class_balance, samples_per_epoch=100)
+    dm = TileDataModule(
+        str(dataset_dir),
+        str(manifest),
+        {"stride": 32},
+        crop_size=32,
+        defect_fraction=0.6,
+        class_balance=class_balance,
+        samples_per_epoch=100,
+    )
     dm.setup("fit")
     ts = dm.train_set  # make the classes unequal: keep one tile of the first defect class
     rare = next(r.class_name for r in ts.records if r.class_name != "MT_Free")
-    keep = [i for i, r in enumerate(ts.records) if r.class_name != rare or i == min(
-        j for j, q in enumerate(ts.records) if q.class_name == rare)]
+    keep = [
+        i
+        for i, r in enumerate(ts.records)
+        if r.class_name != rare or i == min(j for j, q in enumerate(ts.records) if q.class_name == rare)
+    ]
     for name in ("records", "images", "masks", "defect_pixels"):
         setattr(ts, name, [getattr(ts, name)[i] for i in keep])
     weights = dm._sampler().weights
@@ -83,16 +97,31 @@ def compose_cfg(tmp_path: Path, dataset: tuple[Path, Path], *extra: str):
 
 
 def test_train_writes_a_model_folder(synthetic_dataset: tuple[Path, Path], tmp_path: Path) -> None:
-    cfg = compose_cfg(tmp_path, synthetic_dataset, "calibration.thresholds=[0.4,0.6]", "calibration.min_areas=[0,8]",
-                      "calibration.test_time_flips=[[],[vertical]]")
+    cfg = compose_cfg(
+        tmp_path,
+        synthetic_dataset,
+        "calibration.thresholds=[0.4,0.6]",
+        "calibration.min_areas=[0,8]",
+        "calibration.test_time_flips=[[],[vertical]]",
+    )
     result = train(cfg)
-    assert {"val/dice", "val/recall", "val/objective", "val/false_alarm_rate", "val/auroc", "train/seconds"} <= set(result)
-    assert {k for k in result if k.startswith("val/dice/")} == {f"val/dice/{c}" for c in ("MT_Blowhole", "MT_Break",
-                                                                                         "MT_Crack", "MT_Fray", "MT_Uneven")}
+    assert {
+        "val/dice",
+        "val/recall",
+        "val/objective",
+        "val/false_alarm_rate",
+        "val/auroc",
+        "train/seconds",
+    } <= set(result)
+    assert {k for k in result if k.startswith("val/dice/")} == {
+        f"val/dice/{c}" for c in ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven")
+    }
     settings = ModelSettings.load(tmp_path / "model")
     assert settings.net["encoder"] == cfg.model.encoder and "pretrained" not in settings.net
     # the default: the packaged ImageNet weights, every encoder tensor, and a tile-class head
-    assert settings.info["pretrained"]["source"] == "package" and settings.info["pretrained"]["tensors"] == 240
+    assert (
+        settings.info["pretrained"]["source"] == "package" and settings.info["pretrained"]["tensors"] == 240
+    )
     assert settings.net["tile_classes"] == 6 and list(settings.class_names) == CLASSES
     assert "val/class_accuracy" in result and "val/mean_class_dice" in result
     assert settings.postprocess.threshold in (0.4, 0.6) and settings.postprocess.min_region_area in (0, 8)
@@ -100,8 +129,16 @@ def test_train_writes_a_model_folder(synthetic_dataset: tuple[Path, Path], tmp_p
     report = json.loads((tmp_path / "model" / "calibration.json").read_text())
     assert len(report["mask"]) == 4
     assert {(r["score_source"], r["score_window"]) for r in report["decision"]} == {
-        ("head", 1), ("mask", 1), ("mask", 5), ("mask", 9), ("mask", 15)}
-    assert settings.postprocess.score_window in (1, 5, 9, 15) and 0 <= settings.postprocess.decision_threshold <= 1
+        ("head", 1),
+        ("mask", 1),
+        ("mask", 5),
+        ("mask", 9),
+        ("mask", 15),
+    }
+    assert (
+        settings.postprocess.score_window in (1, 5, 9, 15)
+        and 0 <= settings.postprocess.decision_threshold <= 1
+    )
     assert report["chosen"]["decision_threshold"] == settings.postprocess.decision_threshold
     # both candidate flip sets were calibrated in full; the saved model runs the winner
     assert [row["flips"] for row in report["test_time_flips"]] == [[], ["vertical"]]
@@ -149,8 +186,9 @@ def test_hub_weights_are_asked_of_timm(monkeypatch: pytest.MonkeyPatch, pretrain
 def test_gpu_recipe_composes_and_runs_on_cpu(synthetic_dataset: tuple[Path, Path], tmp_path: Path) -> None:
     """experiment=gpu_full on the CPU with tiny sizes: EMA, class balance, crop plans from loader
     workers, the time cap, and the model folder all work together (the GPU itself is not tested here)."""
-    cfg = compose_cfg(tmp_path, synthetic_dataset, "experiment=gpu_full", "trainer.accelerator=cpu",
-                      "trainer.devices=1")
+    cfg = compose_cfg(
+        tmp_path, synthetic_dataset, "experiment=gpu_full", "trainer.accelerator=cpu", "trainer.devices=1"
+    )
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.max_time == "00:00:10:00"
     assert cfg.callbacks.ema._target_.endswith("EMAWeightAveraging") and cfg.data.module.class_balance
     assert cfg.data.module.num_workers == 2 and cfg.model.channels_last

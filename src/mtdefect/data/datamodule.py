@@ -1,4 +1,5 @@
 """LightningDataModule: manifest + dataset folder → train/val/test loaders."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -64,29 +65,50 @@ class TileDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and stage in (None, "fit"):
             self.train_set = TileDataset(
-                self.dataset_dir, read_manifest(self.manifest, "train"), self.preprocess, train=True,
-                crop_size=self.crop_size, defect_crop_p=self.defect_crop_p, flip=self.flip, jitter=self.jitter,
+                self.dataset_dir,
+                read_manifest(self.manifest, "train"),
+                self.preprocess,
+                train=True,
+                crop_size=self.crop_size,
+                defect_crop_p=self.defect_crop_p,
+                flip=self.flip,
+                jitter=self.jitter,
                 class_names=self.class_names,
             )
         if self.val_set is None and stage in (None, "fit", "validate"):
-            self.val_set = TileDataset(self.dataset_dir, read_manifest(self.manifest, "val"), self.preprocess,
-                                       train=False, class_names=self.class_names)
+            self.val_set = TileDataset(
+                self.dataset_dir,
+                read_manifest(self.manifest, "val"),
+                self.preprocess,
+                train=False,
+                class_names=self.class_names,
+            )
 
     def _sampler(self) -> WeightedRandomSampler | None:
         assert self.train_set is not None
         n = self.samples_per_epoch or len(self.train_set)
         flags = torch.tensor([self.train_set.is_defective(i) for i in range(len(self.train_set))])
         if self.defect_fraction is None or flags.all() or (~flags).all():
-            return WeightedRandomSampler(torch.ones(len(flags)), n, replacement=True) if self.samples_per_epoch else None
+            return (
+                WeightedRandomSampler(torch.ones(len(flags)), n, replacement=True)
+                if self.samples_per_epoch
+                else None
+            )
         n_def = flags.sum().item()
         defect_share = torch.full((len(flags),), 1.0 / n_def, dtype=torch.double)
         if self.class_balance:
             classes = [record.class_name for record in self.train_set.records]
             defect_classes = Counter(c for c, flag in zip(classes, flags.tolist()) if flag)
-            defect_share = torch.tensor([1.0 / (len(defect_classes) * defect_classes[c]) if defect_classes[c] else 0.0
-                                         for c in classes], dtype=torch.double)
-        weights = torch.where(flags, self.defect_fraction * defect_share,
-                              (1 - self.defect_fraction) / (len(flags) - n_def))
+            defect_share = torch.tensor(
+                [
+                    1.0 / (len(defect_classes) * defect_classes[c]) if defect_classes[c] else 0.0
+                    for c in classes
+                ],
+                dtype=torch.double,
+            )
+        weights = torch.where(
+            flags, self.defect_fraction * defect_share, (1 - self.defect_fraction) / (len(flags) - n_def)
+        )
         return WeightedRandomSampler(weights.double(), n, replacement=True)
 
     def reweight_free_tiles(self, scores: dict[int, float], hard_share: float) -> None:
@@ -95,7 +117,9 @@ class TileDataModule(pl.LightningDataModule):
         the next epoch: the sampler draws from its weights tensor afresh each epoch."""
         sampler = self._train_sampler
         if sampler is None:
-            raise RuntimeError("reweight_free_tiles needs the weighted training sampler (defect_fraction set)")
+            raise RuntimeError(
+                "reweight_free_tiles needs the weighted training sampler (defect_fraction set)"
+            )
         weights = sampler.weights
         index = torch.tensor(sorted(scores))
         values = torch.tensor([max(float(scores[i]), 0.0) for i in index.tolist()], dtype=weights.dtype)
@@ -109,12 +133,19 @@ class TileDataModule(pl.LightningDataModule):
         sampler = self._sampler()
         self._train_sampler = sampler
         return DataLoader(
-            self.train_set, batch_size=self.batch_size, sampler=sampler, shuffle=sampler is None,
-            num_workers=self.num_workers, drop_last=len(self.train_set) > self.batch_size,
-            persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory,
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=sampler is None,
+            num_workers=self.num_workers,
+            drop_last=len(self.train_set) > self.batch_size,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
         )
 
-    def on_after_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+    def on_after_batch_transfer(
+        self, batch: dict[str, torch.Tensor], dataloader_idx: int
+    ) -> dict[str, torch.Tensor]:
         """Training batches arrive as crop plans; the pixels are cut here, on the model's device,
         from the training tiles, which are copied there once."""
         if "top" not in batch:
@@ -126,10 +157,23 @@ class TileDataModule(pl.LightningDataModule):
             tensors = (*self.train_set.stacked(), self.train_set.tile_stats(), labels)
             self._stacked = tuple(t.to(device) for t in tensors)  # type: ignore[assignment]
         images, masks, stats, labels = self._stacked
-        return render_crops(images, masks, batch, self.crop_size, self.preprocess, stats,
-                            tile_labels=labels if self.class_names else None, free_label=self.free_label)
+        return render_crops(
+            images,
+            masks,
+            batch,
+            self.crop_size,
+            self.preprocess,
+            stats,
+            tile_labels=labels if self.class_names else None,
+            free_label=self.free_label,
+        )
 
     def val_dataloader(self) -> DataLoader:
         # whole images of varied sizes: one per batch
-        return DataLoader(self.val_set, batch_size=1, shuffle=False, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.val_set,
+            batch_size=1,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )

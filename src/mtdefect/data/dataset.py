@@ -1,4 +1,5 @@
 """Torch datasets over the manifest. Images go through inference.preprocess, the one implementation."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,7 +50,9 @@ class TileDataset(Dataset):
         self.class_names = tuple(class_names)
         unknown = sorted({r.class_name for r in records} - set(self.class_names)) if self.class_names else []
         if unknown:
-            raise ValueError(f"the manifest has classes {unknown} outside the configured {list(self.class_names)}")
+            raise ValueError(
+                f"the manifest has classes {unknown} outside the configured {list(self.class_names)}"
+            )
         # each tile's class index (-1 without class names): the tile head's target
         self.labels = [self.class_names.index(r.class_name) if self.class_names else -1 for r in records]
         self.preprocess = preprocess
@@ -96,8 +99,14 @@ class TileDataset(Dataset):
         pixels = self.defect_pixels[index]
         if len(pixels) and torch.rand(()).item() < self.defect_crop_p:
             cy, cx = pixels[torch.randint(len(pixels), ()).item()]
-            top = int(np.clip(cy - size // 2 + torch.randint(-size // 4, size // 4 + 1, ()).item(), 0, height - size))
-            left = int(np.clip(cx - size // 2 + torch.randint(-size // 4, size // 4 + 1, ()).item(), 0, width - size))
+            top = int(
+                np.clip(
+                    cy - size // 2 + torch.randint(-size // 4, size // 4 + 1, ()).item(), 0, height - size
+                )
+            )
+            left = int(
+                np.clip(cx - size // 2 + torch.randint(-size // 4, size // 4 + 1, ()).item(), 0, width - size)
+            )
         else:
             top = torch.randint(height - size + 1, ()).item()
             left = torch.randint(width - size + 1, ()).item()
@@ -112,8 +121,11 @@ class TileDataset(Dataset):
             contrast = 1.0 + (torch.rand(()).item() * 2 - 1) * self.jitter
             brightness = (torch.rand(()).item() * 2 - 1) * self.jitter / self.preprocess.std
         return {
-            "index": torch.tensor(index), "top": torch.tensor(top), "left": torch.tensor(left),
-            "flip_h": torch.tensor(flip_h), "flip_v": torch.tensor(flip_v),
+            "index": torch.tensor(index),
+            "top": torch.tensor(top),
+            "left": torch.tensor(left),
+            "flip_h": torch.tensor(flip_h),
+            "flip_v": torch.tensor(flip_v),
             "contrast": torch.tensor(contrast, dtype=torch.float32),
             "brightness": torch.tensor(brightness, dtype=torch.float32),
         }
@@ -137,9 +149,14 @@ class TileDataset(Dataset):
 
 
 def render_crops(
-    images: torch.Tensor, masks: torch.Tensor, plan: dict[str, torch.Tensor], size: int,
-    preprocess: PreprocessSettings, tile_stats: torch.Tensor | None = None,
-    tile_labels: torch.Tensor | None = None, free_label: int = -1,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    plan: dict[str, torch.Tensor],
+    size: int,
+    preprocess: PreprocessSettings,
+    tile_stats: torch.Tensor | None = None,
+    tile_labels: torch.Tensor | None = None,
+    free_label: int = -1,
 ) -> dict[str, torch.Tensor]:
     """A batch of crop plans → {"image": (B, 1, size, size) float32, "mask": same, 0/1}, computed on
     the device of ``images`` by one gather: flips are reversed index ranges, the jitter is
@@ -163,5 +180,7 @@ def render_crops(
     batch = {"image": image[:, None].contiguous(), "mask": crop_masks[:, None].float()}
     if tile_labels is not None:
         holds_defect = crop_masks.flatten(1).any(1)
-        batch["label"] = torch.where(holds_defect, tile_labels[plan["index"]], torch.full_like(plan["index"], free_label))
+        batch["label"] = torch.where(
+            holds_defect, tile_labels[plan["index"]], torch.full_like(plan["index"], free_label)
+        )
     return batch

@@ -1,4 +1,5 @@
 """Hard-negative mining: draw the defect-free tiles the model currently flags more often."""
+
 from __future__ import annotations
 
 import lightning.pytorch as pl
@@ -20,8 +21,9 @@ class HardNegativeMining(pl.Callback):
     alarm) come up a dozen times in a whole run. The defect share and its class balance are untouched.
     """
 
-    def __init__(self, start_epoch: int = 10, every_n_epochs: int = 5, hard_share: float = 0.5,
-                 window: int = 5) -> None:
+    def __init__(
+        self, start_epoch: int = 10, every_n_epochs: int = 5, hard_share: float = 0.5, window: int = 5
+    ) -> None:
         if not 0.0 <= hard_share <= 1.0:
             raise ValueError(f"hard_share must be in [0, 1], got {hard_share}")
         self.start_epoch = start_epoch

@@ -6,6 +6,7 @@ Output layout (written atomically: a staging folder renamed into place at the en
     <out>/MT_<Class>/<stem>.png   the mask, binarised: 255 where the source mask is > 127, else 0
     <out>/dataset.json            counts, source and the archive's sha256 (written last)
 """
+
 from __future__ import annotations
 
 import io
@@ -17,9 +18,9 @@ import sys
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -62,9 +63,10 @@ def download(url: str, dest: Path, timeout: float = 30.0) -> Path:
         with requests.get(url, stream=True, timeout=timeout) as response:
             response.raise_for_status()
             total = int(response.headers.get("content-length", 0)) or None
-            with open(dest, "wb") as out, tqdm(
-                total=total, unit="B", unit_scale=True, desc="download", file=sys.stderr
-            ) as bar:
+            with (
+                open(dest, "wb") as out,
+                tqdm(total=total, unit="B", unit_scale=True, desc="download", file=sys.stderr) as bar,
+            ):
                 for block in response.iter_content(chunk_size=1 << 20):
                     out.write(block)
                     bar.update(len(block))
@@ -104,7 +106,9 @@ def iter_zip(path: Path) -> Iterator[Sample]:
             if info.is_dir() or not match:
                 continue
             if info.file_size > MAX_MEMBER_BYTES:
-                raise DataSourceError(f"archive member {info.filename} is implausibly large ({info.file_size} B)")
+                raise DataSourceError(
+                    f"archive member {info.filename} is implausibly large ({info.file_size} B)"
+                )
             total += info.file_size
             if total > MAX_TOTAL_BYTES:
                 raise DataSourceError("archive unpacks to more than 4 GiB: refusing it")
@@ -168,8 +172,12 @@ def write_dataset(samples: Iterator[Sample], out_dir: Path, summary: dict) -> di
             (folder / f"{sample.stem}.jpg").write_bytes(sample.image)
             Image.fromarray(mask).save(folder / f"{sample.stem}.png", optimize=False)
             counts[sample.class_name] = counts.get(sample.class_name, 0) + 1
-        summary = {**summary, "classes": dict(sorted(counts.items())), "images": sum(counts.values()),
-                   "mask_threshold": MASK_THRESHOLD}
+        summary = {
+            **summary,
+            "classes": dict(sorted(counts.items())),
+            "images": sum(counts.values()),
+            "mask_threshold": MASK_THRESHOLD,
+        }
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True))
         if out_dir.exists():
             trash = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
@@ -194,7 +202,9 @@ def load_dataset(source: str, out_dir: str | Path, sha256: str | None = None) ->
     source = str(source).strip()
     if not source:
         raise DataSourceError(f"no data source given; {ENV_HINT}")
-    with tempfile.TemporaryDirectory(prefix=".download-", dir=out_dir.parent if out_dir.parent.exists() else None) as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix=".download-", dir=out_dir.parent if out_dir.parent.exists() else None
+    ) as tmp:
         if is_url(source):
             path = download(source, Path(tmp) / "archive.zip")
         else:
@@ -219,5 +229,7 @@ def read_summary(dataset_dir: str | Path) -> dict:
     """The dataset's summary; its absence means the folder is not a complete dataset."""
     path = Path(dataset_dir) / SUMMARY_FILE
     if not path.exists():
-        raise DataSourceError(f"{dataset_dir} is not a complete dataset (no {SUMMARY_FILE}); rerun the data stage")
+        raise DataSourceError(
+            f"{dataset_dir} is not a complete dataset (no {SUMMARY_FILE}); rerun the data stage"
+        )
     return json.loads(path.read_text())

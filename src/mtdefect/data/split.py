@@ -1,4 +1,5 @@
 """Stratified, seeded train/val/test split of a dataset folder, written as a manifest CSV."""
+
 from __future__ import annotations
 
 import csv
@@ -110,8 +111,15 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[Record]:
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     records = [
-        Record(r["image"], r["mask"], r["class"], r["split"], r["sha256"], r.get("mask_sha256", ""),
-               r.get("archive_sha256", ""))
+        Record(
+            r["image"],
+            r["mask"],
+            r["class"],
+            r["split"],
+            r["sha256"],
+            r.get("mask_sha256", ""),
+            r.get("archive_sha256", ""),
+        )
         for r in rows
     ]
     return [r for r in records if split is None or r.split == split]

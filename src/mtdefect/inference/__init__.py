@@ -2,6 +2,7 @@
 
 Nothing in this package imports Lightning, the data pipeline or training code.
 """
+
 from mtdefect.inference.decode import DecodeError, DecodeLimits, decode_image
 from mtdefect.inference.postprocess import Prediction, Region, postprocess
 from mtdefect.inference.predictor import Predictor

@@ -1,4 +1,5 @@
 """Bytes → validated 8-bit grayscale image, with limits checked before pixels are decoded."""
+
 from __future__ import annotations
 
 import io
@@ -74,7 +75,9 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarr
         except Exception as exc:  # PIL raises a zoo of errors on hostile headers
             raise DecodeError(f"unreadable image header: {type(exc).__name__}") from None
         if img.format not in ALLOWED_FORMATS:
-            raise DecodeError(f"image format {img.format} not accepted (JPEG, PNG, BMP or TIFF expected)", 415)
+            raise DecodeError(
+                f"image format {img.format} not accepted (JPEG, PNG, BMP or TIFF expected)", 415
+            )
         width, height = img.size
         if width * height > limits.max_pixels or max(width, height) > limits.max_side:
             raise DecodeError(

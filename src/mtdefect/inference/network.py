@@ -4,9 +4,11 @@ tile-level head. Imports torch and smp only, so the service rebuilds a network w
 Pretrained weights are a training concern (``mtdefect.model.pretrained``): a stored model's net
 config always rebuilds the architecture without weights and then loads its own safetensors.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +30,7 @@ class TileHead(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         pooled = []
-        for feature in features[-self.stages:]:
+        for feature in features[-self.stages :]:
             pooled += [feature.mean(dim=(2, 3)), feature.amax(dim=(2, 3))]
         return self.linear(self.dropout(torch.cat(pooled, dim=1).float()))
 
@@ -93,7 +95,9 @@ def build_net(
     return SegmenterWithTileHead(segmenter, TileHead(channels, int(tile_classes), head_dropout))
 
 
-def split_outputs(output: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def split_outputs(
+    output: torch.Tensor | tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A network's output as (pixel logits, tile logits or None), whichever builder made it."""
     if isinstance(output, (tuple, list)):
         return output[0], output[1]

@@ -1,8 +1,9 @@
 """Network output → probability map at the input's size → mask, regions, score and a decision."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -23,9 +24,13 @@ class Region:
     class_score: float | None = None  # the tile head's probability of that class
 
     def to_dict(self) -> dict:
-        return {"bbox": list(self.bbox), "area": self.area, "score": round(self.score, 6),
-                "class": self.class_name,
-                "class_score": None if self.class_score is None else round(self.class_score, 6)}
+        return {
+            "bbox": list(self.bbox),
+            "area": self.area,
+            "score": round(self.score, 6),
+            "class": self.class_name,
+            "class_score": None if self.class_score is None else round(self.class_score, 6),
+        }
 
 
 @dataclass
@@ -61,8 +66,9 @@ def softmax_scores(tile_logits: np.ndarray | None, class_names: Sequence[str]) -
     return {name: float(p) for name, p in zip(class_names, probs)}
 
 
-def tile_score(probability: np.ndarray, settings: PostprocessSettings,
-               class_scores: Mapping[str, float] | None = None) -> float:
+def tile_score(
+    probability: np.ndarray, settings: PostprocessSettings, class_scores: Mapping[str, float] | None = None
+) -> float:
     """The image score the decision compares with ``decision_threshold`` (``settings.score_source``)."""
     if settings.score_source == "head":
         if not class_scores or settings.free_class not in class_scores:
@@ -122,8 +128,9 @@ def find_regions(probability: np.ndarray, threshold: float, min_area: int) -> tu
     return mask, regions
 
 
-def postprocess(probability: np.ndarray, settings: PostprocessSettings,
-                class_scores: Mapping[str, float] | None = None) -> Prediction:
+def postprocess(
+    probability: np.ndarray, settings: PostprocessSettings, class_scores: Mapping[str, float] | None = None
+) -> Prediction:
     """Threshold, drop small regions, score the image, decide (see PostprocessSettings). With the
     tile head's ``class_scores``, a tile judged defective gets the most probable defect class, and
     its regions carry it."""
@@ -139,5 +146,12 @@ def postprocess(probability: np.ndarray, settings: PostprocessSettings,
     defect_class = defect_class_of(scores, settings.free_class) if defective else None
     if defect_class is not None:
         regions = [replace(r, class_name=defect_class, class_score=scores[defect_class]) for r in regions]
-    return Prediction(probability=probability, mask=mask, score=score, defective=defective, regions=regions,
-                      class_scores=scores, defect_class=defect_class)
+    return Prediction(
+        probability=probability,
+        mask=mask,
+        score=score,
+        defective=defective,
+        regions=regions,
+        class_scores=scores,
+        defect_class=defect_class,
+    )

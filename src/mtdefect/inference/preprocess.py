@@ -1,4 +1,5 @@
 """Grayscale image → network input. The only implementation: training, evaluation and serving call it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

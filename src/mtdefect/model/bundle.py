@@ -1,4 +1,5 @@
 """Write a trained network as a model folder: settings.json + weights.safetensors (no pickle)."""
+
 from __future__ import annotations
 
 import os

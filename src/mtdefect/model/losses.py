@@ -1,4 +1,5 @@
 """Segmentation losses: weighted sums of smp's losses, chosen by config."""
+
 from __future__ import annotations
 
 import torch
@@ -66,9 +67,18 @@ class CombinedLoss(nn.Module):
     the Dice term is ``PerImageDiceLoss`` (each defective crop weighs the same) instead of smp's
     batch-pooled Dice."""
 
-    def __init__(self, bce: float = 1.0, dice: float = 1.0, focal: float = 0.0, tversky: float = 0.0,
-                 lovasz: float = 0.0, pos_weight: float | None = None, tile: float = 0.0,
-                 tile_window: int = 5, dice_per_image: bool = False) -> None:
+    def __init__(
+        self,
+        bce: float = 1.0,
+        dice: float = 1.0,
+        focal: float = 0.0,
+        tversky: float = 0.0,
+        lovasz: float = 0.0,
+        pos_weight: float | None = None,
+        tile: float = 0.0,
+        tile_window: int = 5,
+        dice_per_image: bool = False,
+    ) -> None:
         super().__init__()
         import segmentation_models_pytorch as smp
 

@@ -1,9 +1,11 @@
 """LightningModule: a segmentation net with an optional tile-class head, their losses, the optimiser
 and schedule, and the validation numbers checkpoints are chosen by."""
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -44,7 +46,9 @@ class SegmentationModule(pl.LightningModule):
         head = {"stages": 2, "dropout": 0.2, "weight": 0.5, **(head or {})}
         self.class_names = tuple(tile_classes)
         if self.class_names and free_class not in self.class_names:
-            raise ValueError(f"tile_classes {list(self.class_names)} must include the free class {free_class!r}")
+            raise ValueError(
+                f"tile_classes {list(self.class_names)} must include the free class {free_class!r}"
+            )
         self.free_index = self.class_names.index(free_class) if self.class_names else -1
         self.head_weight = float(head["weight"]) if self.class_names else 0.0
         self.net_config: dict[str, Any] = {
@@ -58,7 +62,9 @@ class SegmentationModule(pl.LightningModule):
             "head_dropout": float(head["dropout"]),
         }
         self.net = build_net(**self.net_config)
-        self.pretrained_report = load_pretrained(self.net, encoder, pretrained_source(pretrained), in_channels)
+        self.pretrained_report = load_pretrained(
+            self.net, encoder, pretrained_source(pretrained), in_channels
+        )
         self.loss_fn = CombinedLoss(**(loss or {}))
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -81,10 +87,19 @@ class SegmentationModule(pl.LightningModule):
         loss = self.loss_fn(logits.float(), batch["mask"])
         head = self.head_loss(tile_logits, batch.get("label"))
         if head is not None:
-            self.log("train/head_loss", head, on_step=False, on_epoch=True, batch_size=len(logits), sync_dist=True)
+            self.log(
+                "train/head_loss", head, on_step=False, on_epoch=True, batch_size=len(logits), sync_dist=True
+            )
             loss = loss + self.head_weight * head
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits),
-                 sync_dist=True)  # DDP: the mean over ranks, not rank 0's share
+        self.log(
+            "train/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(logits),
+            sync_dist=True,
+        )  # DDP: the mean over ranks, not rank 0's share
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -124,14 +139,18 @@ class SegmentationModule(pl.LightningModule):
             defective = labels != self.free_index
             auroc = binary_auroc(1 - probs[:, self.free_index].numpy(), defective.numpy())
             accuracy = (probs.argmax(1) == labels).float().mean()
-            self.log("val/head_auroc", float(0.0 if math.isnan(auroc) else auroc), prog_bar=True, sync_dist=False)
+            self.log(
+                "val/head_auroc", float(0.0 if math.isnan(auroc) else auroc), prog_bar=True, sync_dist=False
+            )
             self.log("val/class_accuracy", accuracy, sync_dist=False)
             selection = 0.5 * (selection + float(0.0 if math.isnan(auroc) else auroc))
         # what checkpoints are chosen by: Dice, averaged with the head's AUROC when there is a head
         self.log("val/selection", selection, sync_dist=False)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         epochs = max(int(self.trainer.max_epochs or 1), 1)
         warmup = min(total // 2, total * self.hparams.warmup_epochs // epochs)

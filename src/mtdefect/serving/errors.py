@@ -1,4 +1,5 @@
 """Every refusal the API makes: a status code and a JSON body ``{"error": "<what was wrong>"}``."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

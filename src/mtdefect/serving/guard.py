@@ -7,6 +7,7 @@ seeing an ``application/vnd.bentoml+pickle`` body), declared Content-Length (413
 Added with ``Service.add_asgi_middleware``: BentoML places it inside its traffic middlewares (so
 MT_MAX_CONCURRENCY and MT_TIMEOUT_S apply first) and outside its CORS and context middlewares.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -20,7 +21,9 @@ from mtdefect.serving.upload import check_content_length, check_content_type
 
 
 class ApiGuard:
-    def __init__(self, app: Any, paths: Iterable[str], max_body_bytes: int, api_key: str | None = None) -> None:
+    def __init__(
+        self, app: Any, paths: Iterable[str], max_body_bytes: int, api_key: str | None = None
+    ) -> None:
         self.app = app
         self.paths = frozenset(paths)
         self.max_body_bytes = max_body_bytes
@@ -42,8 +45,11 @@ class ApiGuard:
         if self.api_key is not None:
             scheme, _, token = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key):
-                raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                               {"WWW-Authenticate": "Bearer"})
+                raise ApiError(
+                    401,
+                    "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                    {"WWW-Authenticate": "Bearer"},
+                )
         if method != "POST":
             raise ApiError(405, f"method {method} not allowed: use POST", {"Allow": "POST"})
         check_content_type(headers.get("content-type"))

@@ -7,6 +7,7 @@ answer 500 to some malformed uploads, download URLs given in place of files, and
 ``application/vnd.bentoml+pickle`` bodies in non-main services — out of the request path, while
 the OpenAPI document still says exactly what to send.
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,12 +57,16 @@ class RegionOut(BaseModel):
     area: int = Field(ge=1, description="defect pixels in the region")
     score: float = Field(ge=0.0, le=1.0, description="highest defect probability inside the region")
     class_name: str | None = Field(
-        default=None, alias="class",
+        default=None,
+        alias="class",
         description="the region's defect class: the tile's defect_class, carried to each of its regions "
         "(null for models without a class head)",
     )
     class_score: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="the class head's probability of that class (null without a head)"
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="the class head's probability of that class (null without a head)",
     )
 
 
@@ -75,21 +80,31 @@ class DetectResult(bentoml.IODescriptor):
         "at least one defect region was found); a tile judged clean has no regions"
     )
     score: float = Field(
-        ge=0.0, le=1.0,
+        ge=0.0,
+        le=1.0,
         description="image-level defect score (see score_source): 'head': 1 - P(MT_Free) from the model's "
         "tile-class head; 'mask': the highest mean defect probability over any window of the model's "
         "score_window x score_window pixels",
     )
     score_source: str = Field(description="where score comes from: 'head' (tile-class head) or 'mask'")
     decision_threshold: float | None = Field(
-        ge=0.0, le=1.0, description="score at or above which the tile is defective (chosen on validation to keep "
-        "false alarms within budget); null for models that decide by regions"
+        ge=0.0,
+        le=1.0,
+        description="score at or above which the tile is defective (chosen on validation to keep "
+        "false alarms within budget); null for models that decide by regions",
     )
-    threshold: float = Field(ge=0.0, le=1.0, description="pixel probability at or above which a pixel is a defect")
-    defect_area_fraction: float = Field(ge=0.0, le=1.0, description="fraction of the image's pixels marked defect")
-    regions: list[RegionOut] = Field(description="connected defect regions (8-connectivity) that passed the minimum area")
+    threshold: float = Field(
+        ge=0.0, le=1.0, description="pixel probability at or above which a pixel is a defect"
+    )
+    defect_area_fraction: float = Field(
+        ge=0.0, le=1.0, description="fraction of the image's pixels marked defect"
+    )
+    regions: list[RegionOut] = Field(
+        description="connected defect regions (8-connectivity) that passed the minimum area"
+    )
     defect_class: str | None = Field(
-        description="the most probable defect class (MT_Blowhole, MT_Break, MT_Crack, MT_Fray, MT_Uneven) of a "
+        description="the most probable defect class (MT_Blowhole, MT_Break, MT_Crack, MT_Fray, MT_Uneven) "
+        "of a "
         "tile judged defective; null when the tile is judged clean or the model has no class head"
     )
     class_scores: dict[str, float] = Field(
@@ -97,7 +112,9 @@ class DetectResult(bentoml.IODescriptor):
         "empty for models without a class head"
     )
     model: str = Field(description="model store tag that produced this answer")
-    inference_ms: float = Field(ge=0.0, description="model time incl. pre/post-processing, excl. upload and decoding")
+    inference_ms: float = Field(
+        ge=0.0, description="model time incl. pre/post-processing, excl. upload and decoding"
+    )
 
 
 class PngImage(bentoml.IODescriptor):
@@ -163,7 +180,9 @@ def with_error_responses(spec: dict[str, Any]) -> dict[str, Any]:
     schemas["Error"] = {
         "type": "object",
         "title": "Error",
-        "properties": {"error": {"type": "string", "description": ErrorBody.model_fields["error"].description}},
+        "properties": {
+            "error": {"type": "string", "description": ErrorBody.model_fields["error"].description}
+        },
         "required": ["error"],
     }
     for route in API_ROUTES:

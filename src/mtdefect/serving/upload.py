@@ -4,6 +4,7 @@ The body is read with a byte cap (a client that lies about, or omits, Content-Le
 soon as the cap is passed) and parsed in memory with python-multipart's streaming parser, so no
 temporary files are written and every malformed input ends in a 4xx we chose.
 """
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterable
@@ -26,11 +27,16 @@ def check_content_type(content_type: str | None) -> None:
     if media_type == MULTIPART:
         return
     if media_type == PICKLE:
-        raise ApiError(415, "pickle request bodies are not accepted: send multipart/form-data "
-                            f"with one '{FIELD}' file field")
+        raise ApiError(
+            415,
+            f"pickle request bodies are not accepted: send multipart/form-data with one '{FIELD}' file field",
+        )
     shown = media_type or "none"
-    raise ApiError(415, f"Content-Type {shown} not accepted: send multipart/form-data with one "
-                        f"'{FIELD}' file field (e.g. curl -F {FIELD}=@tile.png)")
+    raise ApiError(
+        415,
+        f"Content-Type {shown} not accepted: send multipart/form-data with one "
+        f"'{FIELD}' file field (e.g. curl -F {FIELD}=@tile.png)",
+    )
 
 
 def check_content_length(value: str | None, limit: int) -> None:
@@ -44,8 +50,11 @@ def check_content_length(value: str | None, limit: int) -> None:
     if length < 0:
         raise ApiError(400, f"invalid Content-Length header {value!r}")
     if length > limit:
-        raise ApiError(413, f"request body is {length} bytes, over the {limit}-byte limit "
-                            "(the image byte limit plus room for the multipart envelope)")
+        raise ApiError(
+            413,
+            f"request body is {length} bytes, over the {limit}-byte limit "
+            "(the image byte limit plus room for the multipart envelope)",
+        )
 
 
 async def read_body(chunks: AsyncIterable[bytes], limit: int) -> bytes:
@@ -165,10 +174,13 @@ def image_from_form(body: bytes, content_type: str | None) -> bytes:
     extra = sorted({n for n in names if n != FIELD})
     if not images:
         got = f" (got {', '.join(repr(n) for n in extra)})" if extra else ""
-        raise ApiError(400, f"missing form field '{FIELD}'{got}: send the image as a file in the '{FIELD}' field")
+        raise ApiError(
+            400, f"missing form field '{FIELD}'{got}: send the image as a file in the '{FIELD}' field"
+        )
     if extra:
-        raise ApiError(400, f"unexpected form field(s) {', '.join(repr(n) for n in extra)}: "
-                            f"only '{FIELD}' is accepted")
+        raise ApiError(
+            400, f"unexpected form field(s) {', '.join(repr(n) for n in extra)}: only '{FIELD}' is accepted"
+        )
     if len(images) > 1:
         raise ApiError(400, f"{len(images)} '{FIELD}' parts sent: send exactly one image")
     return b"".join(images[0].data)
