@@ -77,7 +77,7 @@ params: venv  ## compose params.yaml from conf/ (what dvc exp run does first)
 	$(BIN)/python -c "from dvc.utils.hydra import compose_and_dump as c; c('params.yaml', '$(CURDIR)/conf', None, 'config', '$(CURDIR)/.dvc', [])"
 
 # DVC anchors --keep patterns at the start of the column name
-EXP_COLUMNS := ^(Experiment|Created|model\.(arch|encoder|lr)|trainer\.max_epochs|test\.(dice|iou)|test\.per_class_dice\..+|test\.detection\.(recall|false_alarm_rate|auroc))$$
+EXP_COLUMNS := ^(Experiment|Created|seed|model\.(arch|encoder|lr)|trainer\.max_epochs|test\.(dice|iou|mean_class_dice)|test\.per_class_dice\..+|test\.detection\.(recall|false_alarm_rate|auroc)|test\.classification\.accuracy)$$
 
 exp-show: venv  ## compare experiments: key params and metrics
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc exp show --no-pager --md --drop '.*' --keep '$(EXP_COLUMNS)' \

@@ -219,6 +219,9 @@ def _run(metrics: dict, validation: dict, params: dict, seed: Any = None) -> dic
         "recall": test.get("detection", {}).get("recall"),
         "false_alarm_rate": test.get("detection", {}).get("false_alarm_rate"),
         "auroc": test.get("detection", {}).get("auroc"),
+        "mean_class_dice": test.get("mean_class_dice"),
+        "class_accuracy": test.get("classification", {}).get("accuracy"),
+        "decision": test.get("score_source", "mask"),
     }
 
 
@@ -273,9 +276,12 @@ def results_table(root: Path) -> str:
         "test Dice / IoU",
         "ungated Dice",
         *(c.removeprefix("MT_") for c in classes),
+        "mean class Dice",
+        "decision",
         "recall",
         "false alarms",
         "AUROC",
+        "class top-1",
     ]
     rows = []
     for row, runs in rows_runs:
@@ -293,9 +299,12 @@ def results_table(root: Path) -> str:
                     f"{fmt(r['dice'])} / {fmt(r['iou'])}",
                     fmt(r["dice_ungated"]),
                     *(fmt(r["per_class"].get(c)) for c in classes),
+                    fmt(r["mean_class_dice"]),
+                    r["decision"],
                     fmt(r["recall"]),
                     fmt(r["false_alarm_rate"]),
                     fmt(r["auroc"]),
+                    fmt(r["class_accuracy"]),
                 ]
             )
             continue
@@ -313,9 +322,12 @@ def results_table(root: Path) -> str:
                 f"{mean_std([r['dice'] for r in runs])} / {mean_std([r['iou'] for r in runs])}",
                 mean_std([r["dice_ungated"] for r in runs]),
                 *(mean_std([r["per_class"].get(c) for r in runs]) for c in classes),
+                mean_std([r["mean_class_dice"] for r in runs]),
+                "/".join(sorted({r["decision"] for r in runs})),
                 mean_std([r["recall"] for r in runs]),
                 mean_std([r["false_alarm_rate"] for r in runs]),
                 mean_std([r["auroc"] for r in runs]),
+                mean_std([r["class_accuracy"] for r in runs]),
             ]
         )
     if not rows:
