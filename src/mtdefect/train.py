@@ -22,11 +22,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtdefect.calibrate import calibrate_on_validation
+from mtdefect.data.dataset import load_pair
 from mtdefect.data.split import read_manifest
 from mtdefect.fileio import write_json_atomic
 from mtdefect.inference import ModelSettings, PostprocessSettings, Predictor, PreprocessSettings
 from mtdefect.inference.predictor import torch_runner
 from mtdefect.model.bundle import write_model_dir
+from mtdefect.model.head_fit import refit_tile_head
 
 FINGERPRINT_FILE = "fingerprint.json"
 
@@ -62,6 +64,29 @@ def load_best_weights(module: pl.LightningModule, trainer: pl.Trainer) -> str | 
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     module.load_state_dict(checkpoint["state_dict"])
     return path
+
+
+def refit_head_on_tiles(
+    net, module, paths, val_records, preprocess, options: dict[str, Any]
+) -> dict[str, Any]:
+    """``head_refit``: the tile head's linear layer refitted on whole training tiles (see
+    ``mtdefect.model.head_fit``); its L2 strength chosen on validation."""
+    root = Path(paths.data_dir)
+    train_records = read_manifest(paths.manifest, "train")
+    index = {name: i for i, name in enumerate(module.class_names)}
+    train_images = [load_pair(root, r)[0] for r in train_records]
+    val_images = [load_pair(root, r)[0] for r in val_records]
+    return refit_tile_head(
+        net,
+        train_images,
+        [index[r.class_name] for r in train_records],
+        val_images,
+        [index[r.class_name] for r in val_records],
+        module.free_index,
+        preprocess,
+        l2_grid=options.get("l2", (1e-4,)),
+        flips=options.get("flips", ()),
+    )
 
 
 def as_dict(node: Any) -> dict[str, Any]:
@@ -107,8 +132,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         postprocess=PostprocessSettings(free_class=free_class),
     )
     net = module.net.cpu().eval().to(memory_format=torch.contiguous_format)
-    predictor = Predictor(settings, torch_runner(net), "torch-cpu")
     val_records = read_manifest(paths.manifest, "val")
+    refit = as_dict(cfg.get("head_refit", {}))
+    head_report = None
+    if module.class_names and refit.get("enabled", False):
+        head_report = refit_head_on_tiles(net, module, paths, val_records, preprocess, refit)
+    predictor = Predictor(settings, torch_runner(net), "torch-cpu")
     flips, post, report = calibrate_on_validation(
         predictor, paths.data_dir, val_records, as_dict(cfg.get("calibration", {}))
     )
@@ -118,10 +147,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "best_checkpoint": Path(best).name if best else None,
         "epochs": trainer.current_epoch,
         "pretrained": {k: v for k, v in module.pretrained_report.items() if k != "unused"},
+        "head_refit": head_report["chosen"] if head_report else None,
     }
     settings = replace(settings, postprocess=post, info=info, test_time_flips=flips)
     write_model_dir(net, settings, paths.model_dir)
     write_json_atomic(Path(paths.model_dir) / "calibration.json", report)
+    if head_report:
+        write_json_atomic(Path(paths.model_dir) / "head_refit.json", head_report, indent=2)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
     print(
         f"train: {trainer.current_epoch} epochs in {fit_seconds:.0f}s; val dice {chosen['dice']:.3f} "

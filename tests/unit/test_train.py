@@ -124,6 +124,9 @@ def test_train_writes_a_model_folder(synthetic_dataset: tuple[Path, Path], tmp_p
     )
     assert settings.net["tile_classes"] == 6 and list(settings.class_names) == CLASSES
     assert "val/class_accuracy" in result and "val/mean_class_dice" in result
+    refit = json.loads((tmp_path / "model" / "head_refit.json").read_text())
+    assert [c["l2"] for c in refit["candidates"]] == [None, *cfg.head_refit.l2]
+    assert settings.info["head_refit"] == refit["chosen"] and refit["train_tiles"] > 0
     assert settings.postprocess.threshold in (0.4, 0.6) and settings.postprocess.min_region_area in (0, 8)
     assert settings.preprocess.stride == 32
     report = json.loads((tmp_path / "model" / "calibration.json").read_text())

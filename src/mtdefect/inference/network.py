@@ -28,11 +28,16 @@ class TileHead(nn.Module):
         self.linear = nn.Linear(2 * sum(in_channels), classes)
         self.stages = len(in_channels)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def pool(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The deepest ``stages`` feature maps → one (N, 2·ΣC) vector per image: what the linear
+        layer reads (also what training refits the linear layer on, over whole tiles)."""
         pooled = []
         for feature in features[-self.stages :]:
             pooled += [feature.mean(dim=(2, 3)), feature.amax(dim=(2, 3))]
-        return self.linear(self.dropout(torch.cat(pooled, dim=1).float()))
+        return torch.cat(pooled, dim=1).float()
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.linear(self.dropout(self.pool(features)))
 
 
 class SegmenterWithTileHead(nn.Module):

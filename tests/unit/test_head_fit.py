@@ -1,0 +1,73 @@
+"""The tile head refitted on whole tiles: the fit on raw features equals the standardised fit, it
+separates what the pooled features separate, and a worse refit never replaces the trained head."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mtdefect.inference.network import build_net
+from mtdefect.inference.settings import PreprocessSettings
+from mtdefect.model.head_fit import fit_softmax, pooled_features, refit_tile_head
+
+NET = {
+    "arch": "Unet",
+    "encoder": "resnet10t",
+    "in_channels": 1,
+    "decoder_channels": [16, 16, 8, 8, 8],
+    "tile_classes": 2,
+}
+
+
+def tiles(n: int, bright: bool, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        gray = rng.normal(100, 5, (64, 96)).clip(0, 255)
+        if bright:
+            y, x = rng.integers(8, 50), rng.integers(8, 80)
+            gray[y : y + 8, x : x + 8] = 250
+        out.append(gray.astype(np.uint8))
+    return out
+
+
+def test_softmax_fit_separates_separable_features_and_folds_the_standardisation() -> None:
+    rng = np.random.default_rng(0)
+    x = torch.tensor(rng.normal(0, 1, (80, 5)) * [1, 10, 100, 1, 1] + [0, 5, -50, 0, 0], dtype=torch.float32)
+    y = torch.tensor((x[:, 2] > -50).long())  # decided by the feature with the largest scale
+    weight, bias = fit_softmax(x, y, classes=2, l2=1e-4)
+    predicted = (x @ weight.T + bias).argmax(1)
+    assert (predicted == y).float().mean() >= 0.95  # on raw (unstandardised) features
+
+
+def test_refit_learns_what_the_pooled_features_show_and_never_makes_the_head_worse() -> None:
+    torch.manual_seed(0)
+    net = build_net(**NET).eval()
+    settings = PreprocessSettings(per_image=True)
+    train = tiles(12, False, 1) + tiles(12, True, 2)
+    val = tiles(6, False, 3) + tiles(6, True, 4)
+    labels_train, labels_val = [0] * 12 + [1] * 12, [0] * 6 + [1] * 6
+    features = pooled_features(net, train, settings, flips=["horizontal"])
+    assert features.shape == (48, net.head.linear.in_features)
+    report = refit_tile_head(
+        net,
+        train,
+        labels_train,
+        val,
+        labels_val,
+        free_index=0,
+        settings=settings,
+        l2_grid=(1e-3,),
+        flips=["horizontal"],
+    )
+    trained, refit = report["candidates"]
+    assert refit["val_auroc"] >= 0.9 and report["chosen"]["val_auroc"] >= trained["val_auroc"]
+    with torch.no_grad():
+        probs = torch.softmax(net(torch.zeros(1, 1, 64, 96))[1], 1)
+    assert probs.shape == (1, 2)
+    # a refit that is worse than the trained head leaves the head as it was
+    before = net.head.linear.weight.detach().clone()
+    shuffled = [labels_train[i] for i in np.random.default_rng(5).permutation(len(labels_train))]
+    worse = refit_tile_head(net, train, shuffled, val, labels_val, 0, settings, l2_grid=(1e-3,), flips=())
+    if worse["chosen"]["l2"] is None:
+        assert torch.equal(net.head.linear.weight, before)
