@@ -11,7 +11,8 @@ strength is chosen on the validation split (AUROC of 1 − P(free), then class a
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
