@@ -9,11 +9,14 @@ Decisions, made in order for each candidate set of test-time flips:
 2. The mask. With that decision applied, the pixel threshold and minimum region area with the best
    ``mask_criterion`` win: ``mean_class_dice`` (default; each defect class weighs the same, so
    settings that delete every blowhole lose) or ``dice`` (pooled; dominated by the big classes).
-Then the flip set with the best recall, AUROC, criterion, and fewest flips wins.
+Then the flip set with the best recall, AUROC, criterion, and fewest flips wins, among the sets whose
+median per-image latency on validation (``Predictor.infer`` with the predictor calibration is given)
+is within ``max_latency_ms`` (None: no limit; the set with the fewest flips is always eligible).
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -111,20 +114,64 @@ def calibrate_on_validation(
     the mask criterion, then fewer flips (each costs a network pass)."""
     options = dict(calibration or {})
     candidates = [tuple(flips) for flips in options.pop("test_time_flips", [[]])] or [()]
+    max_latency_ms = options.pop("max_latency_ms", None)
     free_class = predictor.settings.postprocess.free_class
-    results = []
+    results, latencies = [], []
     for flips in candidates:
-        items = list(score_split(predictor.with_flips(flips), data_dir, val_records))
+        flipped, times = predictor.with_flips(flips), []
+        infer = flipped.infer
+
+        def timed_infer(gray, infer=infer, times=times):
+            start = time.perf_counter()
+            answer = infer(gray)
+            times.append((time.perf_counter() - start) * 1000.0)
+            return answer
+
+        flipped.infer = timed_infer  # the service's per-image work: preprocess, network passes, restore
+        items = list(score_split(flipped, data_dir, val_records))
         post, report = choose_postprocess(items, free_class=free_class, **options)
         results.append((flips, post, report))
+        latencies.append(float(np.median(times)) if times else float("nan"))
+    eligible = eligible_flip_sets(candidates, latencies, max_latency_ms)
 
     def rank(result: tuple) -> tuple:
         flips, _, report = result
         chosen = report["chosen"]
         return chosen["recall"], _finite(chosen["auroc"]), _finite(chosen[chosen["mask_criterion"]]), -len(flips)
 
-    flips, post, report = max(results, key=rank)
-    report["test_time_flips"] = [{"flips": list(f), **{k: r["chosen"][k] for k in ("recall", "auroc", "dice")}}
-                                 for f, _, r in results]
+    flips, post, report = max((r for r, ok in zip(results, eligible) if ok), key=rank)
+    numbers = [(list(f), {k: r["chosen"][k] for k in ("recall", "auroc", "dice")}) for f, _, r in results]
+    report["test_time_flips"] = flip_tradeoff(numbers, latencies, eligible)
     report["chosen"]["test_time_flips"] = list(flips)
+    report["latency"] = {"max_latency_ms": max_latency_ms, "backend": predictor.backend,
+                         "measured": "median ms per validation image of Predictor.infer"}
     return flips, post, report
+
+
+def eligible_flip_sets(candidates: Sequence[Sequence[str]], latencies_ms: Sequence[float],
+                       max_latency_ms: float | None) -> list[bool]:
+    """Which flip sets may be chosen under a per-image latency budget: those measured within
+    ``max_latency_ms`` (None: all). The set with the fewest flips always stays eligible (it is the
+    cheapest there is: with nothing eligible the model would have no settings at all)."""
+    if max_latency_ms is None:
+        return [True] * len(candidates)
+    fewest = min(range(len(candidates)), key=lambda i: (len(candidates[i]), i))
+    return [i == fewest or (not math.isnan(ms) and ms <= float(max_latency_ms))
+            for i, ms in enumerate(latencies_ms)]
+
+
+def flip_tradeoff(rows: Sequence[tuple[list[str], dict[str, float]]], latencies_ms: Sequence[float],
+                  eligible: Sequence[bool]) -> list[dict[str, Any]]:
+    """One row per flip set: its validation numbers, measured latency and, against the set with the
+    fewest flips, the recall and Dice gained per extra millisecond (what a flip buys for its cost)."""
+    base = min(range(len(rows)), key=lambda i: (len(rows[i][0]), i))
+    base_numbers, base_ms = rows[base][1], latencies_ms[base]
+    out = []
+    for (flips, numbers), ms, ok in zip(rows, latencies_ms, eligible):
+        extra = ms - base_ms
+        row = {"flips": flips, **numbers, "latency_ms": ms, "eligible": bool(ok), "extra_ms": extra}
+        if flips != rows[base][0] and extra > 0:
+            row["recall_gain_per_ms"] = (_finite(numbers["recall"]) - _finite(base_numbers["recall"])) / extra
+            row["dice_gain_per_ms"] = (_finite(numbers["dice"]) - _finite(base_numbers["dice"])) / extra
+        out.append(row)
+    return out

@@ -2,6 +2,9 @@
 scored by ``scoring.split_metrics``, the layer calibration uses too."""
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,63 @@ def confusion_rows(confusion: dict) -> list[dict[str, str]]:
     labels = confusion["labels"]
     return [{"actual": labels[i], "predicted": labels[j]}
             for i, row in enumerate(confusion["matrix"]) for j, count in enumerate(row) for _ in range(count)]
+
+
+@contextlib.contextmanager
+def with_exports(model_dir: str | Path, onnx_dir: str | Path | None) -> Iterator[Path]:
+    """The model folder, or (when ``onnx_dir`` is given) a temporary folder of links to its files
+    and to the ONNX exports of ``onnx_dir`` (model.onnx, model.int8.onnx), so every backend loads."""
+    if onnx_dir is None or not Path(onnx_dir).is_dir():
+        yield Path(model_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="mt-eval-") as tmp:
+        folder = Path(tmp) / "model"
+        folder.mkdir()
+        for source in [*Path(model_dir).iterdir(), *Path(onnx_dir).glob("*.onnx")]:
+            if source.is_file() and not (folder / source.name).exists():
+                (folder / source.name).symlink_to(source.resolve())
+        yield folder
+
+
+def evaluate_backends(
+    model_dir: str | Path,
+    onnx_dir: str | Path | None,
+    dataset_dir: str | Path,
+    manifest: str | Path,
+    reports_dir: str | Path,
+    backends: Sequence[str],
+    reference: str = "onnx",
+    split: str = "test",
+) -> dict[str, dict]:
+    """Score the split once per backend in ``backends`` (e.g. ``onnx-int8``) and write
+    ``metrics_<backend>.json`` each: the same headline numbers as ``metrics.json`` plus ``parity``
+    against ``reference`` (Dice/AUROC deltas, share of tiles with the same decision; see
+    ``inference.quantize.parity_report``), scored in the same run."""
+    from mtdefect.inference.quantize import parity_report
+
+    reports_dir = Path(reports_dir)
+    records = read_manifest(manifest, split)
+    if not records:
+        raise ValueError(f"the manifest {manifest} has no {split!r} images")
+    out = {}
+    with with_exports(model_dir, onnx_dir) as folder:
+        scored = {}
+        for backend in dict.fromkeys([reference, *backends]):
+            predictor = Predictor.from_dir(folder, backend=backend)
+            items = list(score_split(predictor, dataset_dir, records))
+            result = split_metrics(items, predictor.settings.postprocess, per_image=True)
+            decisions = [row["defective"] for row in result.pop("per_image")]
+            result.pop("scores"), result.pop("labels")
+            scored[backend] = (predictor.backend, result, decisions)
+        ref_name, ref, ref_decisions = scored[reference]
+        for backend in backends:
+            name, result, decisions = scored[backend]
+            summary = {**result, "images": len(records), "backend": name,
+                       "parity": {"reference": ref_name,
+                                  **parity_report(ref, result, ref_decisions, decisions)}}
+            write_json_atomic(reports_dir / f"metrics_{backend}.json", {"test": summary}, indent=2)
+            out[backend] = summary
+    return out
 
 
 def evaluate(

@@ -72,3 +72,38 @@ def check_parity(model_dir: str | Path, images: list[np.ndarray], tolerance: flo
     if max_delta >= tolerance or class_delta >= tolerance or unexplained:
         raise RuntimeError(f"ONNX parity check failed: {report}")
     return report
+
+
+def check_int8(
+    model_dir: str | Path,
+    dataset_dir: str | Path,
+    records: list,
+    timing_images: list[np.ndarray],
+    criteria: dict | None = None,
+    reps: int = 20,
+) -> dict:
+    """FP32 (``model.onnx``) against INT8 (``model.int8.onnx``) of one model folder on ``records``
+    (the validation split), through the service's path and ``scoring.split_metrics``: the headline
+    numbers of both, their parity (``quantize.parity_report``), the paired speed-up of the network on
+    ``timing_images`` (test-time flips included, as the service runs them) and the precision the
+    numbers choose (``quantize.choose_precision``)."""
+    from mtdefect.inference.quantize import choose_precision, paired_speedup, parity_report
+    from mtdefect.scoring import score_split, split_metrics
+
+    model_dir = Path(model_dir)
+    fp32 = Predictor.from_dir(model_dir, backend="onnx")
+    int8 = Predictor.from_dir(model_dir, backend="onnx-int8")
+    post = fp32.settings.postprocess
+    results, decisions = {}, {}
+    for name, predictor in (("fp32", fp32), ("int8", int8)):
+        result = split_metrics(list(score_split(predictor, dataset_dir, records)), post, per_image=True)
+        decisions[name] = [row["defective"] for row in result.pop("per_image")]
+        for key in ("scores", "labels", "confusion", "classification"):
+            result.pop(key, None)
+        results[name] = result
+    parity = parity_report(results["fp32"], results["int8"], decisions["fp32"], decisions["int8"], criteria)
+    speed = paired_speedup(fp32.runner, int8.runner, [fp32.network_input(g)[0] for g in timing_images], reps)
+    precision, reason = choose_precision(parity["holds"], speed["speedup"])
+    return {"split_tiles": len(records), "fp32": results["fp32"], "int8": results["int8"], "parity": parity,
+            "speed": speed, "test_time_flips": list(fp32.settings.test_time_flips),
+            "recommended_precision": precision, "reason": reason}

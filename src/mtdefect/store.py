@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mtdefect.inference.settings import ONNX_FILE, SETTINGS_FILE, WEIGHTS_FILE, ModelSettings
+from mtdefect.inference.settings import ONNX_FILE, ONNX_INT8_FILE, SETTINGS_FILE, WEIGHTS_FILE, ModelSettings
 
 MODEL_NAME = "magnetic-tile-segmenter"
-MODEL_FILES = (SETTINGS_FILE, WEIGHTS_FILE, ONNX_FILE)
+MODEL_FILES = (SETTINGS_FILE, WEIGHTS_FILE, ONNX_FILE, ONNX_INT8_FILE)
 
 
 def save_model_dir(
@@ -21,7 +21,8 @@ def save_model_dir(
     labels: dict[str, str] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> str:
-    """Copy a model folder (settings.json, weights.safetensors, model.onnx) into a new store entry.
+    """Copy a model folder (settings.json, weights.safetensors, model.onnx[, model.int8.onnx]) into a
+    new store entry.
 
     Returns the new tag. Every call makes a new version; BentoML never pickles anything here.
     """
@@ -50,3 +51,21 @@ def model_path(tag: str = f"{MODEL_NAME}:latest") -> Path:
     import bentoml
 
     return Path(bentoml.models.get(tag).path)
+
+
+# metadata key of the serving choice the package stage records: {"precision": "int8" | "fp32",
+# "backend": "onnx-int8" | "onnx", "reason": ...}
+SERVING_KEY = "serving"
+
+
+def recorded_backend(tag: str = f"{MODEL_NAME}:latest") -> tuple[str | None, str | None]:
+    """(backend, reason) the package stage recorded for this entry, or (None, None) when it recorded
+    nothing (older entries) or recorded INT8 for an entry that lacks the INT8 file."""
+    import bentoml
+
+    model = bentoml.models.get(tag)
+    serving = dict(model.info.metadata or {}).get(SERVING_KEY) or {}
+    backend = serving.get("backend")
+    if backend == "onnx-int8" and not (Path(model.path) / ONNX_INT8_FILE).exists():
+        return None, None
+    return backend, serving.get("reason")

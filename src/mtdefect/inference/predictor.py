@@ -11,9 +11,9 @@ import numpy as np
 
 from mtdefect.inference.postprocess import Prediction, postprocess, restore_probability, softmax_scores
 from mtdefect.inference.preprocess import InputGeometry, preprocess
-from mtdefect.inference.settings import FLIP_AXES, ONNX_FILE, WEIGHTS_FILE, ModelSettings
+from mtdefect.inference.settings import FLIP_AXES, ONNX_FILE, ONNX_INT8_FILE, WEIGHTS_FILE, ModelSettings
 
-Backend = Literal["auto", "torch", "onnx"]
+Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
 # N x 1 x H x W float32 → (N x 1 x H x W pixel logits, N x K tile logits or None without a head)
 Runner = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
@@ -85,7 +85,7 @@ class Predictor:
     @classmethod
     def from_dir(cls, model_dir: str | Path, backend: Backend = "auto", threads: int | None = None) -> "Predictor":
         """``auto``: PyTorch on CUDA when a GPU is present, else ONNX Runtime when the model has an
-        ONNX export, else PyTorch on CPU."""
+        ONNX export, else PyTorch on CPU. ``onnx-int8``: the static INT8 export (``model.int8.onnx``)."""
         model_dir = Path(model_dir)
         settings = ModelSettings.load(model_dir)
         onnx_path = model_dir / ONNX_FILE
@@ -95,6 +95,10 @@ class Predictor:
             if not onnx_path.exists():
                 raise FileNotFoundError(f"no ONNX export in {model_dir}: run the export stage")
             return cls(settings, onnx_runner(onnx_path, threads), "onnx")
+        if backend == "onnx-int8":
+            if not (model_dir / ONNX_INT8_FILE).exists():
+                raise FileNotFoundError(f"no INT8 export in {model_dir}: run the export stage")
+            return cls(settings, onnx_runner(model_dir / ONNX_INT8_FILE, threads), "onnx-int8")
         if backend == "torch":
             import torch
 
@@ -103,7 +107,7 @@ class Predictor:
             device = "cuda" if _cuda_available() else "cpu"
             net = load_torch_net(model_dir, settings, device)
             return cls(settings, torch_runner(net, device), f"torch-{device}")
-        raise ValueError(f"unknown backend {backend!r}: choose auto, torch or onnx")
+        raise ValueError(f"unknown backend {backend!r}: choose auto, torch, onnx or onnx-int8")
 
     def with_flips(self, flips: Sequence[str]) -> "Predictor":
         """The same network and settings with other test-time flips (for calibration)."""

@@ -13,6 +13,7 @@ from typing import Any
 SETTINGS_FILE = "settings.json"
 WEIGHTS_FILE = "weights.safetensors"
 ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model.int8.onnx"  # static INT8 variant of ONNX_FILE (mtdefect.inference.quantize)
 
 
 @dataclass(frozen=True)

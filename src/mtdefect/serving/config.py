@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_MODEL_TAG = "magnetic-tile-segmenter:latest"
-BACKENDS = ("auto", "onnx", "torch")
+BACKENDS = ("auto", "onnx", "onnx-int8", "torch")
 
 
 class ConfigError(ValueError):
@@ -44,8 +44,10 @@ class ServeConfig:
     """What the operator can tune without touching code.
 
     model_tag: model store tag to serve (``MT_MODEL_TAG``).
-    backend: ``auto`` (CUDA PyTorch if a GPU is present, else ONNX Runtime if the model has an ONNX
-        export, else PyTorch CPU), ``onnx`` or ``torch`` (``MT_BACKEND``).
+    backend: ``auto`` (CUDA PyTorch if a GPU is present; else the precision the package stage
+        recorded in the model store entry (``onnx-int8`` when INT8 kept the answers and paid off,
+        else ``onnx``); for older entries ONNX Runtime if the model has an ONNX export, else PyTorch
+        CPU), ``onnx``, ``onnx-int8`` or ``torch`` (``MT_BACKEND``).
     max_bytes: largest accepted image file (``MT_MAX_BYTES``); requests whose Content-Length exceeds
         it (plus a small allowance for the multipart envelope) are refused before the body is read.
     max_pixels: largest accepted width x height, checked from the image header (``MT_MAX_PIXELS``).

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mtdefect.inference import DecodeLimits, Prediction, Predictor
+from mtdefect.inference.predictor import _cuda_available
 from mtdefect.serving.config import ServeConfig
 
 # A child of "bentoml" so that BentoML's server logging config shows it (INFO included).
@@ -90,7 +91,11 @@ class ModelRuntime:
         try:
             path = store.model_path(self.config.model_tag)
             tag = f"{path.parent.name}:{path.name}"
-            predictor = Predictor.from_dir(path, backend=self.config.backend, threads=self.config.threads)
+            backend, why = self.config.backend, None
+            if backend == "auto" and not _cuda_available():  # follow the package stage's recorded choice
+                backend, why = store.recorded_backend(self.config.model_tag)
+                backend = backend or "auto"
+            predictor = Predictor.from_dir(path, backend=backend, threads=self.config.threads)
             warmup_ms = warm_up(predictor)
         except Exception as exc:  # noqa: BLE001 — anything at all: the service must stay up and say why
             self.predictor = None
@@ -100,8 +105,8 @@ class ModelRuntime:
         self.predictor, self.tag, self.problem = predictor, tag, None
         self.load_seconds, self.warmup_ms = time.perf_counter() - start, warmup_ms
         logger.info(
-            "ready: model %s on %s (load %.1f s, warm-up %.0f ms)",
-            tag, predictor.backend, self.load_seconds, warmup_ms,
+            "ready: model %s on %s (load %.1f s, warm-up %.0f ms)%s",
+            tag, predictor.backend, self.load_seconds, warmup_ms, f"; recorded choice: {why}" if why else "",
         )
         return self
 

@@ -1,17 +1,84 @@
-"""Stage: model folder → ONNX (dynamic H/W) + parity report against PyTorch on real test images."""
+"""Stage: model folder → ONNX (dynamic H/W) + parity report against PyTorch on real test images;
+then the static INT8 variant (calibrated on training tiles) and its parity and speed against FP32 on
+the validation split (``reports/int8.json``)."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
-from omegaconf import DictConfig
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
 from mtdefect.data.split import read_manifest
-from mtdefect.export import check_parity, export_onnx
+from mtdefect.export import check_int8, check_parity, export_onnx
+from mtdefect.fileio import write_json_atomic
 from mtdefect.inference import decode_image
-from mtdefect.inference.settings import ONNX_FILE
+from mtdefect.inference.settings import ONNX_FILE, ONNX_INT8_FILE
 from mtdefect.scoring import UNLIMITED
 from mtdefect.stages._common import run
+
+# what export.int8 means when params.yaml predates it
+INT8_DEFAULTS = {
+    "enabled": True,
+    "calibration_split": "train",
+    "calibration_images": 48,
+    "formats": ["qdq", "qoperator"],
+    "per_channel": [True],
+    "parity_split": "val",
+    "timing_size": [270, 324],  # width x height: the typical tile of issue #14
+    "speed_reps": 30,
+}
+INT8_REPORT = "int8.json"
+
+
+def int8_params(cfg: DictConfig) -> dict:
+    given = cfg.export.get("int8")
+    return {**INT8_DEFAULTS, **(OmegaConf.to_container(given, resolve=True) if given is not None else {})}
+
+
+def evenly(records: list, n: int) -> list:
+    """``n`` records spread over the (class-sorted) list, so every class is represented."""
+    if n >= len(records):
+        return records
+    return [records[i] for i in np.linspace(0, len(records) - 1, n).round().astype(int)]
+
+
+def read_images(data_dir: Path, records: list) -> list[np.ndarray]:
+    return [decode_image((data_dir / r.image).read_bytes(), UNLIMITED) for r in records]
+
+
+def export_int8(cfg: DictConfig, work: Path) -> dict:
+    """model.int8.onnx in ``work`` + the report (validation parity, speed, candidates, choice)."""
+    from PIL import Image
+
+    from mtdefect.inference.quantize import quantize_model_dir
+
+    p = int8_params(cfg)
+    data_dir = Path(cfg.paths.data_dir)
+    calibration = read_images(
+        data_dir,
+        evenly(read_manifest(cfg.paths.manifest, p["calibration_split"]), int(p["calibration_images"])),
+    )
+    parity_records = read_manifest(cfg.paths.manifest, p["parity_split"])
+    width, height = (int(v) for v in p["timing_size"])
+    tile = np.asarray(
+        Image.fromarray(read_images(data_dir, parity_records[:1])[0]).resize((width, height), Image.BILINEAR)
+    )
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    _, candidates = quantize_model_dir(
+        work, calibration, [tile], formats=p["formats"], per_channel=[bool(v) for v in p["per_channel"]]
+    )
+    report = check_int8(work, data_dir, parity_records, [tile], reps=int(p["speed_reps"]))
+    return {
+        "split": p["parity_split"],
+        "calibration": {"split": p["calibration_split"], "images": len(calibration)},
+        "candidates": candidates,
+        **report,
+        "timing_size_wh": [width, height],
+        "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def stage(cfg: DictConfig) -> None:
@@ -24,14 +91,35 @@ def stage(cfg: DictConfig) -> None:
     images = [decode_image((Path(cfg.paths.data_dir) / r.image).read_bytes(), UNLIMITED) for r in records]
     report = check_parity(work, images, cfg.export.tolerance)
     (work / "parity.json").write_text(json.dumps(report, indent=2))
+    names = [ONNX_FILE, "parity.json"]
+    int8 = None
+    if int8_params(cfg)["enabled"]:
+        int8 = export_int8(cfg, work)
+        names.append(ONNX_INT8_FILE)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (ONNX_FILE, "parity.json"):
+    (out_dir / ONNX_INT8_FILE).unlink(missing_ok=True)
+    for name in names:
         (work / name).replace(out_dir / name)
     shutil.rmtree(work, ignore_errors=True)
+    reports = Path(cfg.paths.reports_dir)
+    write_json_atomic(
+        reports / INT8_REPORT,
+        int8 or {"enabled": False, "recommended_precision": "fp32", "reason": "export.int8.enabled is false"},
+        indent=2,
+    )
     print(
         f"export: {out_dir / ONNX_FILE}; max |Δp| {report['max_abs_prob_delta']:.2e} over "
         f"{report['images']} images, {report['mask_mismatches']} mask mismatches"
     )
+    if int8:
+        par, speed = int8["parity"], int8["speed"]
+        print(
+            f"export: {out_dir / ONNX_INT8_FILE} "
+            f"({next(c['name'] for c in int8['candidates'] if c['chosen'])}); "
+            f"{int8['split']}: Δdice {par['dice_delta']:.4f} ΔAUROC {par['auroc_delta']:.4f} same decision "
+            f"{par['same_decision_rate']:.3%}; {speed['speedup']:.2f}x faster "
+            f"({speed['fp32_ms_p50']:.1f} → {speed['int8_ms_p50']:.1f} ms) → {int8['recommended_precision']}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,211 @@
+"""INT8 (ONNX Runtime static quantization): the quantized model runs on any input size, answers close
+to FP32, loads as the ``onnx-int8`` backend, is scored as its own backend, and the precision the
+package stage records follows the parity and speed numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mtdefect.export import export_onnx
+from mtdefect.inference import ModelSettings, PostprocessSettings, Predictor, PreprocessSettings
+from mtdefect.inference.network import build_net
+from mtdefect.inference.quantize import (
+    MIN_SPEEDUP,
+    PARITY,
+    calibration_batches,
+    choose_precision,
+    paired_speedup,
+    parity_report,
+    quantize_model_dir,
+)
+from mtdefect.inference.settings import ONNX_INT8_FILE
+from mtdefect.model.bundle import write_model_dir
+
+CLASSES = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Free", "MT_Uneven")
+
+
+def tile(seed: int, shape=(96, 120)) -> np.ndarray:
+    """A smooth tile-like image (brightness gradient, texture, one bright blob): the calibration and
+    test inputs of a random-weight network should at least look like images."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    image = 110 + 30 * xx / shape[1] + rng.normal(0, 8, shape)
+    cy, cx = rng.integers(10, shape[0] - 10), rng.integers(10, shape[1] - 10)
+    image[(yy - cy) ** 2 + (xx - cx) ** 2 < 40] += 80
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def int8_model(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """The project's network family (EfficientNet-Lite0 U-Net with the tile head, TF "same" padding,
+    dynamic H/W export), small decoder, random weights; both quantization formats built, the faster kept."""
+    torch.manual_seed(0)
+    net_cfg = {"arch": "Unet", "encoder": "tf_efficientnet_lite0", "in_channels": 1, "classes": 1,
+               "decoder_channels": [16, 16, 8, 8, 8], "tile_classes": len(CLASSES)}
+    settings = ModelSettings(net=net_cfg, class_names=CLASSES, preprocess=PreprocessSettings(per_image=True),
+                             postprocess=PostprocessSettings(score_source="head", decision_threshold=0.5))
+    net = build_net(**net_cfg)
+    calibration = [tile(i, shape) for i, shape in enumerate([(96, 120), (130, 70), (64, 200), (160, 160)])]
+    # BatchNorm statistics estimated on tiles (weights stay random): activations then have the scale of
+    # a trained network's; with the untouched initial statistics they grow layer after layer and no
+    # 8-bit range fits them
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None
+            module.reset_running_stats()
+    net.train()
+    with torch.no_grad():
+        for batch in calibration_batches(settings, [tile(20 + i, (96, 128)) for i in range(8)]):
+            net(torch.from_numpy(batch))
+    out = tmp_path_factory.mktemp("int8") / "model"
+    write_model_dir(net.eval(), settings, out)
+    export_onnx(out)
+    _, rows = quantize_model_dir(out, calibration, [tile(9)], formats=("qdq", "qoperator"), reps=1)
+    return out, rows
+
+
+def test_both_formats_are_built_and_the_fastest_is_kept(int8_model) -> None:
+    model_dir, rows = int8_model
+    assert (model_dir / ONNX_INT8_FILE).exists()
+    assert {r["format"] for r in rows} == {"qdq", "qoperator"} and sum(r["chosen"] for r in rows) == 1
+    chosen = next(r for r in rows if r["chosen"])
+    assert chosen["network_ms_p50"] == min(r["network_ms_p50"] for r in rows)
+
+
+@pytest.mark.parametrize("shape", [(96, 120), (37, 53), (324, 270), (200, 64)])
+def test_int8_runs_on_any_size_and_stays_close_to_fp32(int8_model, shape) -> None:
+    model_dir, _ = int8_model
+    int8 = Predictor.from_dir(model_dir, backend="onnx-int8")
+    fp32 = Predictor.from_dir(model_dir, backend="onnx")
+    assert int8.backend == "onnx-int8"
+    gray = tile(42, shape)
+    batch, _ = fp32.network_input(gray)
+    logits32, class32 = fp32.runner(batch)
+    logits8, class8 = int8.runner(batch)
+    assert logits8.shape == logits32.shape and class8.shape == class32.shape == (1, len(CLASSES))
+    # random weights: loose, but a broken graph (wrong ranges, lost padding, swapped outputs) fails it
+    correlation = np.corrcoef(logits8.ravel(), logits32.ravel())[0, 1]
+    assert correlation > 0.9, correlation
+    spread = float(np.ptp(logits32))
+    assert float(np.median(np.abs(logits8 - logits32))) < 0.1 * spread
+    # the head reads global maxima of deep features: the loosest part on random weights
+    assert np.abs(class8 - class32).max() < 0.75 * float(np.ptp(class32)) + 0.1
+    answer, _ = int8.predict(gray)
+    assert answer.mask.shape == shape and set(answer.class_scores) == set(CLASSES)
+    assert 0.0 <= answer.score <= 1.0
+
+
+def test_a_model_folder_without_int8_still_loads_and_says_what_is_missing(tmp_path: Path, int8_model) -> None:
+    model_dir, _ = int8_model
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("settings.json", "weights.safetensors", "model.onnx"):
+        (old / name).write_bytes((model_dir / name).read_bytes())
+    assert Predictor.from_dir(old).backend == "onnx"
+    with pytest.raises(FileNotFoundError, match="INT8"):
+        Predictor.from_dir(old, backend="onnx-int8")
+    with pytest.raises(ValueError, match="onnx-int8"):
+        Predictor.from_dir(old, backend="tensorrt")
+
+
+def test_paired_speedup_reports_both_precisions(int8_model) -> None:
+    model_dir, _ = int8_model
+    fp32 = Predictor.from_dir(model_dir, backend="onnx")
+    int8 = Predictor.from_dir(model_dir, backend="onnx-int8")
+    speed = paired_speedup(fp32.runner, int8.runner, [fp32.network_input(tile(1))[0]], reps=2)
+    assert speed["calls"] == 2 and speed["speedup"] == pytest.approx(speed["fp32_ms_p50"] / speed["int8_ms_p50"])
+    assert len(speed["load_average_before"]) == 3
+
+
+# ---------------------------------------------------------------- parity and the choice (pure numbers)
+
+
+def metrics(dice: float, auroc: float) -> dict:
+    return {"dice": dice, "detection": {"auroc": auroc}}
+
+
+def test_parity_holds_within_every_criterion() -> None:
+    fp32 = [True] * 100 + [False] * 100
+    report = parity_report(metrics(0.80, 0.990), metrics(0.796, 0.9885), fp32, list(fp32))
+    assert report["holds"] and report["same_decision_rate"] == 1.0 and report["changed_decisions"] == 0
+
+
+@pytest.mark.parametrize(
+    ("int8_metrics", "changed", "failing"),
+    [
+        (metrics(0.794, 0.990), 0, "dice"),  # Dice 0.006 lower
+        (metrics(0.80, 0.9875), 0, "auroc"),  # AUROC 0.0025 lower
+        (metrics(0.80, 0.990), 2, "same_decision"),  # 2 of 200 tiles decided otherwise: 99.0 %
+    ],
+)
+def test_parity_fails_on_any_criterion(int8_metrics, changed, failing) -> None:
+    fp32 = [True] * 100 + [False] * 100
+    int8 = [not d if i < changed else d for i, d in enumerate(fp32)]
+    report = parity_report(metrics(0.80, 0.990), int8_metrics, fp32, int8)
+    assert not report["holds"] and [k for k, ok in report["checks"].items() if not ok] == [failing]
+    assert report["criteria"] == PARITY
+
+
+def test_one_changed_decision_in_200_tiles_is_within_the_budget() -> None:
+    fp32 = [True] * 100 + [False] * 100
+    int8 = [not fp32[0]] + fp32[1:]
+    assert parity_report(metrics(0.8, 0.99), metrics(0.8, 0.99), fp32, int8)["holds"]  # 99.5 %
+
+
+def test_package_choice_is_int8_only_when_parity_holds_and_it_pays() -> None:
+    assert choose_precision(True, 1.9)[0] == "int8"
+    assert choose_precision(True, MIN_SPEEDUP)[0] == "int8"
+    precision, why = choose_precision(True, 1.4)
+    assert precision == "fp32" and "1.40x" in why
+    precision, why = choose_precision(False, 3.0)
+    assert precision == "fp32" and "parity" in why
+    assert choose_precision(None, None)[0] == "fp32"
+    assert choose_precision(True, float("nan"))[0] == "fp32"
+
+
+def test_package_stage_records_the_choice_from_the_reports(tmp_path: Path) -> None:
+    from mtdefect.stages.package import serving_choice
+
+    assert serving_choice(tmp_path, int8_file_present=True)["precision"] == "fp32"  # no report: fp32
+    report = {"parity": {"holds": True, "dice_delta": 0.001, "auroc_delta": 0.0, "same_decision_rate": 1.0},
+              "speed": {"speedup": 2.1}}
+    (tmp_path / "int8.json").write_text(json.dumps(report))
+    choice = serving_choice(tmp_path, int8_file_present=True)
+    assert (choice["precision"], choice["backend"], choice["int8_speedup"]) == ("int8", "onnx-int8", 2.1)
+    assert serving_choice(tmp_path, int8_file_present=False)["precision"] == "fp32"  # no file to serve
+    report["parity"]["holds"] = False
+    (tmp_path / "int8.json").write_text(json.dumps(report))
+    assert serving_choice(tmp_path, int8_file_present=True)["backend"] == "onnx"
+    (tmp_path / "metrics_onnx-int8.json").write_text(json.dumps({"test": {"parity": {"holds": True}}}))
+    assert serving_choice(tmp_path, int8_file_present=True)["int8_test"] == {"holds": True}
+
+
+def test_the_service_accepts_the_int8_backend() -> None:
+    from mtdefect.serving.config import ServeConfig
+
+    assert ServeConfig.from_env({"MT_BACKEND": "onnx-int8"}).backend == "onnx-int8"
+    assert ServeConfig.from_env({}).backend == "auto"
+
+
+def test_evaluate_scores_int8_as_its_own_backend(int8_model, synthetic_dataset, tmp_path: Path) -> None:
+    from mtdefect.evaluate import evaluate_backends
+
+    model_dir, _ = int8_model
+    dataset_dir, manifest = synthetic_dataset
+    weights_only, onnx_dir = tmp_path / "segmenter", tmp_path / "onnx"
+    weights_only.mkdir()
+    onnx_dir.mkdir()
+    for name in ("settings.json", "weights.safetensors"):
+        (weights_only / name).write_bytes((model_dir / name).read_bytes())
+    for name in ("model.onnx", ONNX_INT8_FILE):
+        (onnx_dir / name).write_bytes((model_dir / name).read_bytes())
+    results = evaluate_backends(weights_only, onnx_dir, dataset_dir, manifest, tmp_path / "reports", ["onnx-int8"])
+    written = json.loads((tmp_path / "reports" / "metrics_onnx-int8.json").read_text())["test"]
+    assert written["backend"] == "onnx-int8" and written["parity"]["reference"] == "onnx"
+    assert written["parity"]["tiles"] == written["images"] == results["onnx-int8"]["images"] > 0
+    assert 0.0 <= written["parity"]["same_decision_rate"] <= 1.0 and "detection" in written
