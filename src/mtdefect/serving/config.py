@@ -1,11 +1,14 @@
 """Service settings, read once from the environment (documented in docs/API.md)."""
+
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-DEFAULT_MODEL_TAG = "magnetic-tile-segmenter:latest"
+from mtdefect.store import MODEL_NAME
+
+DEFAULT_MODEL_TAG = f"{MODEL_NAME}:latest"
 BACKENDS = ("auto", "onnx", "onnx-int8", "torch")
 
 

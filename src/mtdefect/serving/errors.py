@@ -22,3 +22,10 @@ class ApiError(Exception):
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=dict(headers or {}))
+
+
+def one_line(exc: BaseException, limit: int | None = None, with_type: bool = False) -> str:
+    """An exception as one line of text (whitespace collapsed), optionally prefixed by its type and
+    cut to ``limit`` characters: for logs and client messages."""
+    text = " ".join((f"{type(exc).__name__}: {exc}" if with_type else str(exc)).split())
+    return text if limit is None else text[:limit]

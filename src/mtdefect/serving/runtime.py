@@ -3,6 +3,7 @@
 Loading never raises: a missing or corrupt model leaves ``ready`` False and ``problem`` set, the
 service logs one line and answers 503 until it is replaced (``/readyz`` stays 503 meanwhile).
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,6 +15,7 @@ import numpy as np
 from mtdefect.inference import DecodeLimits, Prediction, Predictor
 from mtdefect.inference.predictor import _cuda_available
 from mtdefect.serving.config import ServeConfig
+from mtdefect.serving.errors import one_line
 
 # A child of "bentoml" so that BentoML's server logging config shows it (INFO included).
 logger = logging.getLogger("bentoml.serve.mtdefect")
@@ -23,10 +25,6 @@ WARMUP_SHAPE = (96, 160)  # odd-sized on purpose: exercises padding and cropping
 
 class ModelUnavailable(RuntimeError):
     pass
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def warm_up(predictor: Predictor) -> float:
@@ -100,13 +98,19 @@ class ModelRuntime:
         except Exception as exc:  # noqa: BLE001 — anything at all: the service must stay up and say why
             self.predictor = None
             self.problem = f"model {self.config.model_tag} could not be loaded (see server log)"
-            logger.error("NOT READY: model %s unavailable: %s", self.config.model_tag, _one_line(exc))
+            logger.error(
+                "NOT READY: model %s unavailable: %s", self.config.model_tag, one_line(exc, with_type=True)
+            )
             return self
         self.predictor, self.tag, self.problem = predictor, tag, None
         self.load_seconds, self.warmup_ms = time.perf_counter() - start, warmup_ms
         logger.info(
             "ready: model %s on %s (load %.1f s, warm-up %.0f ms)%s",
-            tag, predictor.backend, self.load_seconds, warmup_ms, f"; recorded choice: {why}" if why else "",
+            tag,
+            predictor.backend,
+            self.load_seconds,
+            warmup_ms,
+            f"; recorded choice: {why}" if why else "",
         )
         return self
 

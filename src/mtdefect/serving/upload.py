@@ -12,7 +12,7 @@ from collections.abc import AsyncIterable
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
-from mtdefect.serving.errors import ApiError
+from mtdefect.serving.errors import ApiError, one_line
 
 FIELD = "image"
 MULTIPART = "multipart/form-data"
@@ -138,14 +138,12 @@ def _parse_parts(body: bytes, boundary: bytes) -> list[_Part]:
     except ApiError:
         raise
     except Exception as exc:  # noqa: BLE001 — python-multipart raises MultipartParseError and friends
-        raise ApiError(400, f"malformed multipart body ({type(exc).__name__}): {_one_line(exc)}") from None
+        raise ApiError(
+            400, f"malformed multipart body ({type(exc).__name__}): {one_line(exc, limit=200)}"
+        ) from None
     if not state["ended"]:
         raise ApiError(400, "multipart body is incomplete: the closing boundary is missing")
     return parts
-
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:200]
 
 
 def image_from_form(body: bytes, content_type: str | None) -> bytes:
