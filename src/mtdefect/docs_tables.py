@@ -3,6 +3,7 @@ benchmarks write, so the numbers in the README cannot drift from them (``make do
 
     python -m mtdefect.docs_tables README.md            # rewrite the tables between the markers
     python -m mtdefect.docs_tables README.md --check    # exit 1 if the README is not what this writes
+    python -m mtdefect.docs_tables docs/PERFORMANCE.md  # its ``lite0`` block (the #14 benchmarks)
     python -m mtdefect.docs_tables --save-seed reports/seeds/seed_43.json   # keep a finished run
 
 A table lives between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` (names: ``results``,
@@ -56,7 +57,7 @@ RESULT_ROWS: list[dict[str, str]] = [
     {
         "kind": "seeds",
         "run": "CPU default, **{n} seeds ({seeds}): mean ± std**",
-        "hardware": "same",
+        "hardware": "same (seeds 43 and 44 trained side by side, one thread each)",
         "glob": "reports/seeds/*.json",
     },
 ]
@@ -71,65 +72,73 @@ UNRECORDED = "resnet10t"
 # "value" extracts the measurement from one result, "met" judges it (None: no target).
 PERFORMANCE_ROWS: list[dict[str, Any]] = [
     {
-        "target": "ONNX Runtime ≥ 1.3× eager PyTorch (paired median: real tiles / one 270×324 tile)",
-        "files": [
-            "bench_model.json",
-            "bench_model_rerun.json",
-            "bench_model_resnet18.json",
-            "bench_model_loaded.json",
-        ],
+        "target": "INT8 ≥ 1.6× FP32 in process, same run (ONNX Runtime `predict()` p50 ratio: one 270×324 tile / "
+        "40 real tiles)",
+        "files": ["bench_model_lite0.json"],
         "value": lambda r: (
-            r["ratios"]["real"]["onnx_over_torch_paired_median"],
-            r["ratios"]["fixed"]["onnx_over_torch_paired_median"],
+            r["int8_ratios"]["fixed"]["int8_over_fp32_p50"],
+            r["int8_ratios"]["real"]["int8_over_fp32_p50"],
         ),
         "show": lambda v: f"{v[0]:.2f}× / {v[1]:.2f}×",
-        "met": lambda v: min(v) >= 1.3,
+        "met": lambda v: v[0] >= 1.6,
     },
     {
-        "target": "in-process `predict()` p50, ONNX Runtime (one 270×324 tile / 40 real tiles); no target",
-        "files": ["bench_model.json", "bench_model_rerun.json", "bench_model_resnet18.json"],
-        "value": lambda r: (r["fixed_270x324"]["onnx"]["p50_ms"], r["real"]["onnx"]["p50_ms"]),
-        "show": lambda v: f"{v[0]:.1f} ms / {v[1]:.1f} ms",
+        "target": "in-process `predict()`, one 270×324 tile, p50 / p99: FP32 → INT8; no target",
+        "files": ["bench_model_lite0.json"],
+        "value": lambda r: (r["fixed_270x324"]["onnx"], r["fixed_270x324"]["onnx-int8"]),
+        "show": lambda v: f"{v[0]['p50_ms']:.1f} / {v[0]['p99_ms']:.1f} ms → {v[1]['p50_ms']:.1f} / "
+        f"{v[1]['p99_ms']:.1f} ms",
         "met": None,
     },
     {
-        "target": "test-time flips: p50 per real tile, ONNX Runtime, by flip set (× none); no target",
-        "files": ["bench_flips.json"],
-        "model_if_unrecorded": "resnet18",
-        "value": lambda r: [
-            ("+".join(x["flips"]) or "none", x["latency_ms"]["p50_ms"], x["median_ratio"])
-            for x in r["results"]
-        ],
-        "show": lambda v: " → ".join(f"{name} {ms:.1f} ms ({ratio:.2f}×)" for name, ms, ratio in v),
-        "met": None,
+        "target": "INT8 keeps the answers (validation, export stage): Dice within 0.005, same tile decision on "
+        "≥ 99.5 % of tiles, AUROC within 0.002",
+        "dir": "reports",
+        "files": ["int8.json"],
+        "value": lambda r: r["parity"],
+        "show": lambda v: f"ΔDice {v['dice_delta']:.4f}, same decision {100 * v['same_decision_rate']:.1f} % "
+        f"({v['changed_decisions']} of {v['tiles']} changed), ΔAUROC {v['auroc_delta']:.4f}",
+        "met": lambda v: bool(v["holds"]),
     },
     {
-        "target": "single request, 270×324 tile, `/detect` p50 ≤ 60 ms end to end",
-        "files": ["bench_http.json", "bench_http_rerun.json", "bench_http_loaded.json"],
-        "value": lambda r: r["single_270x324"]["/detect"]["p50_ms"],
-        "show": lambda v: f"{v:.1f} ms",
-        "met": lambda v: v <= 60.0,
+        "target": "single request, 270×324 tile, `/detect` end to end p50 ≤ 30 ms, p99 ≤ 60 ms",
+        "files": ["bench_http_lite0_int8.json", "bench_http_lite0_fp32.json"],
+        "value": lambda r: (r["single_270x324"]["/detect"]["p50_ms"], r["single_270x324"]["/detect"]["p99_ms"]),
+        "show": lambda v: f"p50 {v[0]:.1f} ms, p99 {v[1]:.1f} ms",
+        "met": lambda v: v[0] <= 30.0 and v[1] <= 60.0,
     },
     {
-        "target": "HTTP at concurrency 4 ≥ 0.9× in-process ONNX Runtime (requests/s over images/s)",
-        "files": ["bench_http.json", "bench_http_rerun.json", "bench_http_loaded.json"],
+        "target": "HTTP at concurrency 4 ≥ 0.95× in-process (requests/s over images/s, same backend)",
+        "files": ["bench_http_lite0_int8.json", "bench_http_lite0_fp32.json"],
         "value": lambda r: r["levels"]["4"]["ratio_to_inprocess"],
         "show": lambda v: f"{v:.2f}×",
-        "met": lambda v: v >= 0.9,
+        "met": lambda v: v >= 0.95,
     },
     {
-        "target": "zero errors at concurrency 16",
-        "files": ["bench_http.json", "bench_http_rerun.json", "bench_http_loaded.json"],
-        "value": lambda r: r["levels"]["16"]["errors"],
-        "show": lambda v: f"{v} errors",
-        "met": lambda v: v == 0,
+        "target": "HTTP at concurrency 8: ≥ 50 tiles/s, zero errors, p99 ≤ 200 ms (real tiles)",
+        "files": ["bench_http_lite0_int8.json", "bench_http_lite0_fp32.json"],
+        "value": lambda r: (r["levels"]["8"]["req_per_s"], r["levels"]["8"]["errors"], r["levels"]["8"]["p99_ms"]),
+        "show": lambda v: f"{v[0]:.1f} tiles/s, {v[1]} errors, p99 {v[2]:.0f} ms",
+        "met": lambda v: v[0] >= 50.0 and v[1] == 0 and v[2] <= 200.0,
     },
     {
-        "target": "RSS growth ≤ 10 % from 100 to 5,000 requests (and KiB/request after 1,500)",
-        "files": ["bench_http.json", "bench_http_rerun.json", "bench_http_loaded.json"],
-        "value": lambda r: (r["rss"]["growth_100_to_end"], _late_rss_slope(r["rss"]["samples"], 1500)),
-        "show": lambda v: f"{v[0] * 100:+.1f} % ({v[1]:.1f} KiB/request)",
-        "met": lambda v: v[0] <= 0.10,
+        "target": "cost curve: `predict()` p50 and peak RSS by image size, INT8 (FP32); pixel cap "
+        "`MT_MAX_PIXELS` = 4096²; no target",
+        "files": ["bench_cost_lite0.json"],
+        "value": lambda r: _cost_points(r),
+        "show": lambda v: "<br>".join(v),
+        "met": None,
+    },
+    {
+        "target": "training step (batch 16 × 160², CPU): bf16 vs fp32, channels_last on/off; the faster is the "
+        "default (bf16-mixed + channels_last)",
+        "files": ["bench_train_precision_lite0.json"],
+        "value": lambda r: r,
+        "show": lambda r: ", ".join(
+            f"{name} {v['median_step_ms'] / 1000:.2f} s ({v['speedup_over_fp32']:.2f}×)"
+            for name, v in r["variants"].items()
+        ),
+        "met": lambda r: r["fastest"] == "bf16 channels_last",
     },
     {
         "target": "Lightning overhead ≤ 5 % of a plain loop (range of 4 estimates over 60 paired steps: "
@@ -150,6 +159,24 @@ PERFORMANCE_ROWS: list[dict[str, Any]] = [
         "met": lambda v: v >= 3000,
     },
 ]
+
+
+def _cost_points(result: dict[str, Any]) -> list[str]:
+    curves = result["curves"]
+    fp32 = {(p["width"], p["height"]): p for p in curves.get("onnx", []) if "error" not in p}
+    out = []
+    for p in curves.get("onnx-int8", []):
+        size = f"{p['width']}×{p['height']}"
+        if "error" in p:
+            out.append(f"{size}: failed ({p['error']})")
+            continue
+        f = fp32.get((p["width"], p["height"]))
+        line = f"{size}: {p['latency']['p50_ms']:,.0f} ms, {p['peak_rss_mib']:,.0f} MiB"
+        if f:
+            line += f" ({f['latency']['p50_ms']:,.0f} ms, {f['peak_rss_mib']:,.0f} MiB)"
+        out.append(line)
+    return out
+
 
 MARKER = re.compile(r"(<!-- BEGIN (?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- END (?P=name) -->)", re.DOTALL)
 
@@ -360,14 +387,19 @@ def performance_table(root: Path) -> str:
     for spec in PERFORMANCE_ROWS:
         lines, verdicts = [], []
         for name in spec["files"]:
-            path = results / name
+            path = (root / spec["dir"] / name) if "dir" in spec else results / name
             if not path.exists():
                 continue
             result = read_json(path)
             value = spec["value"](result)
-            load = result.get("machine", {}).get("load_average_at_start", ["?"])[0]
+            load = result.get("machine", {}).get("load_average_at_start") or (
+                result.get("load_average", {}).get("before") or result.get("speed", {}).get("load_average_before")
+                or ["?"]
+            )
+            load = load[0]
             model = benchmark_model(result, spec.get("model_if_unrecorded"))
-            lines.append(f"{spec['show'](value)} · {model} · `{name}` (load {load})")
+            shown = f"{spec['dir']}/{name}" if "dir" in spec else name
+            lines.append(f"{spec['show'](value)} · {model} · `{shown}` (load {load})")
             if spec["met"] is not None:
                 verdicts.append(bool(spec["met"](value)))
         if not lines:
@@ -390,16 +422,125 @@ def performance_table(root: Path) -> str:
     return "\n".join([note, "", *table(["target", "measured", "verdict"], rows)]) + "\n"
 
 
+def _load(result: dict[str, Any]) -> str:
+    machine = result.get("machine", {})
+    start, end = machine.get("load_average_at_start"), machine.get("load_average_at_end")
+    return f"load {start[0] if start else '?'} → {end[0] if end else '?'}"
+
+
+def lite0_detail(root: Path) -> str:
+    """docs/PERFORMANCE.md's tables of the EfficientNet-Lite0 model (issue #14), from the same files."""
+    results = root / "benchmarks" / "results"
+    out = ["Generated by `make docs` from `benchmarks/results/*_lite0*.json` and `reports/int8.json`; "
+           "every table names its file, model and the machine load (1-minute average at start → end).", ""]
+
+    def opened(name: str) -> dict[str, Any] | None:
+        path = results / name
+        return read_json(path) if path.exists() else None
+
+    r = opened("bench_model_lite0.json")
+    if r:
+        out += [f"**In process** (`bench_model.py`, {benchmark_model(r, None)}, `{r['model']['source']}`, "
+                f"{_load(r)}): `Predictor.predict`, calls interleaved between the backends.", ""]
+        rows = []
+        for label, key in (("one 270×324 tile", "fixed_270x324"), ("real tiles", "real")):
+            for backend, v in r[key].items():
+                rows.append([label, backend, f"{v['n']}", f"{v['p50_ms']:.1f}", f"{v['p99_ms']:.1f}",
+                             f"{v['network_p50_ms']:.1f}", f"{v['images_per_s']:.1f}"])
+        out += table(["input", "backend", "calls", "p50 ms", "p99 ms", "network p50 ms", "images/s"], rows)
+        i = r.get("int8_ratios", {})
+        if i.get("fixed"):
+            out += ["", f"INT8 over FP32: p50 ratio {i['fixed']['int8_over_fp32_p50']:.2f}× (270×324), "
+                    f"{i['real']['int8_over_fp32_p50']:.2f}× (real tiles); paired per-call median "
+                    f"{i['fixed']['int8_over_fp32_paired_median']:.2f}× / {i['real']['int8_over_fp32_paired_median']:.2f}×."]
+        out.append("")
+    for precision in ("int8", "fp32"):
+        r = opened(f"bench_http_lite0_{precision}.json")
+        if not r:
+            continue
+        out += [f"**HTTP, {precision.upper()}** (`bench_http.py --backend {r['server_env'].get('MT_BACKEND')}`, "
+                f"{benchmark_model(r, None)}, {_load(r)}): a real `bentoml serve`, loopback, keep-alive.", ""]
+        rows = [[route, f"{v['ok']}", f"{v['errors']}", f"{v['p50_ms']:.1f}", f"{v['p99_ms']:.1f}",
+                 f"{v['server_inference_p50_ms']:.1f}"] for route, v in r["single_270x324"].items()]
+        out += table(["single 270×324, concurrency 1", "ok", "errors", "p50 ms", "p99 ms", "server model p50 ms"],
+                     rows)
+        out.append("")
+        rows = [[c, f"{v['ok']}", f"{v['errors']}", f"{v['req_per_s']:.1f}", f"{v['p50_ms']:.1f}",
+                 f"{v['p99_ms']:.1f}", f"{v['inprocess_ort_predict_per_s']:.1f}", f"{v['ratio_to_inprocess']:.2f}×"]
+                for c, v in r["levels"].items()]
+        out += table(["real tiles, concurrency", "ok", "errors", "req/s", "p50 ms", "p99 ms", "in-process img/s",
+                      "HTTP / in-process"], rows)
+        out.append("")
+    r = opened("bench_cost_lite0.json")
+    if r:
+        cap = r["pixel_cap"]
+        out += [f"**Cost curve** (`bench_cost.py`, {benchmark_model(r, None)}, {_load(r)}): one child process per "
+                f"point, peak RSS (VmHWM) reset after loading; pixel cap `MT_MAX_PIXELS` = {cap['MT_MAX_PIXELS_default']:,} "
+                f"px ({cap['side_at_cap']}²): larger uploads are refused with 413 before decoding.", ""]
+        fp32 = {(p["width"], p["height"]): p for p in r["curves"].get("onnx", []) if "error" not in p}
+        rows = []
+        for p in r["curves"].get("onnx-int8", []):
+            if "error" in p:
+                rows.append([f"{p['width']}×{p['height']}", f"{p['megapixels']:.2f}", "failed", "", "", "", "", ""])
+                continue
+            f = fp32.get((p["width"], p["height"]), {})
+            rows.append([f"{p['width']}×{p['height']}", f"{p['megapixels']:.2f}", f"{p['latency']['p50_ms']:,.1f}",
+                         f"{p['ms_per_megapixel']:,.0f}", f"{p['peak_rss_mib']:,.0f}",
+                         f"{f['latency']['p50_ms']:,.1f}" if f else "—", f"{f['peak_rss_mib']:,.0f}" if f else "—",
+                         f"{f['latency']['p50_ms'] / p['latency']['p50_ms']:.2f}×" if f else "—"])
+        out += table(["size (W×H)", "MP", "INT8 p50 ms", "INT8 ms/MP", "INT8 peak RSS MiB", "FP32 p50 ms",
+                      "FP32 peak RSS MiB", "INT8 speed-up"], rows)
+        fits = [f"{b}: {v['intercept_ms']:.1f} ms + {v['ms_per_megapixel']:.0f} ms/MP (largest residual "
+                f"{100 * v['max_relative_residual']:.0f} %)" for b, v in r.get("linear_fit", {}).items() if v]
+        if fits:
+            out += ["", "Least-squares line through the points: " + "; ".join(fits) + "."]
+        out.append("")
+    r = opened("bench_train_precision_lite0.json")
+    if r:
+        m = r["model"]
+        out += [f"**Training step** (`bench_train_precision.py`, Unet {m['encoder']}, batch {r['args']['batch']} × "
+                f"{r['args']['crop']}², {r['args']['steps']} interleaved steps each, torch threads "
+                f"{r['machine'].get('torch_threads')}, load {r['machine'].get('load_average_before_timed_steps', ['?'])[0]}"
+                f" → {r['machine'].get('load_average_after_timed_steps', ['?'])[0]}).", ""]
+        rows = [[n, f"{v['median_step_ms']:,.0f}", f"{v['step']['p90_ms']:,.0f}", f"{v['images_per_s']:.1f}",
+                 f"{v['speedup_over_fp32']:.2f}×"] for n, v in r["variants"].items()]
+        out += table(["variant", "median step ms", "p90 ms", "images/s", "× fp32"], rows)
+        out += ["", f"channels_last: {r['channels_last_speedup']['bf16']:.2f}× with bf16, "
+                f"{r['channels_last_speedup']['fp32']:.2f}× with fp32; fastest: **{r['fastest']}**.", ""]
+    for label, path in (("validation (export stage)", root / "reports" / "int8.json"),
+                        ("test (evaluate stage)", root / "reports" / "metrics_onnx-int8.json")):
+        if not path.exists():
+            continue
+        data = read_json(path)
+        parity = data.get("parity") or data.get("test", {}).get("parity")
+        if not parity:
+            continue
+        out += [f"**INT8 parity, {label}** (`{path.relative_to(root)}`): ΔDice {parity['dice_delta']:.4f}, "
+                f"ΔAUROC {parity['auroc_delta']:.4f}, same decision on {100 * parity['same_decision_rate']:.2f} % "
+                f"of {parity['tiles']} tiles ({parity['changed_decisions']} changed) → parity "
+                f"{'holds' if parity['holds'] else 'fails'}"
+                + (f"; {data['recommended_precision'].upper()} recommended: {data['reason']}"
+                   if "recommended_precision" in data else "") + ".", ""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
 # ------------------------------------------------------------------------------------------ README
 
-GENERATORS: dict[str, Callable[[Path], str]] = {"results": results_table, "performance": performance_table}
+GENERATORS: dict[str, Callable[[Path], str]] = {
+    "results": results_table,
+    "performance": performance_table,
+    "lite0": lite0_detail,
+}
+# the blocks the README must have (docs/PERFORMANCE.md has the ``lite0`` block)
+README_BLOCKS = ("results", "performance")
 
 
-def render(text: str, root: Path) -> str:
-    """``text`` with every known marker block regenerated; unknown or missing blocks are an error."""
+def render(text: str, root: Path, required: Sequence[str] = README_BLOCKS) -> str:
+    """``text`` with every known marker block regenerated; unknown blocks, or missing ``required``
+    ones, are an error."""
     found = [m.group("name") for m in MARKER.finditer(text)]
     unknown = sorted(set(found) - set(GENERATORS))
-    missing = sorted(set(GENERATORS) - set(found))
+    missing = sorted(set(required) - set(found))
     if unknown or missing:
         raise ValueError(
             f"README markers: unknown {unknown}, missing {missing} "
@@ -417,11 +558,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     readme = Path(args.readme)
     root = Path(args.root) if args.root else readme.resolve().parent
+    if not args.root and readme.name != "README.md":  # e.g. docs/PERFORMANCE.md: the repository above it
+        root = next((p for p in readme.resolve().parents if (p / "pyproject.toml").exists()), root)
     if args.save_seed:
         print(f"wrote {save_seed(root, Path(args.save_seed))}")
         return 0
     text = readme.read_text(encoding="utf-8")
-    new = render(text, root)
+    new = render(text, root, README_BLOCKS if readme.name == "README.md" else ())
     if args.check:
         if new != text:
             print(f"{readme} is out of date: run `make docs`", file=sys.stderr)
