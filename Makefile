@@ -57,6 +57,7 @@ lint: venv  ## ruff check + ruff format --check (configured in pyproject.toml)
 
 docs: venv  ## regenerate the README's results and performance tables from reports/ and benchmarks/results/
 	$(BIN)/python -m mtdefect.docs_tables README.md
+	$(BIN)/python -m mtdefect.docs_tables docs/PERFORMANCE.md
 
 pipeline: venv  ## run the DVC pipeline as a new experiment (data → split → train → evaluate → export → package)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc exp run
@@ -86,9 +87,12 @@ exp-show: venv  ## compare experiments: key params and metrics
 dag: venv  ## print the pipeline graph
 	$(BIN)/dvc dag
 
-bench: venv  ## run the benchmarks (see docs/PERFORMANCE.md)
+bench: venv  ## run the benchmarks (see docs/PERFORMANCE.md), then `make docs` to regenerate the tables
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_model.py
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_http.py
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_http.py --backend onnx-int8
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_http.py --backend onnx --soak-requests 0
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_cost.py
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_train_precision.py
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_train.py
 
 clean:  ## remove caches and run outputs (not the venv, not the DVC cache)

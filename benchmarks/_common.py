@@ -220,7 +220,7 @@ def resolve_model_dir(model_dir: str | None, workdir: Path) -> tuple[Path, str]:
     config's network with random weights (network speed does not depend on weight values; the
     postprocessing's does, a little, through the number of regions), exported to ONNX.
     """
-    from mtdefect.inference.settings import ONNX_FILE, SETTINGS_FILE, WEIGHTS_FILE
+    from mtdefect.inference.settings import ONNX_FILE, ONNX_INT8_FILE, SETTINGS_FILE, WEIGHTS_FILE
 
     if model_dir:
         path = Path(model_dir)
@@ -236,29 +236,56 @@ def resolve_model_dir(model_dir: str | None, workdir: Path) -> tuple[Path, str]:
     if (trained / SETTINGS_FILE).exists() and (trained / WEIGHTS_FILE).exists() and onnx.exists():
         path = workdir / "model"
         path.mkdir(parents=True, exist_ok=True)
-        for source in (trained / SETTINGS_FILE, trained / WEIGHTS_FILE, onnx):
-            (path / source.name).symlink_to(source.resolve())
-        return path, "models/segmenter + models/onnx/model.onnx (trained)"
+        for source in (trained / SETTINGS_FILE, trained / WEIGHTS_FILE, onnx, onnx.with_name(ONNX_INT8_FILE)):
+            if source.exists():
+                (path / source.name).symlink_to(source.resolve())
+        return path, "models/segmenter + models/onnx (trained)"
     store = REPO / ".bentoml" / "models" / "magnetic-tile-segmenter"
     if (store / "latest").exists():
         version = store / (store / "latest").read_text().strip()
         if all((version / f).exists() for f in (SETTINGS_FILE, WEIGHTS_FILE, ONNX_FILE)):
             path = workdir / "model"
             path.mkdir(parents=True, exist_ok=True)
-            for name in (SETTINGS_FILE, WEIGHTS_FILE, ONNX_FILE):
-                (path / name).symlink_to((version / name).resolve())
+            for name in (SETTINGS_FILE, WEIGHTS_FILE, ONNX_FILE, ONNX_INT8_FILE):
+                if (version / name).exists():
+                    (path / name).symlink_to((version / name).resolve())
             return path, f".bentoml store magnetic-tile-segmenter:{version.name} (trained)"
     return random_model_dir(workdir / "model"), "default config, random weights"
 
 
 def describe_model(model_dir: Path, source: str, **extra: Any) -> dict[str, Any]:
-    """What a result records about its model: where it came from, its network (arch, encoder, ...) and
-    its test-time flips, read from the folder's settings.json (so the README can name the model)."""
-    from mtdefect.inference.settings import SETTINGS_FILE
+    """What a result records about its model: where it came from, its network (arch, encoder, ...),
+    its test-time flips and which exports it has, read from the folder (so the README can name the
+    model). Pass ``backend=`` (and ``precision=``) for what was timed."""
+    from mtdefect.inference.settings import ONNX_FILE, ONNX_INT8_FILE, SETTINGS_FILE
 
     settings = json.loads((Path(model_dir) / SETTINGS_FILE).read_text())
-    return {"source": source, "net": settings.get("net", {}),
-            "test_time_flips": list(settings.get("test_time_flips", [])), **extra}
+    net = settings.get("net", {})
+    return {"source": source, "net": net, "encoder": net.get("encoder"),
+            "test_time_flips": list(settings.get("test_time_flips", [])),
+            "exports": [n for n in (ONNX_FILE, ONNX_INT8_FILE) if (Path(model_dir) / n).exists()],
+            "weights_trained": "random" not in source, **extra}
+
+
+PRECISION = {"onnx": "fp32", "onnx-int8": "int8", "torch": "fp32", "torch-cpu": "fp32"}
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def ensure_int8(model_dir: Path, n_calibration: int = 32) -> bool:
+    """Write model.int8.onnx into ``model_dir`` when it is missing (calibrated on training tiles of
+    data/tiles, as the export stage does). Returns True when it had to be made here."""
+    from mtdefect.inference.settings import ONNX_INT8_FILE
+
+    if (Path(model_dir) / ONNX_INT8_FILE).exists():
+        return False
+    from mtdefect.inference.quantize import quantize_model_dir
+
+    images = decode_all(real_image_bytes(n_calibration, seed=1))
+    quantize_model_dir(Path(model_dir), images, formats=("qdq",))
+    return True
 
 
 def default_net_config() -> dict[str, Any]:
@@ -266,13 +293,16 @@ def default_net_config() -> dict[str, Any]:
     import yaml
 
     conf = yaml.safe_load((REPO / "conf" / "model" / "unet.yaml").read_text())
+    head = conf.get("head") or {}
     return {
         "arch": conf.get("arch", "Unet"),
         "encoder": conf.get("encoder", "resnet10t"),
-        "pretrained": False,
         "in_channels": int(conf.get("in_channels", 1)),
         "classes": 1,
         "decoder_channels": [int(c) for c in conf.get("decoder_channels", [128, 64, 32, 16, 16])],
+        # the tile head (tile_classes is an interpolation of the data config's six classes)
+        "tile_classes": 6 if conf.get("tile_classes") else 0,
+        "head_stages": int(head.get("stages", 2)),
     }
 
 
@@ -287,7 +317,9 @@ def random_model_dir(out: Path) -> Path:
     torch.manual_seed(0)
     config = default_net_config()
     net = build_net(**config).eval()
-    settings = ModelSettings(net=config, preprocess=PreprocessSettings(), postprocess=PostprocessSettings(),
+    names = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Free", "MT_Uneven")
+    settings = ModelSettings(net=config, preprocess=PreprocessSettings(per_image=True),
+                             postprocess=PostprocessSettings(), class_names=names if config["tile_classes"] else (),
                              info={"purpose": "benchmark (random weights)"})
     write_model_dir(net, settings, out)
     export_onnx(out)

@@ -8,7 +8,7 @@ keep-alive connection each, count- and time-limited, 127.0.0.1 only):
 
 1. 100 warm-up requests, then the server's RSS (summed over its process tree);
 2. single-request latency of a 270x324 tile at concurrency 1 (/detect, /segment, /overlay);
-3. /detect on real tiles at concurrency 1, 4 and 16: req/s, p50/p99, errors; before and after
+3. /detect on real tiles at concurrency 1, 4 and 8: req/s, p50/p99, errors; before and after
    each level the in-process ONNX Runtime throughput (Predictor.predict on the same images, same
    thread settings as the server) is measured in this process while the server idles, and the
    ratio HTTP / in-process is reported against the mean of the two adjacent measurements;
@@ -16,7 +16,9 @@ keep-alive connection each, count- and time-limited, 127.0.0.1 only):
    sampling RSS every 500 requests: RSS growth from 100 to N requests.
 
 The client shares the CPUs with the server (it is the same machine); its CPU time is reported.
-Writes benchmarks/results/bench_http.json.
+The server runs ``--backend`` (default onnx-int8; onnx for FP32); the in-process reference runs
+the same backend. Writes benchmarks/results/bench_http_lite0_<int8|fp32>.json, with the issue #14
+targets evaluated under ``targets``.
 """
 
 from __future__ import annotations
@@ -57,12 +59,38 @@ def inprocess_ort(predictor: Predictor, images, seconds: float, max_calls: int) 
     }
 
 
+def targets(levels: dict, single: dict) -> dict:
+    """Issue #14's HTTP targets, each against this run's numbers."""
+    out = {}
+    d = single.get("/detect")
+    if d:
+        out["single_detect_p50_le_30ms"] = {"value": d["p50_ms"], "met": d["p50_ms"] <= 30.0}
+        out["single_detect_p99_le_60ms"] = {"value": d["p99_ms"], "met": d["p99_ms"] <= 60.0}
+    if "4" in levels:
+        r = levels["4"]["ratio_to_inprocess"]
+        out["c4_ratio_to_inprocess_ge_0.95"] = {"value": r, "met": r >= 0.95}
+    if "8" in levels:
+        s = levels["8"]
+        met = s["req_per_s"] >= 50.0 and s["errors"] == 0 and s["p99_ms"] <= 200.0
+        out["c8_ge_50_per_s_zero_errors_p99_le_200ms"] = {
+            "value": {"req_per_s": s["req_per_s"], "errors": s["errors"], "p99_ms": s["p99_ms"]},
+            "met": met,
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", help="model folder (default: the trained one, else random weights)")
     parser.add_argument("--service", default="service:MagneticTileService")
     parser.add_argument("--n-images", type=int, default=40, help="distinct real tiles to cycle through")
-    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument(
+        "--backend",
+        default="onnx-int8",
+        help="MT_BACKEND of the server and the in-process "
+        "reference: onnx (FP32) or onnx-int8 (made here when the model folder has none)",
+    )
+    parser.add_argument("--concurrency", default="1,4,8")
     parser.add_argument("--level-requests", type=int, default=400, help="max requests per concurrency level")
     parser.add_argument("--level-seconds", type=float, default=25.0, help="max seconds per concurrency level")
     parser.add_argument(
@@ -75,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-concurrency", type=int, default=4)
     parser.add_argument("--soak-max-seconds", type=float, default=900.0)
     parser.add_argument("--rss-every", type=int, default=500)
-    parser.add_argument("--result-name", default="bench_http", help="results/<name>.json")
+    parser.add_argument(
+        "--result-name", default=None, help="results/<name>.json (bench_http_lite0_<precision>)"
+    )
     parser.add_argument(
         "--env", action="append", default=[], help="extra server env KEY=VALUE (e.g. MT_THREADS=1)"
     )
@@ -84,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     info = C.machine_info()
     work = C.workdir("http")
     model_dir, model_source = C.resolve_model_dir(args.model_dir, work)
+    if args.backend == "onnx-int8" and C.ensure_int8(model_dir):
+        model_source += " (INT8 quantized here)"
+    precision = C.PRECISION[args.backend]
+    args.result_name = args.result_name or f"bench_http_lite0_{precision}"
     home = work / "bentoml"
     tag = H.store_model(model_dir, home)
-    server_env = {"MT_MODEL_TAG": tag, "MT_BACKEND": "onnx"}
+    server_env = {"MT_MODEL_TAG": tag, "MT_BACKEND": args.backend}
     server_env.update(dict(kv.split("=", 1) for kv in args.env))
     threads = int(server_env["MT_THREADS"]) if server_env.get("MT_THREADS") else None
 
@@ -95,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     real_bytes = [data for _, data in items]
     fixed_jpeg = C.jpeg_bytes(C.fixed_tile())
     fixed_body = H.Body.image(fixed_jpeg, "tile_270x324.jpg")
-    predictor = Predictor.from_dir(model_dir, backend="onnx", threads=threads)
+    predictor = Predictor.from_dir(model_dir, backend=args.backend, threads=threads)
     for data in real_bytes[:3]:  # warm the in-process reference too
         inprocess_ort(predictor, [data], 10, 1)
 
@@ -246,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         args.result_name,
         {
             "machine": info,
-            "model": C.describe_model(model_dir, model_source, tag=tag),
+            "model": C.describe_model(
+                model_dir, model_source, tag=tag, backend=args.backend, precision=precision
+            ),
+            "targets": targets(levels, single),
             "args": vars(args),
             "server_env": server_env,
             "levels": levels,

@@ -1,4 +1,4 @@
-"""In-process inference speed: eager PyTorch vs ONNX Runtime through the same ``Predictor``.
+"""In-process inference speed: ONNX Runtime FP32 vs INT8 (or eager PyTorch) through the same ``Predictor``.
 
     python benchmarks/bench_model.py [--model-dir DIR] [--n 40] [--threads 2] [--fixed-reps 30]
 
@@ -8,7 +8,9 @@ a change in machine load hits both alike. For every call the script also times t
 ``predict()`` separately (preprocess → network → restore → postprocess) in a second,
 interleaved pass, so the network-only time and the overhead around it are visible.
 
-Writes benchmarks/results/bench_model.json.
+By default FP32 (``onnx``) against INT8 (``onnx-int8``; made here from training tiles when the model
+folder has none); ``--backends torch,onnx`` compares eager PyTorch. Writes
+benchmarks/results/bench_model_lite0.json (``--result-name``).
 """
 
 from __future__ import annotations
@@ -64,11 +66,11 @@ class Config:
         t0 = time.perf_counter()
         batch, geometry = p.network_input(gray)  # test-time flips included
         t1 = time.perf_counter()
-        logits = p.runner(batch)[0]
+        logits, tile_logits = p.runner(batch)
         t2 = time.perf_counter()
         probability = restore_probability(p.merge_views(logits), geometry)
         t3 = time.perf_counter()
-        prediction = postprocess(probability, p.settings.postprocess)
+        prediction = postprocess(probability, p.settings.postprocess, p.class_scores(tile_logits))
         t4 = time.perf_counter()
         return {
             "preprocess": (t1 - t0) * 1e3,
@@ -154,10 +156,28 @@ def print_section(title: str, summary: dict[str, dict]) -> None:
     )
 
 
+def int8_ratios(summary: dict[str, dict], raw: dict[str, dict]) -> dict[str, float]:
+    """INT8 (onnx-int8) over FP32 (onnx) ONNX Runtime, same run, calls interleaved: ratio of p50s,
+    of throughputs, and the median of per-call ratios (load drift cancels)."""
+    fp32 = [n for n in summary if n.split(" ")[0] == "onnx"]
+    int8 = [n for n in summary if n.split(" ")[0] == "onnx-int8"]
+    if not fp32 or not int8:
+        return {}
+    f, i = fp32[0], int8[0]
+    paired = [a / b for a, b in zip(raw[f]["predict"], raw[i]["predict"])]
+    paired_net = [a / b for a, b in zip(raw[f]["stages"]["network"], raw[i]["stages"]["network"])]
+    return {
+        "int8_over_fp32_p50": summary[f]["p50_ms"] / summary[i]["p50_ms"],
+        "int8_over_fp32_images_per_s": summary[i]["images_per_s"] / summary[f]["images_per_s"],
+        "int8_over_fp32_paired_median": statistics.median(paired),
+        "int8_over_fp32_network_paired_median": statistics.median(paired_net),
+    }
+
+
 def ratios(summary: dict[str, dict], raw: dict[str, dict]) -> dict[str, float]:
     """ONNX Runtime over eager PyTorch: ratio of throughputs, and the median of per-call ratios
     (each image's torch call ran right next to its ONNX call, so load drift cancels)."""
-    onnx = [n for n in summary if n.startswith("onnx")]
+    onnx = [n for n in summary if n.split(" ")[0] == "onnx"]
     torch_ = [n for n in summary if n.startswith("torch")]
     if not onnx or not torch_:
         return {}
@@ -184,13 +204,15 @@ def main(argv: list[str] | None = None) -> int:
         help="inference threads; comma list to compare (e.g. 1,2); default: library default (all cores)",
     )
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--backends", default="torch,onnx")
-    parser.add_argument("--result-name", default="bench_model", help="results/<name>.json")
+    parser.add_argument("--backends", default="onnx,onnx-int8", help="comma list (torch, onnx, onnx-int8)")
+    parser.add_argument("--result-name", default="bench_model_lite0", help="results/<name>.json")
     args = parser.parse_args(argv)
 
     info = C.machine_info()
     work = C.workdir("model")
     model_dir, model_source = C.resolve_model_dir(args.model_dir, work)
+    if "onnx-int8" in args.backends.split(",") and C.ensure_int8(model_dir):
+        model_source += " (INT8 quantized here)"
     thread_list = [int(t) for t in args.threads.split(",")] if args.threads else [None]
     configs = [Config(model_dir, b, t) for t in thread_list for b in args.backends.split(",")]
 
@@ -224,6 +246,15 @@ def main(argv: list[str] | None = None) -> int:
         fixed_summary,
     )
     r_real, r_fixed = ratios(real, raw_real), ratios(fixed_summary, raw_fixed)
+    i_real, i_fixed = int8_ratios(real, raw_real), int8_ratios(fixed_summary, raw_fixed)
+    if i_fixed:
+        print("\nINT8 speed-up over FP32 ONNX Runtime (target >= 1.6x), same run:")
+        for label, r in (("real tiles", i_real), ("270x324", i_fixed)):
+            print(
+                f"  {label:10s} p50 ratio {r['int8_over_fp32_p50']:.2f}x, paired median "
+                f"{r['int8_over_fp32_paired_median']:.2f}x | network only paired median "
+                f"{r['int8_over_fp32_network_paired_median']:.2f}x"
+            )
     if r_real:
         print("\nONNX Runtime speed-up over eager PyTorch (target >= 1.3x):")
         for label, r in (("real tiles", r_real), ("270x324", r_fixed)):
@@ -237,12 +268,23 @@ def main(argv: list[str] | None = None) -> int:
         args.result_name,
         {
             "machine": info,
-            "model": {"source": model_source, "net": configs[0].predictor.settings.net},
+            "model": C.describe_model(
+                model_dir,
+                model_source,
+                backends={
+                    c.name: {
+                        "backend": c.predictor.backend,
+                        "precision": C.PRECISION.get(c.predictor.backend),
+                    }
+                    for c in configs
+                },
+            ),
             "args": vars(args),
             "images": {"n": len(images), "members": [m for m, _ in items], "decode_ms_mean": decode_ms},
             "real": real,
             "fixed_270x324": fixed_summary,
             "ratios": {"real": r_real, "fixed": r_fixed},
+            "int8_ratios": {"real": i_real, "fixed": i_fixed},
         },
     )
     print(f"\nwrote {path.relative_to(C.REPO)}")

@@ -29,12 +29,16 @@ def test_sets_over_the_budget_are_not_eligible_but_the_cheapest_always_is() -> N
 
 
 def test_the_tradeoff_is_gain_per_extra_millisecond_against_the_fewest_flips() -> None:
-    rows = [([], {"recall": 0.80, "auroc": 0.95, "dice": 0.60}),
-            (["vertical"], {"recall": 0.86, "auroc": 0.96, "dice": 0.62})]
+    rows = [
+        ([], {"recall": 0.80, "auroc": 0.95, "dice": 0.60}),
+        (["vertical"], {"recall": 0.86, "auroc": 0.96, "dice": 0.62}),
+    ]
     out = flip_tradeoff(rows, [20.0, 40.0], [True, False])
     assert out[0]["extra_ms"] == 0 and "recall_gain_per_ms" not in out[0]
     assert out[1]["latency_ms"] == 40.0 and out[1]["eligible"] is False
-    assert out[1]["recall_gain_per_ms"] == pytest.approx(0.003) and out[1]["dice_gain_per_ms"] == pytest.approx(0.001)
+    assert out[1]["recall_gain_per_ms"] == pytest.approx(0.003) and out[1][
+        "dice_gain_per_ms"
+    ] == pytest.approx(0.001)
 
 
 MS_PER_VIEW = 15.0
@@ -66,8 +70,13 @@ def flips_win_on_recall(monkeypatch):
 
     def choose_postprocess(items, free_class="MT_Free", **options):
         recall = 0.9 if items[0].flips else 0.5
-        chosen = {"recall": recall, "auroc": 0.9, "dice": 0.5, "mean_class_dice": 0.5,
-                  "mask_criterion": "mean_class_dice"}
+        chosen = {
+            "recall": recall,
+            "auroc": 0.9,
+            "dice": 0.5,
+            "mean_class_dice": 0.5,
+            "mask_criterion": "mean_class_dice",
+        }
         return PostprocessSettings(), {"chosen": chosen}
 
     monkeypatch.setattr(calibrate, "score_split", score_split)

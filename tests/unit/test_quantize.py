@@ -45,10 +45,20 @@ def int8_model(tmp_path_factory) -> tuple[Path, list[dict]]:
     """The project's network family (EfficientNet-Lite0 U-Net with the tile head, TF "same" padding,
     dynamic H/W export), small decoder, random weights; both quantization formats built, the faster kept."""
     torch.manual_seed(0)
-    net_cfg = {"arch": "Unet", "encoder": "tf_efficientnet_lite0", "in_channels": 1, "classes": 1,
-               "decoder_channels": [16, 16, 8, 8, 8], "tile_classes": len(CLASSES)}
-    settings = ModelSettings(net=net_cfg, class_names=CLASSES, preprocess=PreprocessSettings(per_image=True),
-                             postprocess=PostprocessSettings(score_source="head", decision_threshold=0.5))
+    net_cfg = {
+        "arch": "Unet",
+        "encoder": "tf_efficientnet_lite0",
+        "in_channels": 1,
+        "classes": 1,
+        "decoder_channels": [16, 16, 8, 8, 8],
+        "tile_classes": len(CLASSES),
+    }
+    settings = ModelSettings(
+        net=net_cfg,
+        class_names=CLASSES,
+        preprocess=PreprocessSettings(per_image=True),
+        postprocess=PostprocessSettings(score_source="head", decision_threshold=0.5),
+    )
     net = build_net(**net_cfg)
     calibration = [tile(i, shape) for i, shape in enumerate([(96, 120), (130, 70), (64, 200), (160, 160)])]
     # BatchNorm statistics estimated on tiles (weights stay random): activations then have the scale of
@@ -118,7 +128,9 @@ def test_paired_speedup_reports_both_precisions(int8_model) -> None:
     fp32 = Predictor.from_dir(model_dir, backend="onnx")
     int8 = Predictor.from_dir(model_dir, backend="onnx-int8")
     speed = paired_speedup(fp32.runner, int8.runner, [fp32.network_input(tile(1))[0]], reps=2)
-    assert speed["calls"] == 2 and speed["speedup"] == pytest.approx(speed["fp32_ms_p50"] / speed["int8_ms_p50"])
+    assert speed["calls"] == 2 and speed["speedup"] == pytest.approx(
+        speed["fp32_ms_p50"] / speed["int8_ms_p50"]
+    )
     assert len(speed["load_average_before"]) == 3
 
 
@@ -172,8 +184,10 @@ def test_package_stage_records_the_choice_from_the_reports(tmp_path: Path) -> No
     from mtdefect.stages.package import serving_choice
 
     assert serving_choice(tmp_path, int8_file_present=True)["precision"] == "fp32"  # no report: fp32
-    report = {"parity": {"holds": True, "dice_delta": 0.001, "auroc_delta": 0.0, "same_decision_rate": 1.0},
-              "speed": {"speedup": 2.1}}
+    report = {
+        "parity": {"holds": True, "dice_delta": 0.001, "auroc_delta": 0.0, "same_decision_rate": 1.0},
+        "speed": {"speedup": 2.1},
+    }
     (tmp_path / "int8.json").write_text(json.dumps(report))
     choice = serving_choice(tmp_path, int8_file_present=True)
     assert (choice["precision"], choice["backend"], choice["int8_speedup"]) == ("int8", "onnx-int8", 2.1)
@@ -204,7 +218,9 @@ def test_evaluate_scores_int8_as_its_own_backend(int8_model, synthetic_dataset, 
         (weights_only / name).write_bytes((model_dir / name).read_bytes())
     for name in ("model.onnx", ONNX_INT8_FILE):
         (onnx_dir / name).write_bytes((model_dir / name).read_bytes())
-    results = evaluate_backends(weights_only, onnx_dir, dataset_dir, manifest, tmp_path / "reports", ["onnx-int8"])
+    results = evaluate_backends(
+        weights_only, onnx_dir, dataset_dir, manifest, tmp_path / "reports", ["onnx-int8"]
+    )
     written = json.loads((tmp_path / "reports" / "metrics_onnx-int8.json").read_text())["test"]
     assert written["backend"] == "onnx-int8" and written["parity"]["reference"] == "onnx"
     assert written["parity"]["tiles"] == written["images"] == results["onnx-int8"]["images"] > 0

@@ -90,11 +90,20 @@ def shape_nodes(model) -> list[str]:
         if node.op_type == "Constant" or (inputs and all(i in constants for i in inputs)):
             constants.update(node.output)
             continue
-        if node.op_type == "Shape" or (inputs and all(i in constants or i in derived for i in inputs)
-                                       and any(i in derived for i in inputs)):
+        if node.op_type == "Shape" or (
+            inputs
+            and all(i in constants or i in derived for i in inputs)
+            and any(i in derived for i in inputs)
+        ):
             derived.update(node.output)
             names.append(node.name)
     return names
+
+
+def named(model, prefixes: Sequence[str]) -> list[str]:
+    """Names of the nodes whose name starts with one of ``prefixes`` (layers kept in float on purpose,
+    e.g. ``/decoder/blocks.4/``: the full-resolution decoder block that draws the mask's edges)."""
+    return [n.name for n in model.graph.node if prefixes and n.name.startswith(tuple(prefixes))]
 
 
 def non_float_nodes(model) -> list[str]:
@@ -124,12 +133,17 @@ def preprocess_for_quantization(source: str | Path, target: str | Path) -> Path:
     unknown), so on that failure the symbolic pass is skipped."""
     from onnxruntime.quantization import quant_pre_process
 
+    leftover = Path("sym_shape_infer_temp.onnx")  # ORT's symbolic pass leaves it in the cwd when it fails
+    existed = leftover.exists()
     try:
         quant_pre_process(str(source), str(target), skip_symbolic_shape=False)
     except Exception as exc:  # noqa: BLE001 — ORT raises a bare Exception here
         if "symbolic shape" not in str(exc).lower():
             raise
         quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
+    finally:
+        if not existed:
+            leftover.unlink(missing_ok=True)
     return Path(target)
 
 
@@ -141,6 +155,7 @@ def quantize_onnx(
     per_channel: bool = True,
     calibrate_method: str = "MinMax",
     op_types: Sequence[str] = OP_TYPES,
+    float_prefixes: Sequence[str] = (),
 ) -> Path:
     """Static INT8 quantization of ``fp32_path`` into ``out_path`` calibrated on ``batches``."""
     import onnx
@@ -171,15 +186,20 @@ def quantize_onnx(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             op_types_to_quantize=[op for op in op_types if fmt == "qdq" or op not in QOPERATOR_SKIP],
-            nodes_to_exclude=sorted(set(output_nodes(model) + shape_nodes(model) + non_float_nodes(model))),
+            nodes_to_exclude=sorted(
+                set(
+                    output_nodes(model)
+                    + shape_nodes(model)
+                    + non_float_nodes(model)
+                    + named(model, float_prefixes)
+                )
+            ),
             calibrate_method=getattr(CalibrationMethod, calibrate_method),
             calibration_providers=["CPUExecutionProvider"],
-            # ranges are merged every 16 tiles, so calibration memory does not grow with the image count
-            extra_options={
-                "ActivationSymmetric": False,
-                "WeightSymmetric": True,
-                "CalibMaxIntermediateOutputs": 16,
-            },
+            # no CalibMaxIntermediateOutputs: in ORT 1.32 reaching it *discards* the collected ranges
+            # ("No data is collected" at a multiple of it). MinMax keeps only per-tensor min/max per
+            # tile (ReduceMin/ReduceMax outputs), so memory stays small anyway
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
         out_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staging), str(out_path))
@@ -221,6 +241,7 @@ def quantize_model_dir(
     per_channel: Sequence[bool] = (True,),
     reps: int = 5,
     threads: int | None = None,
+    float_prefixes: Sequence[str] = (),
 ) -> tuple[Path, list[dict]]:
     """Build every (format, per-channel) candidate from ``model_dir/model.onnx``, time each on
     ``timing_images`` (through the same ORT session settings the predictor uses) and keep the fastest
@@ -237,7 +258,14 @@ def quantize_model_dir(
         for fmt in formats:
             for pc in per_channel:
                 candidate = Candidate(fmt, bool(pc), Path(tmp) / f"{fmt}-{int(bool(pc))}.onnx")
-                quantize_onnx(model_dir / ONNX_FILE, candidate.path, batches, fmt, bool(pc))
+                quantize_onnx(
+                    model_dir / ONNX_FILE,
+                    candidate.path,
+                    batches,
+                    fmt,
+                    bool(pc),
+                    float_prefixes=float_prefixes,
+                )
                 candidates.append(candidate)
         if len(candidates) > 1:
             fp32 = onnx_runner(model_dir / ONNX_FILE, threads)

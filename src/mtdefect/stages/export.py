@@ -70,7 +70,13 @@ def export_int8(cfg: DictConfig, work: Path) -> dict:
         work, calibration, [tile], formats=p["formats"], per_channel=[bool(v) for v in p["per_channel"]]
     )
     report = check_int8(work, data_dir, parity_records, [tile], reps=int(p["speed_reps"]))
+    settings = json.loads((work / "settings.json").read_text())
     return {
+        "model": {
+            "source": str(cfg.paths.model_dir),
+            "net": settings.get("net", {}),
+            "test_time_flips": settings.get("test_time_flips", []),
+        },
         "split": p["parity_split"],
         "calibration": {"split": p["calibration_split"], "images": len(calibration)},
         "candidates": candidates,
