@@ -62,6 +62,6 @@ def test_second_run_reruns_nothing_and_status_is_clean(pipeline) -> None:
 
 def test_changed_param_reruns_training(pipeline) -> None:
     repo, environment, _ = pipeline
-    third = dvc(repo, environment, "exp", "run", *SMALL, "-S", "model.lr=0.001")
+    third = dvc(repo, environment, "exp", "run", *SMALL, "-S", "model.lr=0.0005")  # the default is 1e-3
     assert "Running stage 'train'" in third.stdout
     assert "Stage 'load_data' didn't change, skipping" in third.stdout
