@@ -13,13 +13,15 @@ Then the flip set with the best recall, AUROC, criterion, and fewest flips wins,
 median per-image latency on validation (``Predictor.infer`` with the predictor calibration is given)
 is within ``max_latency_ms`` (None: no limit; the set with the fewest flips is always eligible).
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,25 +52,44 @@ def _finite(value: float) -> float:
 
 
 def choose_decision(
-    items: Sequence[ScoredImage], score_windows: Sequence[int], max_false_alarm_rate: float,
+    items: Sequence[ScoredImage],
+    score_windows: Sequence[int],
+    max_false_alarm_rate: float,
     free_class: str = "MT_Free",
 ) -> tuple[PostprocessSettings, list[dict[str, Any]]]:
     """The score source and decision threshold (step 1 of the module docstring), and one row per source."""
     labels = np.array([item.record.class_name != free_class for item in items], dtype=bool)
-    candidates = [PostprocessSettings(score_source="head", free_class=free_class)] if items and items[0].class_scores else []
+    candidates = (
+        [PostprocessSettings(score_source="head", free_class=free_class)]
+        if items and items[0].class_scores
+        else []
+    )
     candidates += [PostprocessSettings(score_window=int(w), free_class=free_class) for w in score_windows]
     rows = []
     for candidate in candidates:
         scores = np.array([tile_score(item.probability, candidate, item.class_scores) for item in items])
         threshold = budget_threshold(scores[~labels], max_false_alarm_rate)
         rates = metrics.detection_rates(scores >= threshold, labels)
-        rows.append({"score_source": candidate.score_source, "score_window": candidate.score_window,
-                     "decision_threshold": threshold, "recall": _finite(rates["recall"]),
-                     "false_alarm_rate": _finite(rates["false_alarm_rate"]),
-                     "auroc": metrics.binary_auroc(scores, labels)})
-    best = max(rows, key=lambda r: (r["recall"], _finite(r["auroc"]), r["score_source"] == "head", -r["score_window"]))
-    settings = PostprocessSettings(score_source=best["score_source"], score_window=best["score_window"],
-                                   decision_threshold=best["decision_threshold"], free_class=free_class)
+        rows.append(
+            {
+                "score_source": candidate.score_source,
+                "score_window": candidate.score_window,
+                "decision_threshold": threshold,
+                "recall": _finite(rates["recall"]),
+                "false_alarm_rate": _finite(rates["false_alarm_rate"]),
+                "auroc": metrics.binary_auroc(scores, labels),
+            }
+        )
+    best = max(
+        rows,
+        key=lambda r: (r["recall"], _finite(r["auroc"]), r["score_source"] == "head", -r["score_window"]),
+    )
+    settings = PostprocessSettings(
+        score_source=best["score_source"],
+        score_window=best["score_window"],
+        decision_threshold=best["decision_threshold"],
+        free_class=free_class,
+    )
     return settings, rows
 
 
@@ -92,13 +113,23 @@ def choose_postprocess(
         for area in min_areas:
             candidate = replace(decision, threshold=float(threshold), min_region_area=int(area))
             result = split_metrics(items, candidate)
-            mask_rows.append({"threshold": candidate.threshold, "min_region_area": candidate.min_region_area,
-                              **{k: v for k, v in result.items() if k not in ("detection",)},
-                              **result["detection"]})
+            mask_rows.append(
+                {
+                    "threshold": candidate.threshold,
+                    "min_region_area": candidate.min_region_area,
+                    **{k: v for k, v in result.items() if k not in ("detection",)},
+                    **result["detection"],
+                }
+            )
     best = max(mask_rows, key=lambda r: _finite(r[mask_criterion]))  # max keeps the first of equals
     settings = replace(decision, threshold=best["threshold"], min_region_area=best["min_region_area"])
-    chosen = {**best, "score_source": decision.score_source, "score_window": decision.score_window,
-              "decision_threshold": decision.decision_threshold, "mask_criterion": mask_criterion}
+    chosen = {
+        **best,
+        "score_source": decision.score_source,
+        "score_window": decision.score_window,
+        "decision_threshold": decision.decision_threshold,
+        "mask_criterion": mask_criterion,
+    }
     chosen["objective"] = 0.5 * (_finite(best[mask_criterion]) + _finite(best["recall"]))
     for row in mask_rows:  # the report keeps the grid's numbers; the confusion matrices only for the winner
         row.pop("confusion", None)
@@ -133,35 +164,53 @@ def calibrate_on_validation(
         results.append((flips, post, report))
         latencies.append(float(np.median(times)) if times else float("nan"))
     eligible = eligible_flip_sets(candidates, latencies, max_latency_ms)
+    if max_latency_ms is None:
+        # no budget: the timings decide nothing, and left out they keep the saved calibration report
+        # (a training output) identical from run to run; set a budget to record the trade-off
+        latencies = [float("nan")] * len(latencies)
 
     def rank(result: tuple) -> tuple:
         flips, _, report = result
         chosen = report["chosen"]
-        return chosen["recall"], _finite(chosen["auroc"]), _finite(chosen[chosen["mask_criterion"]]), -len(flips)
+        return (
+            chosen["recall"],
+            _finite(chosen["auroc"]),
+            _finite(chosen[chosen["mask_criterion"]]),
+            -len(flips),
+        )
 
     flips, post, report = max((r for r, ok in zip(results, eligible) if ok), key=rank)
     numbers = [(list(f), {k: r["chosen"][k] for k in ("recall", "auroc", "dice")}) for f, _, r in results]
     report["test_time_flips"] = flip_tradeoff(numbers, latencies, eligible)
     report["chosen"]["test_time_flips"] = list(flips)
-    report["latency"] = {"max_latency_ms": max_latency_ms, "backend": predictor.backend,
-                         "measured": "median ms per validation image of Predictor.infer"}
+    report["latency"] = {
+        "max_latency_ms": max_latency_ms,
+        "backend": predictor.backend,
+        "measured": "median ms per validation image of Predictor.infer",
+    }
     return flips, post, report
 
 
-def eligible_flip_sets(candidates: Sequence[Sequence[str]], latencies_ms: Sequence[float],
-                       max_latency_ms: float | None) -> list[bool]:
+def eligible_flip_sets(
+    candidates: Sequence[Sequence[str]], latencies_ms: Sequence[float], max_latency_ms: float | None
+) -> list[bool]:
     """Which flip sets may be chosen under a per-image latency budget: those measured within
     ``max_latency_ms`` (None: all). The set with the fewest flips always stays eligible (it is the
     cheapest there is: with nothing eligible the model would have no settings at all)."""
     if max_latency_ms is None:
         return [True] * len(candidates)
     fewest = min(range(len(candidates)), key=lambda i: (len(candidates[i]), i))
-    return [i == fewest or (not math.isnan(ms) and ms <= float(max_latency_ms))
-            for i, ms in enumerate(latencies_ms)]
+    return [
+        i == fewest or (not math.isnan(ms) and ms <= float(max_latency_ms))
+        for i, ms in enumerate(latencies_ms)
+    ]
 
 
-def flip_tradeoff(rows: Sequence[tuple[list[str], dict[str, float]]], latencies_ms: Sequence[float],
-                  eligible: Sequence[bool]) -> list[dict[str, Any]]:
+def flip_tradeoff(
+    rows: Sequence[tuple[list[str], dict[str, float]]],
+    latencies_ms: Sequence[float],
+    eligible: Sequence[bool],
+) -> list[dict[str, Any]]:
     """One row per flip set: its validation numbers, measured latency and, against the set with the
     fewest flips, the recall and Dice gained per extra millisecond (what a flip buys for its cost)."""
     base = min(range(len(rows)), key=lambda i: (len(rows[i][0]), i))

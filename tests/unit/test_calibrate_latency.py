@@ -89,8 +89,9 @@ def test_without_a_budget_the_better_flip_set_wins(flips_win_on_recall) -> None:
     flips, _, report = calibrate_on_validation(slow_predictor(), "unused", flips_win_on_recall, options)
     assert flips == ("vertical",)
     none, vertical = report["test_time_flips"]
-    assert none["latency_ms"] >= MS_PER_VIEW and vertical["latency_ms"] >= 2 * MS_PER_VIEW
-    assert vertical["recall_gain_per_ms"] > 0 and report["latency"]["max_latency_ms"] is None
+    # no budget: timings are left out, so the saved report is the same from run to run
+    assert math.isnan(none["latency_ms"]) and math.isnan(vertical["latency_ms"])
+    assert "recall_gain_per_ms" not in vertical and report["latency"]["max_latency_ms"] is None
 
 
 def test_a_flip_set_over_the_latency_budget_is_not_chosen(flips_win_on_recall) -> None:
