@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import statistics
 import sys
 import time
@@ -48,6 +47,8 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
+
+from mtdefect.model.module import warmup_cosine  # noqa: E402
 
 GPU_OVERRIDES = [
     "trainer=gpu",
@@ -109,14 +110,13 @@ def prepare_data(kind: str, work: Path, cfg: DictConfig) -> tuple[str, str, str]
     return (
         str(work / "tiles"),
         str(work / "split.csv"),
-        "synthetic tiles 324x270 (tests/conftest.synthetic_pair)",
+        "synthetic tiles 324x270 (mtdefect.devtools.synthetic.synthetic_pair)",
     )
 
 
 def write_synthetic_tree(root: Path, per_class: int = 10) -> Path:
-    """Like tests/conftest.write_synthetic_tree, at the typical tile size (crops need room)."""
-    sys.path.insert(0, str(C.REPO / "tests"))
-    from conftest import CLASSES, TOP, synthetic_pair  # noqa: E402
+    """Like mtdefect.devtools.synthetic.write_synthetic_tree, at the typical tile size (crops need room)."""
+    from mtdefect.devtools.synthetic import CLASSES, TOP, synthetic_pair
 
     for ci, cls in enumerate(CLASSES):
         folder = root / TOP / cls / "Imgs"
@@ -138,19 +138,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def lr_schedule(total: int, epochs: int, warmup_epochs: int):
-    """SegmentationModule.configure_optimizers' schedule, for a loop without a Trainer."""
-    warmup = min(total // 2, total * warmup_epochs // epochs)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(total - warmup, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return schedule
-
-
 class PlainLoop:
     def __init__(self, module: pl.LightningModule, datamodule, device: torch.device, precision: str) -> None:
         self.module = module.to(device)
@@ -169,7 +156,7 @@ class PlainLoop:
             module.parameters(), lr=module.hparams.lr, weight_decay=module.hparams.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_schedule(len(loader), 1, module.hparams.warmup_epochs)
+            self.optimizer, warmup_cosine(len(loader), 1, module.hparams.warmup_epochs)
         )
         module.train()
         self.loss_sum = torch.zeros((), device=self.device)

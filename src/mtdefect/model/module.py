@@ -4,7 +4,7 @@ and schedule, and the validation numbers checkpoints are chosen by."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -15,6 +15,20 @@ from mtdefect.inference.network import build_net, split_outputs
 from mtdefect.metrics import binary_auroc
 from mtdefect.model.losses import CombinedLoss
 from mtdefect.model.pretrained import load_pretrained, pretrained_source
+
+
+def warmup_cosine(total_steps: int, epochs: int, warmup_epochs: int) -> Callable[[int], float]:
+    """The learning-rate factor per step: linear warm-up over ``warmup_epochs`` (at most half the
+    steps), then a cosine decay to 0 at ``total_steps``."""
+    warmup = min(total_steps // 2, total_steps * warmup_epochs // max(epochs, 1))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(total_steps - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return schedule
 
 
 class SegmentationModule(pl.LightningModule):
@@ -153,13 +167,6 @@ class SegmentationModule(pl.LightningModule):
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         epochs = max(int(self.trainer.max_epochs or 1), 1)
-        warmup = min(total // 2, total * self.hparams.warmup_epochs // epochs)
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(total - warmup, 1)
-            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
+        schedule = warmup_cosine(total, epochs, self.hparams.warmup_epochs)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
