@@ -6,6 +6,7 @@ POST /segment, /detect, /overlay take multipart/form-data with one file field ``
 (/livez, /readyz) and /metrics are BentoML's. Settings come from MT_* environment variables
 (mtdefect.serving.config, docs/API.md). Every refusal is a 4xx with ``{"error": "..."}``.
 """
+
 from __future__ import annotations
 
 import io
@@ -163,7 +164,9 @@ class MagneticTileService:
             model=self.runtime.tag or "",
             inference_ms=round(ms, 3),
         )
-        return JSONResponse(result.model_dump(mode="json", by_alias=True), headers=self._headers(prediction, ms))
+        return JSONResponse(
+            result.model_dump(mode="json", by_alias=True), headers=self._headers(prediction, ms)
+        )
 
 
 def _png(array: np.ndarray) -> bytes:

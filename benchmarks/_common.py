@@ -2,6 +2,7 @@
 
 Run by hand (never by ``make test``); every script writes ``benchmarks/results/<name>.json``.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -17,8 +18,9 @@ import statistics
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +53,7 @@ def cpu_model() -> str:
 def machine_info() -> dict[str, Any]:
     """What a reader needs to compare numbers across runs (and why they may be noisy)."""
     info: dict[str, Any] = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -65,7 +67,15 @@ def machine_info() -> dict[str, Any]:
         info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
     except ImportError:
         pass
-    for module in ("torch", "onnxruntime", "numpy", "bentoml", "lightning", "segmentation_models_pytorch", "timm"):
+    for module in (
+        "torch",
+        "onnxruntime",
+        "numpy",
+        "bentoml",
+        "lightning",
+        "segmentation_models_pytorch",
+        "timm",
+    ):
         try:
             info[f"{module}_version"] = __import__(module).__version__
         except Exception:  # not installed, or no __version__
@@ -138,7 +148,9 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
         return str(value)
 
     rows = [[fmt(v) for v in row] for row in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
+    widths = [
+        max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)
+    ]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(r) for r in rows]
@@ -261,10 +273,15 @@ def describe_model(model_dir: Path, source: str, **extra: Any) -> dict[str, Any]
 
     settings = json.loads((Path(model_dir) / SETTINGS_FILE).read_text())
     net = settings.get("net", {})
-    return {"source": source, "net": net, "encoder": net.get("encoder"),
-            "test_time_flips": list(settings.get("test_time_flips", [])),
-            "exports": [n for n in (ONNX_FILE, ONNX_INT8_FILE) if (Path(model_dir) / n).exists()],
-            "weights_trained": "random" not in source, **extra}
+    return {
+        "source": source,
+        "net": net,
+        "encoder": net.get("encoder"),
+        "test_time_flips": list(settings.get("test_time_flips", [])),
+        "exports": [n for n in (ONNX_FILE, ONNX_INT8_FILE) if (Path(model_dir) / n).exists()],
+        "weights_trained": "random" not in source,
+        **extra,
+    }
 
 
 PRECISION = {"onnx": "fp32", "onnx-int8": "int8", "torch": "fp32", "torch-cpu": "fp32"}
@@ -310,17 +327,21 @@ def random_model_dir(out: Path) -> Path:
     import torch
 
     from mtdefect.export import export_onnx
+    from mtdefect.inference.network import build_net
     from mtdefect.inference.settings import ModelSettings, PostprocessSettings, PreprocessSettings
     from mtdefect.model.bundle import write_model_dir
-    from mtdefect.inference.network import build_net
 
     torch.manual_seed(0)
     config = default_net_config()
     net = build_net(**config).eval()
     names = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Free", "MT_Uneven")
-    settings = ModelSettings(net=config, preprocess=PreprocessSettings(per_image=True),
-                             postprocess=PostprocessSettings(), class_names=names if config["tile_classes"] else (),
-                             info={"purpose": "benchmark (random weights)"})
+    settings = ModelSettings(
+        net=config,
+        preprocess=PreprocessSettings(per_image=True),
+        postprocess=PostprocessSettings(),
+        class_names=names if config["tile_classes"] else (),
+        info={"purpose": "benchmark (random weights)"},
+    )
     write_model_dir(net, settings, out)
     export_onnx(out)
     return out

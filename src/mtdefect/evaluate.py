@@ -1,5 +1,6 @@
 """Evaluate a model folder on a split through the service's path (decode → predict → postprocess),
 scored by ``scoring.split_metrics``, the layer calibration uses too."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,12 @@ from mtdefect.scoring import score_split, split_metrics
 def confusion_rows(confusion: dict) -> list[dict[str, str]]:
     """A confusion matrix as one {"actual", "predicted"} row per tile (DVC's confusion template)."""
     labels = confusion["labels"]
-    return [{"actual": labels[i], "predicted": labels[j]}
-            for i, row in enumerate(confusion["matrix"]) for j, count in enumerate(row) for _ in range(count)]
+    return [
+        {"actual": labels[i], "predicted": labels[j]}
+        for i, row in enumerate(confusion["matrix"])
+        for j, count in enumerate(row)
+        for _ in range(count)
+    ]
 
 
 @contextlib.contextmanager
@@ -74,9 +79,12 @@ def evaluate_backends(
         ref_name, ref, ref_decisions = scored[reference]
         for backend in backends:
             name, result, decisions = scored[backend]
-            summary = {**result, "images": len(records), "backend": name,
-                       "parity": {"reference": ref_name,
-                                  **parity_report(ref, result, ref_decisions, decisions)}}
+            summary = {
+                **result,
+                "images": len(records),
+                "backend": name,
+                "parity": {"reference": ref_name, **parity_report(ref, result, ref_decisions, decisions)},
+            }
             write_json_atomic(reports_dir / f"metrics_{backend}.json", {"test": summary}, indent=2)
             out[backend] = summary
     return out
@@ -118,17 +126,23 @@ def evaluate(
     write_json_atomic(reports_dir / "metrics.json", {"test": summary}, indent=2)
     plots = reports_dir / "plots"
     write_json_atomic(plots / "roc.json", metrics.roc_curve(np.array(scores), np.array(labels)), indent=2)
-    write_json_atomic(plots / "pr.json", metrics.precision_recall_curve(np.array(scores), np.array(labels)), indent=2)
-    write_json_atomic(plots / "per_class_dice.json",
-                      [{"class": k, "dice": v} for k, v in result["per_class_dice"].items()], indent=2)
+    write_json_atomic(
+        plots / "pr.json", metrics.precision_recall_curve(np.array(scores), np.array(labels)), indent=2
+    )
+    write_json_atomic(
+        plots / "per_class_dice.json",
+        [{"class": k, "dice": v} for k, v in result["per_class_dice"].items()],
+        indent=2,
+    )
     write_json_atomic(plots / "per_image.json", per_image, indent=2)
     write_json_atomic(plots / "confusion.json", confusion_rows(confusion) if confusion else [], indent=2)
     write_overlays(items, per_image, predictor, reports_dir / "overlays", n_overlays, worst_n)
     return {"test": summary}
 
 
-def write_overlays(items, per_image: list[dict], predictor: Predictor, overlay_dir: Path,
-                   n_overlays: int, worst_n: int) -> None:
+def write_overlays(
+    items, per_image: list[dict], predictor: Predictor, overlay_dir: Path, n_overlays: int, worst_n: int
+) -> None:
     """Sampled panels (every k-th image) and the ``worst_n`` lowest-Dice panels among defective or
     flagged tiles: image | truth | prediction."""
     post = predictor.settings.postprocess
@@ -142,8 +156,11 @@ def write_overlays(items, per_image: list[dict], predictor: Predictor, overlay_d
             item = items[i]
             answer = postprocess(item.probability, post, item.class_scores)
             number = i if prefix == "sample" else rank
-            name = f"{prefix}_{number:03d}_{Path(item.record.image).stem}" if prefix == "sample" \
+            name = (
+                f"{prefix}_{number:03d}_{Path(item.record.image).stem}"
+                if prefix == "sample"
                 else f"{prefix}_{number:02d}_{Path(item.record.image).stem}"
+            )
             panels[name] = panel(item.gray, item.truth.astype(np.uint8) * 255, answer.mask)
     overlay_dir.mkdir(parents=True, exist_ok=True)
     for old in overlay_dir.glob("*.png"):

@@ -1,4 +1,5 @@
 """Export a trained model folder to ONNX (dynamic height/width) and prove parity on real images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,11 @@ def export_onnx(model_dir: str | Path, opset: int = OPSET) -> Path:
     target = model_dir / ONNX_FILE
     tmp = target.with_suffix(".onnx.tmp")
     outputs = ["logits", "class_logits"] if settings.net.get("tile_classes") else ["logits"]
-    axes = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"},
-            "class_logits": {0: "batch"}}
+    axes = {
+        "image": {0: "batch", 2: "height", 3: "width"},
+        "logits": {0: "batch", 2: "height", 3: "width"},
+        "class_logits": {0: "batch"},
+    }
     torch.onnx.export(
         net,
         (example,),
@@ -59,16 +63,26 @@ def check_parity(model_dir: str | Path, images: list[np.ndarray], tolerance: flo
         p_onnx, c_onnx = onnx_pred.infer(gray)
         max_delta = max(max_delta, float(np.abs(p_torch - p_onnx).max()))
         if set(c_torch) != set(c_onnx):
-            raise RuntimeError(f"ONNX parity check failed: class outputs {sorted(c_onnx)} vs {sorted(c_torch)}")
+            raise RuntimeError(
+                f"ONNX parity check failed: class outputs {sorted(c_onnx)} vs {sorted(c_torch)}"
+            )
         class_delta = max([class_delta] + [abs(c_torch[k] - c_onnx[k]) for k in c_torch])
-        differ = (postprocess(p_torch, settings.postprocess, c_torch).mask
-                  != postprocess(p_onnx, settings.postprocess, c_onnx).mask)
+        differ = (
+            postprocess(p_torch, settings.postprocess, c_torch).mask
+            != postprocess(p_onnx, settings.postprocess, c_onnx).mask
+        )
         mask_mismatches += int(differ.any())
         pixels += int(differ.sum())
         unexplained += int((differ & (np.abs(p_torch - threshold) >= tolerance)).sum())
-    report = {"images": len(images), "max_abs_prob_delta": max_delta, "max_abs_class_prob_delta": class_delta,
-              "mask_mismatches": mask_mismatches, "mismatched_pixels": pixels,
-              "mismatched_pixels_off_threshold": unexplained, "tolerance": tolerance}
+    report = {
+        "images": len(images),
+        "max_abs_prob_delta": max_delta,
+        "max_abs_class_prob_delta": class_delta,
+        "mask_mismatches": mask_mismatches,
+        "mismatched_pixels": pixels,
+        "mismatched_pixels_off_threshold": unexplained,
+        "tolerance": tolerance,
+    }
     if max_delta >= tolerance or class_delta >= tolerance or unexplained:
         raise RuntimeError(f"ONNX parity check failed: {report}")
     return report
@@ -104,6 +118,13 @@ def check_int8(
     parity = parity_report(results["fp32"], results["int8"], decisions["fp32"], decisions["int8"], criteria)
     speed = paired_speedup(fp32.runner, int8.runner, [fp32.network_input(g)[0] for g in timing_images], reps)
     precision, reason = choose_precision(parity["holds"], speed["speedup"])
-    return {"split_tiles": len(records), "fp32": results["fp32"], "int8": results["int8"], "parity": parity,
-            "speed": speed, "test_time_flips": list(fp32.settings.test_time_flips),
-            "recommended_precision": precision, "reason": reason}
+    return {
+        "split_tiles": len(records),
+        "fp32": results["fp32"],
+        "int8": results["int8"],
+        "parity": parity,
+        "speed": speed,
+        "test_time_flips": list(fp32.settings.test_time_flips),
+        "recommended_precision": precision,
+        "reason": reason,
+    }

@@ -3,6 +3,7 @@
 Where the store lives: ``$BENTOML_HOME/models`` (the Makefile sets ``BENTOML_HOME=<repo>/.bentoml``;
 BentoML's own default is ``~/bentoml``).
 """
+
 from __future__ import annotations
 
 import shutil

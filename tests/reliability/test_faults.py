@@ -1,6 +1,7 @@
 """Injected faults: a data load that dies half-way (exception, Ctrl-C, SIGKILL, failed swap) never
 leaves a dataset that downstream accepts, and pickled checkpoints / weights are refused without
 running a single byte of their payload."""
+
 from __future__ import annotations
 
 import pathlib
@@ -14,7 +15,6 @@ import pytest
 
 from tests.conftest import write_synthetic_tree, zip_tree
 from tests.reliability.support import child_env, kill_group, run, tree_hashes, wait_for, write_big_archive
-
 
 # ---------------------------------------------------------------- interrupted data loads
 
@@ -44,8 +44,11 @@ class Boom(Exception):
     pass
 
 
-@pytest.mark.parametrize("fault", [OSError("No space left on device"), KeyboardInterrupt(), Boom("crash")],
-                         ids=["disk-full", "ctrl-c", "crash"])
+@pytest.mark.parametrize(
+    "fault",
+    [OSError("No space left on device"), KeyboardInterrupt(), Boom("crash")],
+    ids=["disk-full", "ctrl-c", "crash"],
+)
 @pytest.mark.parametrize("previous", [False, True], ids=["fresh", "over-previous"])
 def test_load_failing_midway_keeps_nothing_or_the_previous_dataset(
     small_zip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: BaseException, previous: bool
@@ -77,8 +80,9 @@ def test_load_failing_midway_keeps_nothing_or_the_previous_dataset(
         assert_never_accepted(out, tmp_path / "split.csv")
 
 
-def test_failed_swap_never_leaves_a_mixed_dataset(small_zip: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_swap_never_leaves_a_mixed_dataset(
+    small_zip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The staging folder is complete but renaming it into place fails (the last step)."""
     from mtdefect.data import source
 
@@ -129,8 +133,14 @@ def test_sigkill_of_load_data_stage_mid_write(small_zip: Path, tmp_path: Path, p
         return any(len(list(s.glob("MT_*/*.png"))) >= 12 for s in staging_leftovers(out))
 
     env = child_env()
-    proc = subprocess.Popen([sys.executable, "-m", "mtdefect.stages.load_data"], cwd=work, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mtdefect.stages.load_data"],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         caught = wait_for(half_written, timeout=120, interval=0.01, alive=proc)
     finally:
@@ -207,11 +217,17 @@ def test_pickled_checkpoint_is_refused_by_load_best_weights(tmp_path: Path, kind
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     from mtdefect.inference import ModelSettings
-    from mtdefect.model.bundle import write_model_dir
     from mtdefect.inference.network import build_net
+    from mtdefect.model.bundle import write_model_dir
 
-    net_cfg = dict(arch="Unet", encoder="resnet10t", pretrained=False, in_channels=1, classes=1,
-                   decoder_channels=[16, 8, 8, 8, 8])
+    net_cfg = dict(
+        arch="Unet",
+        encoder="resnet10t",
+        pretrained=False,
+        in_channels=1,
+        classes=1,
+        decoder_channels=[16, 8, 8, 8, 8],
+    )
     out = tmp_path_factory.mktemp("m") / "model"
     return write_model_dir(build_net(**net_cfg), ModelSettings(net=net_cfg), out)
 

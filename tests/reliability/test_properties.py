@@ -334,7 +334,9 @@ def test_bytes_to_answer_through_a_fake_runner(
     data, expected, *_ = case
     head = head or decision == "head"
     post = PostprocessSettings(
-        threshold=threshold, min_region_area=min_area, score_window=window,
+        threshold=threshold,
+        min_region_area=min_area,
+        score_window=window,
         score_source="head" if decision == "head" else "mask",
         decision_threshold=None if decision is None else decision_threshold,
     )

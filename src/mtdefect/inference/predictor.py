@@ -1,11 +1,13 @@
 """Run a saved model on images: PyTorch (CPU or CUDA) or ONNX Runtime (CPU), same pre/postprocessing."""
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -30,7 +32,9 @@ def load_torch_net(model_dir: str | Path, settings: ModelSettings, device: str =
     try:
         state = load_file(str(path), device="cpu")
     except SafetensorError as exc:  # e.g. a pickle renamed to .safetensors: refused, never unpickled
-        raise ValueError(f"model weights unreadable: {path} is not a valid safetensors file ({exc})") from None
+        raise ValueError(
+            f"model weights unreadable: {path} is not a valid safetensors file ({exc})"
+        ) from None
     net.load_state_dict(state, strict=True)
     return net.eval().to(device)
 
@@ -43,7 +47,10 @@ def torch_runner(net, device: str = "cpu") -> Runner:
     def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         with torch.inference_mode():
             logits, tile_logits = split_outputs(net(torch.from_numpy(batch).to(device)))
-            return logits.float().cpu().numpy(), None if tile_logits is None else tile_logits.float().cpu().numpy()
+            return (
+                logits.float().cpu().numpy(),
+                None if tile_logits is None else tile_logits.float().cpu().numpy(),
+            )
 
     return run
 
@@ -83,7 +90,9 @@ class Predictor:
         self.backend = backend
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, backend: Backend = "auto", threads: int | None = None) -> "Predictor":
+    def from_dir(
+        cls, model_dir: str | Path, backend: Backend = "auto", threads: int | None = None
+    ) -> Predictor:
         """``auto``: PyTorch on CUDA when a GPU is present, else ONNX Runtime when the model has an
         ONNX export, else PyTorch on CPU. ``onnx-int8``: the static INT8 export (``model.int8.onnx``)."""
         model_dir = Path(model_dir)
@@ -109,7 +118,7 @@ class Predictor:
             return cls(settings, torch_runner(net, device), f"torch-{device}")
         raise ValueError(f"unknown backend {backend!r}: choose auto, torch, onnx or onnx-int8")
 
-    def with_flips(self, flips: Sequence[str]) -> "Predictor":
+    def with_flips(self, flips: Sequence[str]) -> Predictor:
         """The same network and settings with other test-time flips (for calibration)."""
         return Predictor(replace(self.settings, test_time_flips=tuple(flips)), self.runner, self.backend)
 
@@ -124,7 +133,9 @@ class Predictor:
         batch, geometry = preprocess(gray, self.settings.preprocess)
         flips = self.settings.test_time_flips
         if flips:
-            batch = np.ascontiguousarray(np.concatenate([batch] + [np.flip(batch, FLIP_AXES[f]) for f in flips]))
+            batch = np.ascontiguousarray(
+                np.concatenate([batch] + [np.flip(batch, FLIP_AXES[f]) for f in flips])
+            )
         return batch, geometry
 
     def merge_views(self, logits: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 It is written next to the weights by training, read by evaluation and by the service, so the
 input handling, the threshold and the minimum region area can never differ between them.
 """
+
 from __future__ import annotations
 
 import json
@@ -97,8 +98,10 @@ class ModelSettings:
     def __post_init__(self) -> None:
         unknown = [f for f in self.test_time_flips if f not in FLIP_AXES]
         if unknown or len(set(self.test_time_flips)) != len(self.test_time_flips):
-            raise ValueError(f"test_time_flips must be distinct names from {sorted(FLIP_AXES)}, "
-                             f"got {list(self.test_time_flips)}")
+            raise ValueError(
+                f"test_time_flips must be distinct names from {sorted(FLIP_AXES)}, "
+                f"got {list(self.test_time_flips)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -107,7 +110,7 @@ class ModelSettings:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelSettings":
+    def from_dict(cls, data: dict[str, Any]) -> ModelSettings:
         return cls(
             net=dict(data["net"]),
             preprocess=PreprocessSettings(**data.get("preprocess", {})),
@@ -123,7 +126,7 @@ class ModelSettings:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ModelSettings":
+    def load(cls, directory: str | Path) -> ModelSettings:
         path = Path(directory) / SETTINGS_FILE
         try:
             return cls.from_dict(json.loads(path.read_text()))
