@@ -172,10 +172,37 @@ def _nullable_for_openapi_30(node: Any) -> Any:
     return node
 
 
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_inline_refs(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        return _inline_refs(
+            {**defs[node["$ref"].rsplit("/", 1)[-1]], **{k: v for k, v in node.items() if k != "$ref"}}, defs
+        )
+    return {key: _inline_refs(value, defs) for key, value in node.items()}
+
+
+def detect_response_schema() -> dict[str, Any]:
+    """``DetectResult`` as an inline OpenAPI 3.0 schema. BentoML flattens ``anyOf`` to its first
+    option, which turns every ``X | None`` field into a plain ``X``: a client validating against it
+    would reject ``"defect_class": null``. This keeps the null (as ``nullable``)."""
+    schema = DetectResult.model_json_schema()
+    defs = schema.pop("$defs", {})
+    return _nullable_for_openapi_30(_inline_refs(schema, defs))
+
+
 def with_error_responses(spec: dict[str, Any]) -> dict[str, Any]:
     """BentoML's OpenAPI document made valid OpenAPI 3.0, with every status the API routes can
-    answer documented (BentoML lists 200, 400, 404 and 500 only)."""
+    answer documented (BentoML lists 200, 400, 404 and 500 only) and ``/detect``'s nullable fields
+    kept nullable."""
     spec = _nullable_for_openapi_30(copy.deepcopy(spec))
+    detect_responses = spec.get("paths", {}).get("/detect", {}).get("post", {}).get("responses", {})
+    for status in (200, "200"):  # BentoML's asdict() keys statuses by int
+        content = detect_responses.get(status, {}).get("content", {})
+        if "application/json" in content:
+            content["application/json"]["schema"] = detect_response_schema()
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas["Error"] = {
         "type": "object",
