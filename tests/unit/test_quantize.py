@@ -225,3 +225,18 @@ def test_evaluate_scores_int8_as_its_own_backend(int8_model, synthetic_dataset, 
     assert written["backend"] == "onnx-int8" and written["parity"]["reference"] == "onnx"
     assert written["parity"]["tiles"] == written["images"] == results["onnx-int8"]["images"] > 0
     assert 0.0 <= written["parity"]["same_decision_rate"] <= 1.0 and "detection" in written
+
+
+def test_the_service_auto_backend_follows_the_recorded_choice(int8_model, monkeypatch) -> None:
+    from mtdefect import store
+    from mtdefect.serving.config import ServeConfig
+    from mtdefect.serving.runtime import ModelRuntime
+
+    model_dir, _ = int8_model
+    monkeypatch.setattr(store, "model_path", lambda tag: model_dir)
+    monkeypatch.setattr(store, "recorded_backend", lambda tag: ("onnx-int8", "INT8 kept the answers"))
+    runtime = ModelRuntime(ServeConfig()).load()
+    assert runtime.ready and runtime.predictor.backend == "onnx-int8"
+    assert ModelRuntime(ServeConfig(backend="onnx")).load().predictor.backend == "onnx"  # explicit wins
+    monkeypatch.setattr(store, "recorded_backend", lambda tag: (None, None))  # older entry: as before
+    assert ModelRuntime(ServeConfig()).load().predictor.backend == "onnx"

@@ -22,6 +22,7 @@ Choices (each measured, see ``reports/int8.json`` and docs/PERFORMANCE.md):
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
@@ -171,8 +172,10 @@ def quantize_onnx(
         raise ValueError(f"quantization format must be one of {FORMATS}, got {fmt!r}")
     if not batches:
         raise ValueError("static quantization needs calibration images")
-    out_path = Path(out_path)
-    with tempfile.TemporaryDirectory(prefix="mtq-") as tmp:
+    out_path, fp32_path = Path(out_path).resolve(), Path(fp32_path).resolve()
+    # ORT's quantizer writes scratch files into the current directory (external-data "<uuid>.data"
+    # files of ~the model's size, a failed symbolic pass's temp model): work inside the temp folder
+    with tempfile.TemporaryDirectory(prefix="mtq-") as tmp, contextlib.chdir(tmp):
         prepared = preprocess_for_quantization(fp32_path, Path(tmp) / "prepared.onnx")
         model = onnx.load(str(prepared))
         reader = type("Reader", (_Reader, CalibrationDataReader), {})(model.graph.input[0].name, batches)
