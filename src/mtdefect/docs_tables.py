@@ -70,9 +70,11 @@ UNRECORDED = "resnet10t"
 
 # Performance: one dict per target; "files" are benchmark results (in benchmarks/results/),
 # "value" extracts the measurement from one result, "met" judges it (None: no target).
+HTTP_LITE0 = ["bench_http_lite0_int8.json", "bench_http_lite0_int8_loaded.json", "bench_http_lite0_fp32.json"]
 PERFORMANCE_ROWS: list[dict[str, Any]] = [
     {
-        "target": "INT8 ≥ 1.6× FP32 in process, same run (ONNX Runtime `predict()` p50 ratio: one 270×324 tile / "
+        "target": "INT8 ≥ 1.6× FP32 in process, same run (ONNX Runtime `predict()` p50 ratio: one 270×324 "
+        "tile / "
         "40 real tiles)",
         "files": ["bench_model_lite0.json", "bench_model_lite0_loaded.json"],
         "value": lambda r: (
@@ -92,7 +94,8 @@ PERFORMANCE_ROWS: list[dict[str, Any]] = [
         "met": None,
     },
     {
-        "target": "INT8 keeps the answers (validation, export stage): Dice within 0.005, same tile decision on "
+        "target": "INT8 keeps the answers (validation, export stage): Dice within 0.005, same tile decision "
+        "on "
         "≥ 99.5 % of tiles, AUROC within 0.002",
         "dir": "reports",
         "files": ["int8.json"],
@@ -105,7 +108,7 @@ PERFORMANCE_ROWS: list[dict[str, Any]] = [
     },
     {
         "target": "single request, 270×324 tile, `/detect` end to end p50 ≤ 30 ms, p99 ≤ 60 ms",
-        "files": ["bench_http_lite0_int8.json", "bench_http_lite0_int8_loaded.json", "bench_http_lite0_fp32.json"],
+        "files": HTTP_LITE0,
         "value": lambda r: (
             r["single_270x324"]["/detect"]["p50_ms"],
             r["single_270x324"]["/detect"]["p99_ms"],
@@ -115,14 +118,14 @@ PERFORMANCE_ROWS: list[dict[str, Any]] = [
     },
     {
         "target": "HTTP at concurrency 4 ≥ 0.95× in-process (requests/s over images/s, same backend)",
-        "files": ["bench_http_lite0_int8.json", "bench_http_lite0_int8_loaded.json", "bench_http_lite0_fp32.json"],
+        "files": HTTP_LITE0,
         "value": lambda r: r["levels"]["4"]["ratio_to_inprocess"],
         "show": lambda v: f"{v:.2f}×",
         "met": lambda v: v >= 0.95,
     },
     {
         "target": "HTTP at concurrency 8: ≥ 50 tiles/s, zero errors, p99 ≤ 200 ms (real tiles)",
-        "files": ["bench_http_lite0_int8.json", "bench_http_lite0_int8_loaded.json", "bench_http_lite0_fp32.json"],
+        "files": HTTP_LITE0,
         "value": lambda r: (
             r["levels"]["8"]["req_per_s"],
             r["levels"]["8"]["errors"],
@@ -140,7 +143,8 @@ PERFORMANCE_ROWS: list[dict[str, Any]] = [
         "met": None,
     },
     {
-        "target": "training step (batch 16 × 160², CPU): bf16 vs fp32, channels_last on/off; the faster is the "
+        "target": "training step (batch 16 × 160², CPU): bf16 vs fp32, channels_last on/off; the faster is "
+        "the "
         "default (bf16-mixed + channels_last)",
         "files": ["bench_train_precision_lite0.json"],
         "value": lambda r: r,
@@ -482,7 +486,8 @@ def lite0_detail(root: Path) -> str:
                 "",
                 f"INT8 over FP32: p50 ratio {i['fixed']['int8_over_fp32_p50']:.2f}× (270×324), "
                 f"{i['real']['int8_over_fp32_p50']:.2f}× (real tiles); paired per-call median "
-                f"{i['fixed']['int8_over_fp32_paired_median']:.2f}× / {i['real']['int8_over_fp32_paired_median']:.2f}×.",
+                f"{i['fixed']['int8_over_fp32_paired_median']:.2f}× / "
+                f"{i['real']['int8_over_fp32_paired_median']:.2f}×.",
             ]
         out.append("")
     for precision in ("int8", "fp32"):
@@ -540,8 +545,10 @@ def lite0_detail(root: Path) -> str:
     if r:
         cap = r["pixel_cap"]
         out += [
-            f"**Cost curve** (`bench_cost.py`, {benchmark_model(r, None)}, {_load(r)}): one child process per "
-            f"point, peak RSS (VmHWM) reset after loading; pixel cap `MT_MAX_PIXELS` = {cap['MT_MAX_PIXELS_default']:,} "
+            f"**Cost curve** (`bench_cost.py`, {benchmark_model(r, None)}, {_load(r)}): one child process "
+            "per "
+            f"point, peak RSS (VmHWM) reset after loading; pixel cap `MT_MAX_PIXELS` = "
+            f"{cap['MT_MAX_PIXELS_default']:,} "
             f"px ({cap['side_at_cap']}²): larger uploads are refused with 413 before decoding.",
             "",
         ]
@@ -592,9 +599,11 @@ def lite0_detail(root: Path) -> str:
     if r:
         m = r["model"]
         out += [
-            f"**Training step** (`bench_train_precision.py`, Unet {m['encoder']}, batch {r['args']['batch']} × "
+            f"**Training step** (`bench_train_precision.py`, Unet {m['encoder']}, "
+            f"batch {r['args']['batch']} × "
             f"{r['args']['crop']}², {r['args']['steps']} interleaved steps each, torch threads "
-            f"{r['machine'].get('torch_threads')}, load {r['machine'].get('load_average_before_timed_steps', ['?'])[0]}"
+            f"{r['machine'].get('torch_threads')}, "
+            f"load {r['machine'].get('load_average_before_timed_steps', ['?'])[0]}"
             f" → {r['machine'].get('load_average_after_timed_steps', ['?'])[0]}).",
             "",
         ]
@@ -627,7 +636,8 @@ def lite0_detail(root: Path) -> str:
             continue
         out += [
             f"**INT8 parity, {label}** (`{path.relative_to(root)}`): ΔDice {parity['dice_delta']:.4f}, "
-            f"ΔAUROC {parity['auroc_delta']:.4f}, same decision on {100 * parity['same_decision_rate']:.2f} % "
+            f"ΔAUROC {parity['auroc_delta']:.4f}, "
+            f"same decision on {100 * parity['same_decision_rate']:.2f} % "
             f"of {parity['tiles']} tiles ({parity['changed_decisions']} changed) → parity "
             f"{'holds' if parity['holds'] else 'fails'}"
             + (
