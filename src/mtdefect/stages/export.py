@@ -28,6 +28,8 @@ INT8_DEFAULTS = {
     "parity_split": "val",
     "timing_size": [270, 324],  # width x height: the typical tile of issue #14
     "speed_reps": 30,
+    "calibration_size": None,  # [width, height]: calibration tiles resized to it; None: native sizes
+    "float_prefixes": [],  # ONNX node-name prefixes kept in float (e.g. "/decoder/blocks.4/")
 }
 INT8_REPORT = "int8.json"
 
@@ -60,6 +62,9 @@ def export_int8(cfg: DictConfig, work: Path) -> dict:
         data_dir,
         evenly(read_manifest(cfg.paths.manifest, p["calibration_split"]), int(p["calibration_images"])),
     )
+    if p["calibration_size"]:
+        size = tuple(int(v) for v in p["calibration_size"])
+        calibration = [np.asarray(Image.fromarray(g).resize(size, Image.BILINEAR)) for g in calibration]
     parity_records = read_manifest(cfg.paths.manifest, p["parity_split"])
     width, height = (int(v) for v in p["timing_size"])
     tile = np.asarray(
@@ -67,7 +72,12 @@ def export_int8(cfg: DictConfig, work: Path) -> dict:
     )
     load_before = [round(x, 2) for x in os.getloadavg()]
     _, candidates = quantize_model_dir(
-        work, calibration, [tile], formats=p["formats"], per_channel=[bool(v) for v in p["per_channel"]]
+        work,
+        calibration,
+        [tile],
+        formats=p["formats"],
+        per_channel=[bool(v) for v in p["per_channel"]],
+        float_prefixes=list(p["float_prefixes"]),
     )
     report = check_int8(work, data_dir, parity_records, [tile], reps=int(p["speed_reps"]))
     settings = json.loads((work / "settings.json").read_text())
@@ -78,7 +88,12 @@ def export_int8(cfg: DictConfig, work: Path) -> dict:
             "test_time_flips": settings.get("test_time_flips", []),
         },
         "split": p["parity_split"],
-        "calibration": {"split": p["calibration_split"], "images": len(calibration)},
+        "calibration": {
+            "split": p["calibration_split"],
+            "images": len(calibration),
+            "size": p["calibration_size"],
+            "float_prefixes": list(p["float_prefixes"]),
+        },
         "candidates": candidates,
         **report,
         "timing_size_wh": [width, height],
