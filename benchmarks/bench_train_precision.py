@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# bench_train_precision — {C.describe_machine(info)}")
     print(
         f"model: {net.arch} {net.encoder} (decoder {list(net.decoder_channels)}, tile head "
-        f"{bool(net.tile_classes)}); batch {args.batch} x 1 x {args.crop}²; torch threads {torch.get_num_threads()}"
+        f"{bool(net.tile_classes)}); batch {args.batch} x 1 x {args.crop}²; "
+        f"torch threads {torch.get_num_threads()}"
     )
     names = list(variants)
     for _ in range(args.warmup):
