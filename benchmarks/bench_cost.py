@@ -5,7 +5,8 @@
 Each (backend, size) runs in a fresh child process whose peak RSS (VmHWM) is reset after loading the
 model, so the peak belongs to that size's calls alone: load the model, one warm-up call, then
 ``--reps`` timed calls (fewer for the large sizes, see ``reps_for``) on a real tile resized to the
-size. Reported per point: p50 latency, ms per megapixel, the process's RSS after loading, its peak RSS and the growth between them (the
+size. Reported per point: p50 latency, ms per megapixel, the process's RSS after loading, its peak RSS
+and the growth between them (the
 working memory of one call). The service's pixel cap (``MT_MAX_PIXELS``, default 4096²) is
 recorded with the curve: sizes above it are refused with 413 before decoding.
 
