@@ -33,6 +33,9 @@ def metrics(dice: float, flips: str = "vertical") -> dict:
             "per_class_dice": {"MT_Crack": dice / 4, "MT_Fray": dice * 1.2},
             "detection": {"recall": 0.25, "false_alarm_rate": 0.01, "auroc": 0.75},
             "test_time_flips": flips,
+            "mean_class_dice": dice / 2,
+            "score_source": "head",
+            "classification": {"accuracy": 0.9},
         }
     }
 
@@ -70,9 +73,12 @@ def test_results_table_reads_the_run_and_names_the_model_dvc_lock_records(tmp_pa
         "0.510",
         "0.125",
         "0.600",
+        "0.250",  # mean class Dice
+        "head",  # the decision's score source
         "0.250",
         "0.010",
         "0.750",
+        "0.900",  # defect-class top-1 accuracy
     ]
     header = next(line for line in md.splitlines() if line.startswith("| run |"))
     assert "| Crack | Fray |" in header
