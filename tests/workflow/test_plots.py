@@ -56,6 +56,13 @@ def write_outputs(repo: Path, scale: float) -> None:
     (plots / "per_class_dice.json").write_text(
         json.dumps([{"class": c, "dice": d * scale} for c, d in (("MT_Blowhole", 0.6), ("MT_Crack", 0.3))])
     )
+    # the defect-class confusion: one row per tile (the second revision moves one crack to "MT_Free")
+    confusion = [
+        ("MT_Crack", "MT_Crack"),
+        ("MT_Free", "MT_Free"),
+        ("MT_Crack", "MT_Crack" if scale == 1.0 else "MT_Free"),
+    ]
+    (plots / "confusion.json").write_text(json.dumps([{"actual": a, "predicted": p} for a, p in confusion]))
     (plots / "per_image.json").write_text(
         json.dumps(
             [
@@ -107,7 +114,7 @@ def test_plots_show_renders_every_defined_plot(plots_repo, tmp_path) -> None:
     assert {"train/loss.tsv", "val/loss.tsv"} <= sources  # DVC trims the common prefix
     for image in ("reports/overlays/sample_000_a.png", "reports/overlays/worst_00_a.png"):
         assert shown[image][0]["type"] == "image" and len(shown[image]) == 1, "each overlay once"
-    for name in ("roc", "pr", "per_class_dice", "per_image"):  # drawn by their definitions only, not twice
+    for name in ("roc", "pr", "per_class_dice", "per_image", "confusion"):  # by their definitions only, once
         assert f"reports/plots/{name}.json" not in shown, sorted(shown)
 
     out = tmp_path / "html"
