@@ -48,3 +48,25 @@ def synthetic_dataset(tmp_path_factory) -> tuple[Path, Path]:
     load_dataset(str(base / "src"), base / "tiles")
     make_split(base / "tiles", base / "split.csv", 0.25, 0.25, seed=0)
     return base / "tiles", base / "split.csv"
+
+
+def head_model(per_image: bool = False) -> tuple[dict, ModelSettings]:  # noqa: F821
+    """The project's network family at test size: an EfficientNet-Lite0 U-Net (TF "same" padding) with
+    the tile-class head, a small decoder; its net config and settings deciding by the head."""
+    from mtdefect.inference import ModelSettings, PostprocessSettings, PreprocessSettings
+
+    net_cfg = {
+        "arch": "Unet",
+        "encoder": "tf_efficientnet_lite0",
+        "in_channels": 1,
+        "classes": 1,
+        "decoder_channels": [16, 16, 8, 8, 8],
+        "tile_classes": len(CLASSES),
+    }
+    settings = ModelSettings(
+        net=net_cfg,
+        class_names=CLASSES,
+        preprocess=PreprocessSettings(per_image=per_image),
+        postprocess=PostprocessSettings(score_source="head", decision_threshold=0.5),
+    )
+    return net_cfg, settings

@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from mtdefect.export import check_parity, export_onnx
-from mtdefect.inference import ModelSettings, PostprocessSettings, Predictor
+from mtdefect.inference import Predictor
 from mtdefect.inference.network import build_net
 from mtdefect.model.bundle import write_model_dir
-
-CLASSES = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Free", "MT_Uneven")
+from tests.conftest import CLASSES, head_model
 
 
 def gray(seed: int, shape=(70, 90)) -> np.ndarray:
@@ -23,19 +22,7 @@ def gray(seed: int, shape=(70, 90)) -> np.ndarray:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    net_cfg = {
-        "arch": "Unet",
-        "encoder": "tf_efficientnet_lite0",
-        "in_channels": 1,
-        "classes": 1,
-        "decoder_channels": [16, 16, 8, 8, 8],
-        "tile_classes": len(CLASSES),
-    }
-    settings = ModelSettings(
-        net=net_cfg,
-        class_names=CLASSES,
-        postprocess=PostprocessSettings(score_source="head", decision_threshold=0.5),
-    )
+    net_cfg, settings = head_model(per_image=False)
     out = tmp_path_factory.mktemp("head") / "model"
     write_model_dir(build_net(**net_cfg).eval(), settings, out)
     export_onnx(out)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mtdefect.export import export_onnx
-from mtdefect.inference import ModelSettings, PostprocessSettings, Predictor, PreprocessSettings
+from mtdefect.inference import Predictor
 from mtdefect.inference.network import build_net
 from mtdefect.inference.quantize import (
     MIN_SPEEDUP,
@@ -25,8 +25,7 @@ from mtdefect.inference.quantize import (
 )
 from mtdefect.inference.settings import ONNX_INT8_FILE
 from mtdefect.model.bundle import write_model_dir
-
-CLASSES = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Free", "MT_Uneven")
+from tests.conftest import CLASSES, head_model
 
 
 def tile(seed: int, shape=(96, 120)) -> np.ndarray:
@@ -45,20 +44,7 @@ def int8_model(tmp_path_factory) -> tuple[Path, list[dict]]:
     """The project's network family (EfficientNet-Lite0 U-Net with the tile head, TF "same" padding,
     dynamic H/W export), small decoder, random weights; both quantization formats built, the faster kept."""
     torch.manual_seed(0)
-    net_cfg = {
-        "arch": "Unet",
-        "encoder": "tf_efficientnet_lite0",
-        "in_channels": 1,
-        "classes": 1,
-        "decoder_channels": [16, 16, 8, 8, 8],
-        "tile_classes": len(CLASSES),
-    }
-    settings = ModelSettings(
-        net=net_cfg,
-        class_names=CLASSES,
-        preprocess=PreprocessSettings(per_image=True),
-        postprocess=PostprocessSettings(score_source="head", decision_threshold=0.5),
-    )
+    net_cfg, settings = head_model(per_image=True)
     net = build_net(**net_cfg)
     calibration = [tile(i, shape) for i, shape in enumerate([(96, 120), (130, 70), (64, 200), (160, 160)])]
     # BatchNorm statistics estimated on tiles (weights stay random): activations then have the scale of
