@@ -64,7 +64,8 @@ def package_weights_path(encoder: str) -> Path:
     if key not in PACKAGE_WEIGHTS:
         raise PretrainedError(
             f"no installed package ships weights for {timm_name(encoder)!r}; "
-            f"packaged encoders: {sorted(PACKAGE_WEIGHTS)} (with or without tf_)"
+            f"packaged encoders: {sorted(PACKAGE_WEIGHTS)} (with or without tf_); for another encoder "
+            "set model.pretrained=none (from scratch) or model.pretrained=hub (online)"
         )
     module_name, class_name = PACKAGE_WEIGHTS[key]
     try:
