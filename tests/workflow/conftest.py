@@ -19,10 +19,26 @@ PYTHON = sys.executable
 FAST = ["debug=fast", "trainer.limit_val_batches=3", "model.decoder_channels=[32,16,16,8,8]"]
 
 
+# torch.distributed's rendezvous variables: an in-process Lightning DDP run sets them in os.environ, and a
+# subprocess that inherits them joins that (finished) job instead of starting its own
+DISTRIBUTED_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "LOCAL_WORLD_SIZE",
+    "TORCHELASTIC_RUN_ID",
+    "PL_GLOBAL_SEED",
+)
+
+
 def tool_env(tmp: Path, **extra: str) -> dict[str, str]:
     """The environment for subprocesses: this venv first on PATH, the BentoML store and git identity
-    in tmp."""
-    env = dict(os.environ)
+    in tmp, no inherited torch.distributed rendezvous."""
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
     env.update(
         PATH=f"{Path(PYTHON).parent}{os.pathsep}{env.get('PATH', '')}",
         BENTOML_HOME=str(tmp / "bentoml"),

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from mtdefect.devtools.server import free_port
 from tests.workflow.conftest import FAST, run, tool_env, train_cmd
 
 pytestmark = pytest.mark.slow
@@ -26,9 +25,7 @@ def test_ddp_on_two_cpu_processes_writes_one_model(tmp_path, synthetic_dataset) 
             f"hydra.run.dir={out}",
         ),
         tmp_path,
-        # the rendezvous port, chosen here: Lightning's own pick can race other servers of the session
-        # (seen once as EADDRINUSE while the service tests' servers were up)
-        tool_env(tmp_path, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())),
+        tool_env(tmp_path),
         timeout=300,
     )
     log = result.stdout + result.stderr
