@@ -50,14 +50,15 @@ def synthetic_dataset(tmp_path_factory) -> tuple[Path, Path]:
     return base / "tiles", base / "split.csv"
 
 
-def head_model(per_image: bool = False) -> tuple[dict, ModelSettings]:  # noqa: F821
-    """The project's network family at test size: an EfficientNet-Lite0 U-Net (TF "same" padding) with
-    the tile-class head, a small decoder; its net config and settings deciding by the head."""
+def head_model(per_image: bool = False, encoder: str = "tf_efficientnet_lite0") -> tuple[dict, ModelSettings]:  # noqa: F821
+    """The project's network family at test size: a U-Net (EfficientNet-Lite0 with TF "same" padding
+    unless ``encoder`` says otherwise) with the tile-class head and a small decoder; its net config and
+    settings deciding by the head."""
     from mtdefect.inference import ModelSettings, PostprocessSettings, PreprocessSettings
 
     net_cfg = {
         "arch": "Unet",
-        "encoder": "tf_efficientnet_lite0",
+        "encoder": encoder,
         "in_channels": 1,
         "classes": 1,
         "decoder_channels": [16, 16, 8, 8, 8],

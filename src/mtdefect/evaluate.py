@@ -151,17 +151,16 @@ def write_overlays(
     chosen = [i for i in range(0, len(items), sample_every)][:n_overlays]
     candidates = [i for i, row in enumerate(per_image) if row["class"] != post.free_class or row["defective"]]
     worst = sorted(candidates, key=lambda i: per_image[i]["dice"])[:worst_n]
-    for prefix, indices in (("sample", chosen), ("worst", worst)):
-        for rank, i in enumerate(indices):
-            item = items[i]
-            answer = postprocess(item.probability, post, item.class_scores)
-            number = i if prefix == "sample" else rank
-            name = (
-                f"{prefix}_{number:03d}_{Path(item.record.image).stem}"
-                if prefix == "sample"
-                else f"{prefix}_{number:02d}_{Path(item.record.image).stem}"
-            )
-            panels[name] = panel(item.gray, item.truth.astype(np.uint8) * 255, answer.mask)
+    # sample panels are named by the image's position in the split, worst ones by their rank
+    named = [(f"sample_{i:03d}", i) for i in chosen] + [
+        (f"worst_{rank:02d}", i) for rank, i in enumerate(worst)
+    ]
+    for prefix, i in named:
+        item = items[i]
+        answer = postprocess(item.probability, post, item.class_scores)
+        panels[f"{prefix}_{Path(item.record.image).stem}"] = panel(
+            item.gray, item.truth.astype(np.uint8) * 255, answer.mask
+        )
     overlay_dir.mkdir(parents=True, exist_ok=True)
     for old in overlay_dir.glob("*.png"):
         old.unlink()

@@ -11,7 +11,6 @@ Conventions (documented in the README):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -143,7 +142,3 @@ def classification_report(actual: Sequence[str], predicted: Sequence[str], label
         "accuracy": float(np.trace(counts) / counts.sum()),
         "per_class": per_class,
     }
-
-
-def nan_to_none(value: float) -> float | None:
-    return None if isinstance(value, float) and math.isnan(value) else value

@@ -17,6 +17,7 @@ from mtdefect.inference.network import build_net
 from mtdefect.inference.settings import ModelSettings, PostprocessSettings, PreprocessSettings
 from mtdefect.model.bundle import write_model_dir
 from mtdefect.scoring import ScoredImage
+from tests.conftest import head_model
 
 
 def item(cls: str, truth: np.ndarray, prob: np.ndarray) -> ScoredImage:
@@ -186,20 +187,8 @@ def test_evaluate_a_model_with_a_tile_head_writes_the_confusion_plot(
 
     dataset_dir, manifest = synthetic_dataset
     torch.manual_seed(0)
-    classes = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Free", "MT_Uneven")
-    net_cfg = {
-        "arch": "Unet",
-        "encoder": "resnet10t",
-        "in_channels": 1,
-        "classes": 1,
-        "decoder_channels": [16, 16, 8, 8, 8],
-        "tile_classes": len(classes),
-    }
-    settings = ModelSettings(
-        net=net_cfg,
-        class_names=classes,
-        postprocess=PostprocessSettings(score_source="head", decision_threshold=0.5),
-    )
+    net_cfg, settings = head_model(encoder="resnet10t")
+    classes = settings.class_names
     write_model_dir(build(**net_cfg).eval(), settings, tmp_path / "model")
     test = evaluate(tmp_path / "model", dataset_dir, manifest, tmp_path / "reports", n_overlays=2, worst_n=1)[
         "test"
