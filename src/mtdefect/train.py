@@ -22,13 +22,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mtdefect.calibrate import calibrate_on_validation
-from mtdefect.data.dataset import load_pair
 from mtdefect.data.split import read_manifest
 from mtdefect.fileio import write_json_atomic
-from mtdefect.inference import ModelSettings, PostprocessSettings, Predictor, PreprocessSettings
+from mtdefect.inference import ModelSettings, PostprocessSettings, Predictor, PreprocessSettings, decode_image
 from mtdefect.inference.predictor import torch_runner
 from mtdefect.model.bundle import write_model_dir
 from mtdefect.model.head_fit import refit_tile_head
+from mtdefect.scoring import UNLIMITED
 
 FINGERPRINT_FILE = "fingerprint.json"
 
@@ -74,8 +74,9 @@ def refit_head_on_tiles(
     root = Path(paths.data_dir)
     train_records = read_manifest(paths.manifest, "train")
     index = {name: i for i, name in enumerate(module.class_names)}
-    train_images = [load_pair(root, r)[0] for r in train_records]
-    val_images = [load_pair(root, r)[0] for r in val_records]
+    # whole tiles read as the service reads an upload (the head answers for exactly those)
+    train_images = [decode_image((root / r.image).read_bytes(), UNLIMITED) for r in train_records]
+    val_images = [decode_image((root / r.image).read_bytes(), UNLIMITED) for r in val_records]
     return refit_tile_head(
         net,
         train_images,
