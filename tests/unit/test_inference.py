@@ -44,6 +44,27 @@ def test_long_side_scaling_round_trips_to_input_size() -> None:
     assert restore_probability(np.zeros((128, 256), np.float32), geometry).shape == (300, 600)
 
 
+def test_scale_factor_upsamples_and_round_trips_to_input_size() -> None:
+    gray = np.zeros((101, 250), np.uint8)
+    gray[40:60, 100:110] = 255
+    batch, geometry = preprocess(gray, PreprocessSettings(scale=1.5, stride=32))
+    assert geometry.scaled == (152, 375) and batch.shape[2:] == (160, 384)
+    # the bright patch lands 1.5x further in and 1.5x larger (bilinear edges: within a pixel)
+    plane = batch[0, 0, :152, :375]
+    bright = np.argwhere(plane > plane.mean())
+    np.testing.assert_allclose(bright.min(0), [60, 150], atol=1)
+    np.testing.assert_allclose(bright.max(0), [89, 164], atol=1)
+    prob = restore_probability(np.zeros((160, 384), np.float32), geometry)
+    assert prob.shape == (101, 250)
+
+
+def test_scale_and_long_side_are_exclusive_and_scale_positive() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        PreprocessSettings(long_side=256, scale=2.0)
+    with pytest.raises(ValueError, match="positive"):
+        PreprocessSettings(scale=0.0)
+
+
 def test_postprocess_regions_threshold_and_min_area() -> None:
     prob = np.zeros((20, 30), np.float32)
     prob[2:6, 3:8] = 0.9  # 20 px region

@@ -20,10 +20,13 @@ class InputGeometry:
 
 
 def scaled_size(height: int, width: int, settings: PreprocessSettings) -> tuple[int, int]:
-    """Size after the optional long-side scaling (aspect ratio kept, each side ≥ 1)."""
-    if settings.long_side is None:
+    """Size after the optional scaling, to a long side or by a factor (aspect kept, each side ≥ 1)."""
+    if settings.long_side is not None:
+        factor = settings.long_side / max(height, width)
+    elif settings.scale != 1.0:
+        factor = settings.scale
+    else:
         return height, width
-    factor = settings.long_side / max(height, width)
     return max(1, round(height * factor)), max(1, round(width * factor))
 
 
