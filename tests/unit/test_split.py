@@ -7,7 +7,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from mtdefect.data.split import assign_splits, make_split, read_manifest
+from mtdefect.data.split import assign_splits, capture_number, make_split, read_manifest, tile_groups
 
 SAMPLES = [
     (c, f"s{i:03d}")
@@ -59,3 +59,51 @@ def test_manifest_round_trip(synthetic_dataset: tuple[Path, Path]) -> None:
     again = make_split(dataset_dir, manifest.with_name("again.csv"), 0.25, 0.25, seed=0)
     assert manifest.with_name("again.csv").read_bytes() == manifest.read_bytes()
     assert len(again) == len(records)
+
+
+# three tiles per class, each photographed under several lightings (capture numbers a few dozen
+# apart within a tile, thousands apart between tiles), plus one file name without a capture number
+TILES = [
+    (cls, f"exp{light}_num_{base + 17 * light}")
+    for cls, bases in (("MT_Free", range(1000, 41000, 2000)), ("MT_Crack", (5000, 9000, 15000, 30000)))
+    for base in bases
+    for light in range(1, 7)
+] + [("MT_Free", "odd_name")]
+
+
+def test_capture_number_and_groups() -> None:
+    assert capture_number("exp3_num_3710") == 3710 and capture_number("odd_name") is None
+    crack = [t for t in TILES if t[0] == "MT_Crack"]
+    groups = tile_groups(crack, max_gap=300)
+    assert len(set(groups.values())) == 4
+    assert groups[("MT_Crack", "exp1_num_5017")] == groups[("MT_Crack", "exp6_num_5102")]
+    assert groups[("MT_Crack", "exp6_num_5102")] != groups[("MT_Crack", "exp1_num_9017")]
+    assert len(set(tile_groups(crack, max_gap=None).values())) == len(crack)  # image by image
+
+
+def test_grouped_split_never_divides_a_tile() -> None:
+    split = assign_splits(TILES, 0.15, 0.15, seed=3, group_gap=300)
+    by_tile: dict[tuple[str, int], set[str]] = {}
+    for (cls, stem), s in split.items():
+        number = capture_number(stem)
+        by_tile.setdefault((cls, (number or 0) // 1000), set()).add(s)
+    assert all(len(splits) == 1 for splits in by_tile.values())
+    per_class = Counter((cls, s) for (cls, _), s in split.items())
+    for cls in ("MT_Free", "MT_Crack"):  # every split still has each class
+        assert min(per_class[(cls, s)] for s in ("train", "val", "test")) >= 6
+    assert 18 <= per_class[("MT_Free", "test")] < 18 + 6  # whole groups until round(121 * 0.15) = 18
+    # image by image, the same tiles straddle the splits
+    loose = assign_splits(TILES, 0.15, 0.15, seed=3)
+    assert any(
+        len({s for (c, stem), s in loose.items() if c == "MT_Crack" and (capture_number(stem) or 0) // 1000 == k}) > 1
+        for k in (5, 9, 15, 30)
+    )
+
+
+def test_grouped_split_deterministic_and_keeps_a_training_group() -> None:
+    shuffled = TILES[:]
+    random.Random(5).shuffle(shuffled)
+    assert assign_splits(TILES, 0.2, 0.2, seed=1, group_gap=300) == assign_splits(shuffled, 0.2, 0.2, seed=1, group_gap=300)
+    two_tiles = [t for t in TILES if t[0] == "MT_Crack"][:12]
+    split = assign_splits(two_tiles, 0.45, 0.45, seed=0, group_gap=300)
+    assert "train" in split.values()

@@ -1,10 +1,19 @@
-"""Stratified, seeded train/val/test split of a dataset folder, written as a manifest CSV."""
+"""Stratified, seeded train/val/test split of a dataset folder, written as a manifest CSV.
+
+The archive photographs each physical tile several times, under up to six lighting setups
+(``exp1_num_3667``, ``exp2_num_3696``, … ``exp6_num_3789``: the capture number grows by a few dozen
+within a tile and jumps between tiles). Split image by image, the same tile lands in train and in
+test under another light, and test scores measure recall of seen tiles. ``group_gap`` keeps each
+tile's photographs together: within a class, images whose capture numbers follow each other by at
+most ``group_gap`` form one group, and groups, not images, are assigned to splits.
+"""
 
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,17 +45,49 @@ def list_samples(dataset_dir: Path) -> list[tuple[str, str]]:
     )
 
 
+CAPTURE_NUMBER = re.compile(r"num_(\d+)$")
+
+
+def capture_number(stem: str) -> int | None:
+    """The capture number of an archive file name (``exp3_num_3710`` → 3710); None if it has none."""
+    match = CAPTURE_NUMBER.search(stem)
+    return int(match.group(1)) if match else None
+
+
+def tile_groups(items: list[tuple[str, str]], max_gap: int | None) -> dict[tuple[str, str], int]:
+    """Group index per sample of one class: consecutive capture numbers at most ``max_gap`` apart
+    share a group (chained). Samples without a capture number, or ``max_gap`` None, stand alone."""
+    numbered = sorted((n, item) for item in items if (n := capture_number(item[1])) is not None)
+    groups: dict[tuple[str, str], int] = {}
+    count = 0
+    previous: int | None = None
+    for number, item in numbered:
+        if max_gap is None or previous is None or number - previous > max_gap:
+            count += 1
+        groups[item] = count
+        previous = number
+    for item in sorted(items):
+        if item not in groups:
+            count += 1
+            groups[item] = count
+    return groups
+
+
 def assign_splits(
     samples: list[tuple[str, str]],
     val_fraction: float,
     test_fraction: float,
     seed: int,
     max_per_class: int | None = None,
+    group_gap: int | None = None,
 ) -> dict[tuple[str, str], str]:
     """Per class: shuffle the sorted list with a class-specific seeded RNG, then cut test | val | train.
 
-    Each class with at least 3 images gets at least one val and one test image. ``max_per_class``
-    keeps only the first N shuffled images of each class (for smoke tests on a small subset).
+    With ``group_gap``, whole tile groups (``tile_groups``) are cut instead of single images: groups
+    come in the order the shuffle first reaches one of their images, and test, then val, take groups
+    until they hold their share of the class's images. Each class with at least 3 groups gets at
+    least one val and one test group; train always keeps at least one. ``max_per_class`` keeps only
+    the first N shuffled images of each class (for smoke tests on a small subset), before grouping.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum below 1")
@@ -58,14 +99,27 @@ def assign_splits(
         class_seed = int(hashlib.sha256(f"{seed}:{class_name}".encode()).hexdigest()[:8], 16)
         order = np.random.default_rng(class_seed).permutation(len(items))
         chosen = [items[i] for i in order][: max_per_class or None]
+        group_of = tile_groups(chosen, group_gap) if group_gap is not None else {s: i for i, s in enumerate(chosen)}
+        members: dict[int, list[tuple[str, str]]] = {}
+        for sample in chosen:  # dicts keep insertion order: groups in the shuffle's order
+            members.setdefault(group_of[sample], []).append(sample)
         n = len(chosen)
         n_test = round(n * test_fraction)
         n_val = round(n * val_fraction)
-        if n >= 3:
+        if len(members) >= 3:
             n_test = max(n_test, 1 if test_fraction > 0 else 0)
             n_val = max(n_val, 1 if val_fraction > 0 else 0)
-        for i, sample in enumerate(chosen):
-            assignment[sample] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+        taken = {"test": 0, "val": 0, "train": 0}
+        for index, group in enumerate(members.values()):
+            train_still_empty = index == len(members) - 1 and taken["train"] == 0
+            split = "train"
+            if not train_still_empty and taken["test"] < n_test:
+                split = "test"
+            elif not train_still_empty and taken["val"] < n_val:
+                split = "val"
+            taken[split] += len(group)
+            for sample in group:
+                assignment[sample] = split
     return assignment
 
 
@@ -76,11 +130,12 @@ def make_split(
     test_fraction: float = 0.15,
     seed: int = 42,
     max_per_class: int | None = None,
+    group_gap: int | None = None,
 ) -> list[Record]:
     dataset_dir = Path(dataset_dir)
     summary = read_summary(dataset_dir)
     samples = list_samples(dataset_dir)
-    assignment = assign_splits(samples, val_fraction, test_fraction, seed, max_per_class)
+    assignment = assign_splits(samples, val_fraction, test_fraction, seed, max_per_class, group_gap)
     records = [
         Record(
             image=f"{cls}/{stem}.jpg",

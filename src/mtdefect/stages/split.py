@@ -1,4 +1,4 @@
-"""Stage: dataset folder → stratified, seeded train/val/test manifest CSV."""
+"""Stage: dataset folder → stratified, seeded train/val/test manifest CSV (whole tiles per split)."""
 
 from collections import Counter
 
@@ -17,6 +17,7 @@ def stage(cfg: DictConfig) -> None:
         s.test_fraction,
         s.seed,
         s.get("max_per_class"),
+        s.get("group_gap"),
     )
     counts = Counter(r.split for r in records)
     print(
