@@ -94,16 +94,18 @@ def test_grouped_split_never_divides_a_tile() -> None:
     assert 18 <= per_class[("MT_Free", "test")] < 18 + 6  # whole groups until round(121 * 0.15) = 18
     # image by image, the same tiles straddle the splits
     loose = assign_splits(TILES, 0.15, 0.15, seed=3)
-    assert any(
-        len({s for (c, stem), s in loose.items() if c == "MT_Crack" and (capture_number(stem) or 0) // 1000 == k}) > 1
-        for k in (5, 9, 15, 30)
-    )
+    crack_tiles: dict[int, set[str]] = {}
+    for (cls, stem), s in loose.items():
+        if cls == "MT_Crack":
+            crack_tiles.setdefault((capture_number(stem) or 0) // 1000, set()).add(s)
+    assert any(len(splits) > 1 for splits in crack_tiles.values())
 
 
 def test_grouped_split_deterministic_and_keeps_a_training_group() -> None:
     shuffled = TILES[:]
     random.Random(5).shuffle(shuffled)
-    assert assign_splits(TILES, 0.2, 0.2, seed=1, group_gap=300) == assign_splits(shuffled, 0.2, 0.2, seed=1, group_gap=300)
+    split = assign_splits(TILES, 0.2, 0.2, seed=1, group_gap=300)
+    assert split == assign_splits(shuffled, 0.2, 0.2, seed=1, group_gap=300)
     two_tiles = [t for t in TILES if t[0] == "MT_Crack"][:12]
     split = assign_splits(two_tiles, 0.45, 0.45, seed=0, group_gap=300)
     assert "train" in split.values()

@@ -99,7 +99,7 @@ def assign_splits(
         class_seed = int(hashlib.sha256(f"{seed}:{class_name}".encode()).hexdigest()[:8], 16)
         order = np.random.default_rng(class_seed).permutation(len(items))
         chosen = [items[i] for i in order][: max_per_class or None]
-        group_of = tile_groups(chosen, group_gap) if group_gap is not None else {s: i for i, s in enumerate(chosen)}
+        group_of = tile_groups(chosen, group_gap)  # group_gap None: every image its own group
         members: dict[int, list[tuple[str, str]]] = {}
         for sample in chosen:  # dicts keep insertion order: groups in the shuffle's order
             members.setdefault(group_of[sample], []).append(sample)
