@@ -86,9 +86,9 @@ def test_zip_slip_member_rejects_archive(synthetic_tree: Path, tmp_path: Path, m
 
 
 def test_image_without_mask(synthetic_tree: Path, tmp_path: Path) -> None:
-    (synthetic_tree / "MT_Fray" / "Imgs" / "exp3_num_1.png").unlink()
+    (synthetic_tree / "MT_Fray" / "Imgs" / "exp3_num_1000.png").unlink()
     _expect_failure_without_output(
-        str(synthetic_tree.parent), tmp_path / "tiles", "image without mask: MT_Fray/exp3_num_1"
+        str(synthetic_tree.parent), tmp_path / "tiles", "image without mask: MT_Fray/exp3_num_1000"
     )
 
 

@@ -33,13 +33,14 @@ def synthetic_pair(seed: int, defective: bool, size: tuple[int, int] = (72, 56))
 
 
 def write_synthetic_tree(root: Path, per_class: int = 6) -> Path:
-    """A folder laid out like the archive: <TOP>/MT_<Class>/Imgs/<stem>.jpg + .png."""
+    """A folder laid out like the archive: <TOP>/MT_<Class>/Imgs/<stem>.jpg + .png. Each image is a
+    tile of its own: capture numbers 1,000 apart, beyond the split's ``group_gap``."""
     for ci, cls in enumerate(CLASSES):
         folder = root / TOP / cls / "Imgs"
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             img, mask = synthetic_pair(ci * 100 + i, defective=cls != "MT_Free")
-            (folder / f"exp{ci}_num_{i}.jpg").write_bytes(img)
-            (folder / f"exp{ci}_num_{i}.png").write_bytes(mask)
+            (folder / f"exp{ci}_num_{1000 * i}.jpg").write_bytes(img)
+            (folder / f"exp{ci}_num_{1000 * i}.png").write_bytes(mask)
     (root / TOP / "README.md").write_text("synthetic")
     return root / TOP
