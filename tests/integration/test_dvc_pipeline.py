@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import SHARED_ZIP, requires_dataset
+from tests.conftest import CLASSES, SHARED_ZIP, requires_dataset
 from tests.integration.dvc_repo import dvc, env, make_repo
 
 pytestmark = [pytest.mark.slow, requires_dataset]
@@ -29,7 +29,11 @@ def test_metrics_are_present_and_sane(pipeline) -> None:
     test = json.loads((repo / "reports" / "metrics.json").read_text())["test"]
     assert 0.0 <= test["dice"] <= 1.0 and 0.0 <= test["iou"] <= test["dice"] + 1e-9
     assert set(test["per_class_dice"]) == {"MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven"}
-    assert test["images"] == 6  # 4 per class, one test image each
+    # 4 images per class, grouped by tile: every class in test, a class's test tile may hold two
+    rows = (repo / "data" / "split.csv").read_text().splitlines()[1:]
+    test_rows = [row.split(",") for row in rows if row.split(",")[3] == "test"]
+    assert {row[2] for row in test_rows} == set(CLASSES)
+    assert test["images"] == len(test_rows) >= 6
     params = (repo / "params.yaml").read_text()
     assert str(SHARED_ZIP) in params, "the data source used must land in params.yaml"
     assert (repo / "models" / "segmenter" / "weights.safetensors").exists()
