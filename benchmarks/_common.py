@@ -278,6 +278,7 @@ def describe_model(model_dir: Path, source: str, **extra: Any) -> dict[str, Any]
         "net": net,
         "encoder": net.get("encoder"),
         "test_time_flips": list(settings.get("test_time_flips", [])),
+        "preprocess": settings.get("preprocess", {}),
         "exports": [n for n in (ONNX_FILE, ONNX_INT8_FILE) if (Path(model_dir) / n).exists()],
         "weights_trained": "random" not in source,
         **extra,
