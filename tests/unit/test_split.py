@@ -7,7 +7,15 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from mtdefect.data.split import assign_splits, capture_number, make_split, read_manifest, tile_groups
+from mtdefect.data.split import (
+    Record,
+    assign_splits,
+    capture_number,
+    make_split,
+    read_manifest,
+    split_summary,
+    tile_groups,
+)
 
 SAMPLES = [
     (c, f"s{i:03d}")
@@ -109,3 +117,15 @@ def test_grouped_split_deterministic_and_keeps_a_training_group() -> None:
     two_tiles = [t for t in TILES if t[0] == "MT_Crack"][:12]
     split = assign_splits(two_tiles, 0.45, 0.45, seed=0, group_gap=300)
     assert "train" in split.values()
+
+
+def test_split_summary_counts_images_and_tiles() -> None:
+    split = assign_splits(TILES, 0.15, 0.15, seed=3, group_gap=300)
+    records = [Record(f"{c}/{stem}.jpg", f"{c}/{stem}.png", c, s, "") for (c, stem), s in split.items()]
+    summary = split_summary(records, group_gap=300)
+    crack = summary["MT_Crack"]
+    assert sum(images for images, _ in crack.values()) == 24 and sum(g for _, g in crack.values()) == 4
+    assert all(images == 6 * tiles for images, tiles in crack.values())  # whole tiles of 6 lightings
+    assert summary["MT_Free"]["test"][1] >= 3
+    loose = split_summary(records, group_gap=None)  # image by image: every image its own "tile"
+    assert all(images == tiles for images, tiles in loose["MT_Crack"].values())

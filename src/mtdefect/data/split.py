@@ -152,6 +152,19 @@ def make_split(
     return records
 
 
+def split_summary(records: list[Record], group_gap: int | None) -> dict[str, dict[str, tuple[int, int]]]:
+    """Per class and split: (images, tile groups). How many distinct tiles each class's score rests on."""
+    summary: dict[str, dict[str, tuple[int, int]]] = {}
+    for class_name in sorted({r.class_name for r in records}):
+        mine = [r for r in records if r.class_name == class_name]
+        groups = tile_groups([(class_name, Path(r.image).stem) for r in mine], group_gap)
+        summary[class_name] = {}
+        for split in ("train", "val", "test"):
+            members = [(class_name, Path(r.image).stem) for r in mine if r.split == split]
+            summary[class_name][split] = (len(members), len({groups[m] for m in members}))
+    return summary
+
+
 def write_manifest(records: list[Record], path: str | Path) -> None:
     """Write the CSV through a temporary file and rename it into place (never half-written)."""
     buffer = io.StringIO(newline="")

@@ -4,7 +4,7 @@ from collections import Counter
 
 from omegaconf import DictConfig
 
-from mtdefect.data.split import make_split
+from mtdefect.data.split import make_split, split_summary
 from mtdefect.stages._common import run
 
 
@@ -23,6 +23,9 @@ def stage(cfg: DictConfig) -> None:
     print(
         f"split: train {counts['train']}, val {counts['val']}, test {counts['test']} → {cfg.paths.manifest}"
     )
+    for class_name, splits in split_summary(records, s.get("group_gap")).items():
+        shares = ", ".join(f"{name} {n} in {g} group{'s' * (g != 1)}" for name, (n, g) in splits.items())
+        print(f"  {class_name}: {shares}")
 
 
 if __name__ == "__main__":
