@@ -188,11 +188,15 @@ def test_every_format_mode_and_orientation_decodes() -> None:
     width=SIDE,
     stride=st.sampled_from([1, 8, 16, 32, 64]),
     long_side=st.one_of(st.none(), st.integers(16, 512)),
+    scale=st.sampled_from([1.0, 0.5, 1.5, 2.0]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_preprocess_pads_to_stride_and_records_geometry(height, width, stride, long_side, seed) -> None:
+def test_preprocess_pads_to_stride_and_records_geometry(
+    height, width, stride, long_side, scale, seed
+) -> None:
     gray = np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
-    prep = PreprocessSettings(long_side=long_side, stride=stride)
+    scale = 1.0 if long_side is not None else scale  # one or the other
+    prep = PreprocessSettings(long_side=long_side, stride=stride, scale=scale)
     batch, geometry = preprocess(gray, prep)
     assert batch.dtype == np.float32 and batch.ndim == 4 and batch.shape[:2] == (1, 1)
     assert batch.flags["C_CONTIGUOUS"] and np.isfinite(batch).all()
@@ -200,7 +204,9 @@ def test_preprocess_pads_to_stride_and_records_geometry(height, width, stride, l
     assert geometry.original == (height, width) and geometry.padded == padded
     sh, sw = geometry.scaled
     assert all(p % stride == 0 and p >= s and p - s < stride for p, s in zip(padded, (sh, sw)))
-    if long_side is None:
+    if long_side is None and scale != 1.0:
+        assert (sh, sw) == (max(1, round(height * scale)), max(1, round(width * scale)))
+    elif long_side is None:
         assert (sh, sw) == (height, width) and all(p >= s for p, s in zip(padded, (height, width)))
         np.testing.assert_allclose(batch[0, 0, :height, :width], (gray / 255.0 - 0.5) / 0.25, atol=1e-6)
     else:
