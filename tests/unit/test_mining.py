@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -10,17 +12,20 @@ import torch
 
 from mtdefect.data.datamodule import TileDataModule
 from mtdefect.data.mining import HardNegativeMining
+from mtdefect.inference import ModelSettings, Predictor
+from mtdefect.inference.predictor import torch_runner
+from mtdefect.inference.preprocess import preprocess
 from mtdefect.model.module import SegmentationModule
 
 TINY_NET = dict(encoder="resnet10t", decoder_channels=[32, 16, 16, 8, 8])
 
 
-def _datamodule(synthetic_dataset: tuple[Path, Path]) -> TileDataModule:
+def _datamodule(synthetic_dataset: tuple[Path, Path], **preprocess) -> TileDataModule:
     dataset_dir, manifest = synthetic_dataset
     dm = TileDataModule(
         str(dataset_dir),
         str(manifest),
-        {"stride": 32},
+        {"stride": 32, **preprocess},
         crop_size=32,
         batch_size=4,
         defect_fraction=0.6,
@@ -118,3 +123,27 @@ def test_callbacks_mining_config_adds_the_callback_to_the_defaults() -> None:
     mining = [c for c in callbacks if isinstance(c, HardNegativeMining)]
     assert len(mining) == 1 and mining[0].hard_share == 0.5
     assert any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks)  # the defaults stay
+
+
+def test_mining_scores_tiles_as_the_service_would_under_a_scale_factor(
+    synthetic_dataset: tuple[Path, Path],
+) -> None:
+    """The training set holds tiles already scaled; mining must start from the stored tile, or a
+    factor of 1.5 would be applied twice (2.25x) and the scores would not be the service's."""
+    dm = _datamodule(synthetic_dataset, scale=1.5)
+    module = SegmentationModule(**TINY_NET).eval()
+    shapes: list[tuple[int, ...]] = []
+    module.register_forward_pre_hook(lambda _m, args: shapes.append(tuple(args[0].shape)))
+    trainer = SimpleNamespace(
+        datamodule=dm, strategy=SimpleNamespace(precision_plugin=SimpleNamespace(forward_context=nullcontext))
+    )
+    scores = HardNegativeMining(window=1).score_free_tiles(trainer, module)
+    dataset = dm.train_set
+    predictor = Predictor(ModelSettings(net={}, preprocess=dataset.preprocess), torch_runner(module), "torch")
+    for n, index in enumerate(sorted(scores)):
+        native = dataset.native_image(index)
+        _, geometry = preprocess(native, dataset.preprocess)
+        assert shapes[n][2:] == geometry.padded  # scaled once: 1.5x the stored tile, padded
+        assert dataset.images[index].shape == geometry.scaled
+        probability, _ = predictor.infer(native)
+        assert scores[index] == pytest.approx(float(probability.max()), abs=1e-5)

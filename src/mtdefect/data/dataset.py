@@ -46,6 +46,7 @@ class TileDataset(Dataset):
         jitter: float = 0.1,
         class_names: tuple[str, ...] = (),
     ) -> None:
+        self.root = Path(root)
         self.records = records
         self.class_names = tuple(class_names)
         unknown = sorted({r.class_name for r in records} - set(self.class_names)) if self.class_names else []
@@ -71,6 +72,11 @@ class TileDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def native_image(self, index: int) -> np.ndarray:
+        """Tile ``index`` as stored, before the preprocessing scale: what ``preprocess()`` takes (it
+        scales itself; ``self.images`` are already scaled, and a factor applied twice compounds)."""
+        return load_pair(self.root, self.records[index])[0]
 
     def is_defective(self, index: int) -> bool:
         return len(self.defect_pixels[index]) > 0

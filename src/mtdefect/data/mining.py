@@ -43,11 +43,11 @@ class HardNegativeMining(pl.Callback):
         scores: dict[int, float] = {}
         try:
             with trainer.strategy.precision_plugin.forward_context():
-                for index, gray in enumerate(dataset.images):
+                for index in range(len(dataset)):
                     if dataset.is_defective(index):
                         continue
                     # the service's path: its preprocessing, restoration and score, one network pass
-                    image, geometry = preprocess(gray, dataset.preprocess)
+                    image, geometry = preprocess(dataset.native_image(index), dataset.preprocess)
                     logits = pl_module(torch.from_numpy(image).to(pl_module.device))[0].float().cpu().numpy()
                     scores[index] = image_score(restore_probability(logits[0, 0], geometry), self.window)
         finally:
