@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from mtdefect.data.split import read_manifest
 from mtdefect.export import check_int8, check_parity, export_onnx
 from mtdefect.fileio import write_json_atomic
-from mtdefect.inference import decode_image
+from mtdefect.inference import ModelSettings, decode_image
+from mtdefect.inference.preprocess import resize_image
 from mtdefect.inference.settings import ONNX_FILE, ONNX_INT8_FILE
 from mtdefect.scoring import UNLIMITED
 from mtdefect.stages._common import run
@@ -52,8 +53,6 @@ def read_images(data_dir: Path, records: list) -> list[np.ndarray]:
 
 def export_int8(cfg: DictConfig, work: Path) -> dict:
     """model.int8.onnx in ``work`` + the report (validation parity, speed, candidates, choice)."""
-    from PIL import Image
-
     from mtdefect.inference.quantize import quantize_model_dir
 
     p = int8_params(cfg)
@@ -63,13 +62,11 @@ def export_int8(cfg: DictConfig, work: Path) -> dict:
         evenly(read_manifest(cfg.paths.manifest, p["calibration_split"]), int(p["calibration_images"])),
     )
     if p["calibration_size"]:
-        size = tuple(int(v) for v in p["calibration_size"])
-        calibration = [np.asarray(Image.fromarray(g).resize(size, Image.BILINEAR)) for g in calibration]
+        cal_width, cal_height = (int(v) for v in p["calibration_size"])
+        calibration = [resize_image(g, (cal_height, cal_width)) for g in calibration]
     parity_records = read_manifest(cfg.paths.manifest, p["parity_split"])
     width, height = (int(v) for v in p["timing_size"])
-    tile = np.asarray(
-        Image.fromarray(read_images(data_dir, parity_records[:1])[0]).resize((width, height), Image.BILINEAR)
-    )
+    tile = resize_image(read_images(data_dir, parity_records[:1])[0], (height, width))
     load_before = [round(x, 2) for x in os.getloadavg()]
     _, candidates = quantize_model_dir(
         work,
@@ -80,12 +77,12 @@ def export_int8(cfg: DictConfig, work: Path) -> dict:
         float_prefixes=list(p["float_prefixes"]),
     )
     report = check_int8(work, data_dir, parity_records, [tile], reps=int(p["speed_reps"]))
-    settings = json.loads((work / "settings.json").read_text())
+    settings = ModelSettings.load(work)
     return {
         "model": {
             "source": str(cfg.paths.model_dir),
-            "net": settings.get("net", {}),
-            "test_time_flips": settings.get("test_time_flips", []),
+            "net": settings.net,
+            "test_time_flips": list(settings.test_time_flips),
         },
         "split": p["parity_split"],
         "calibration": {
