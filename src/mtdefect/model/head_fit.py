@@ -4,8 +4,9 @@ Why: the head is trained with the segmenter on crops (160 px, most of them centr
 answers for whole tiles of 100-630 px. Pooled over a whole tile, the features differ from a crop's
 (a mean over a larger area dilutes a small defect). Once the encoder is fixed, the head is a linear
 softmax regression on pooled features, so it can be fitted exactly on the distribution it will see:
-every training tile at native size, through the service's preprocessing, with flipped copies. The L2
-strength is chosen on the validation split (AUROC of 1 − P(free), then class accuracy).
+every whole training tile through the service's preprocessing (native size unless the model
+scales), with flipped copies. The L2 strength is chosen on the validation split (AUROC of
+1 − P(free), then class accuracy).
 """
 
 from __future__ import annotations
