@@ -142,3 +142,57 @@ def classification_report(actual: Sequence[str], predicted: Sequence[str], label
         "accuracy": float(np.trace(counts) / counts.sum()),
         "per_class": per_class,
     }
+
+
+def border_band(shape: tuple[int, int], fraction: float = 0.04) -> np.ndarray:
+    """Boolean mask of the band within ``fraction`` of each side of an image (0.04: 15 % of its area)."""
+    height, width = shape
+    dy, dx = max(int(round(height * fraction)), 1), max(int(round(width * fraction)), 1)
+    band = np.zeros((height, width), dtype=bool)
+    band[:dy], band[-dy:], band[:, :dx], band[:, -dx:] = True, True, True, True
+    return band
+
+
+def recall_at_false_alarm_rate(scores: np.ndarray, defective: np.ndarray, max_rate: float = 0.01) -> dict:
+    """Recall when the threshold lets at most ``max_rate`` of the defect-free scores through:
+    flagged means ``score > threshold``, the threshold being the ``floor(max_rate * n_free) + 1``-th
+    highest defect-free score (ties at it are not flagged, so the budget is never exceeded)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    defective = np.asarray(defective, dtype=bool)
+    free = np.sort(scores[~defective])[::-1]
+    if not free.size or not defective.any():
+        return {"recall": float("nan"), "false_alarm_rate": float("nan"), "threshold": float("nan")}
+    allowed = int(np.floor(max_rate * free.size + 1e-9))
+    threshold = float(free[allowed]) if allowed < free.size else float(free[-1]) - 1e-12
+    return {
+        "recall": float((scores[defective] > threshold).mean()),
+        "false_alarm_rate": float((free > threshold).mean()),
+        "threshold": threshold,
+    }
+
+
+def group_bootstrap(
+    groups: Sequence[str],
+    statistic,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile interval of ``statistic(indices)`` over resamples that draw whole groups (all rows
+    of a drawn group, as often as it is drawn) with replacement: rows of one physical tile are not
+    independent, so they are resampled together. Non-finite resample values are skipped."""
+    names = np.asarray(groups)
+    unique, inverse = np.unique(names, return_inverse=True)
+    rows_of = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_resamples):
+        drawn = rng.integers(0, len(unique), len(unique))
+        value = statistic(np.concatenate([rows_of[g] for g in drawn]))
+        if np.isfinite(value):
+            values.append(value)
+    if not values:
+        return float("nan"), float("nan")
+    tail = (1.0 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)

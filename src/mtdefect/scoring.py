@@ -49,6 +49,27 @@ def score_split(
         yield ScoredImage(record, gray, read_truth(root / record.mask), probability, class_scores)
 
 
+def image_row(item: ScoredImage, settings: PostprocessSettings) -> dict:
+    """One image's answer under ``settings`` as plain numbers: its pixel counts against the truth
+    (pooled Dice adds these up), the false-positive pixels within the 4 % border band, the tile
+    score and decision, the decided defect class and the head's top-1 defect class."""
+    answer = postprocess(item.probability, settings, item.class_scores)
+    predicted, truth = answer.mask > 0, item.truth
+    false_positive = predicted & ~truth
+    return {
+        "image": item.record.image,
+        "class": item.record.class_name,
+        "tp": int(np.count_nonzero(predicted & truth)),
+        "fp": int(np.count_nonzero(false_positive)),
+        "fn": int(np.count_nonzero(truth & ~predicted)),
+        "fp_border": int(np.count_nonzero(false_positive & metrics.border_band(truth.shape))),
+        "score": float(answer.score),
+        "defective": bool(answer.defective),
+        "defect_class": answer.defect_class,
+        "top1": defect_class_of(item.class_scores, settings.free_class) if item.class_scores else None,
+    }
+
+
 def split_metrics(
     items: Sequence[ScoredImage], settings: PostprocessSettings, per_image: bool = False
 ) -> dict:

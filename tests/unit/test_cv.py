@@ -1,0 +1,294 @@
+"""Grouped k-fold cross-validation: folds keep tiles together, every group is predicted exactly once,
+a fold's training never reads its held-out tiles, a finished fold is not recomputed, and the pooled
+numbers and intervals are what hand arithmetic says."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+
+from mtdefect import metrics
+from mtdefect.cv import fold as cv_fold
+from mtdefect.cv.jobs import pending, run_folds
+from mtdefect.cv.pool import pool
+from mtdefect.data.folds import assign_folds, fold_assignment, group_ids, write_fold_manifests
+from mtdefect.data.split import read_manifest
+from mtdefect.devtools.synthetic import CLASSES, TOP, synthetic_pair
+
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
+LIGHTINGS = 2  # photographs per synthetic tile, capture numbers 30 apart
+
+
+def tile_samples(tiles_per_class: dict[str, int]) -> list[tuple[str, str]]:
+    return [
+        (cls, f"exp{light}_num_{1000 * tile + 30 * light}")
+        for cls, tiles in tiles_per_class.items()
+        for tile in range(tiles)
+        for light in range(LIGHTINGS)
+    ]
+
+
+def test_folds_hold_whole_tiles_and_cover_every_group_once() -> None:
+    counts = {"MT_Blowhole": 7, "MT_Crack": 3, "MT_Free": 23, "MT_Fray": 5}
+    samples = tile_samples(counts)
+    groups = group_ids(samples, 300)
+    assert len(set(groups.values())) == sum(counts.values())  # the two lightings share a group
+    folds = assign_folds(samples, 5, seed=7, group_gap=300)
+    assert folds == assign_folds(samples, 5, seed=7, group_gap=300)  # seeded
+    assert folds != assign_folds(samples, 5, seed=8, group_gap=300)
+    fold_of_group: dict[str, set[int]] = {}
+    for sample, fold in folds.items():
+        fold_of_group.setdefault(groups[sample], set()).add(fold)
+    assert all(len(f) == 1 for f in fold_of_group.values())  # no tile in two folds
+    for cls, tiles in counts.items():  # stratified: each class spread over min(k, groups) folds
+        used = Counter(folds[s] for s in samples if s[0] == cls)
+        assert len(used) == min(5, tiles)
+        assert max(used.values()) - min(used.values()) <= LIGHTINGS * (1 + (tiles > 5))
+    held_out = Counter()
+    for fold in range(5):
+        split = fold_assignment(samples, fold, 5, seed=7, group_gap=300, val_fraction=0.2)
+        test = {s for s, name in split.items() if name == "test"}
+        assert test == {s for s, f in folds.items() if f == fold}
+        held_out.update(test)
+        by_split = {
+            name: {groups[s] for s, n in split.items() if n == name} for name in ("train", "val", "test")
+        }
+        assert not (by_split["train"] & by_split["val"]) and not (
+            by_split["test"] & (by_split["train"] | by_split["val"])
+        )
+        assert by_split["val"] and by_split["train"]
+    assert set(held_out) == set(samples) and set(held_out.values()) == {1}  # each image held out once
+
+
+def test_fold_rejects_bad_arguments() -> None:
+    samples = tile_samples({"MT_Free": 4})
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        assign_folds(samples, 1, 0, 300)
+    with pytest.raises(ValueError, match="outside"):
+        fold_assignment(samples, 3, 3, 0, 300, 0.2)
+
+
+@pytest.fixture(scope="module")
+def lit_dataset(tmp_path_factory) -> Path:
+    """A loaded synthetic dataset whose tiles are photographed twice (capture numbers 30 apart)."""
+    from mtdefect.data.source import load_dataset
+
+    base = tmp_path_factory.mktemp("cv-synthetic")
+    for ci, cls in enumerate(CLASSES):
+        folder = base / "src" / TOP / cls / "Imgs"
+        folder.mkdir(parents=True)
+        for tile in range(5):
+            for light in range(LIGHTINGS):
+                image, mask = synthetic_pair(ci * 100 + tile * 10 + light, defective=cls != "MT_Free")
+                stem = f"exp{light}_num_{1000 * tile + 30 * light}"
+                (folder / f"{stem}.jpg").write_bytes(image)
+                (folder / f"{stem}.png").write_bytes(mask)
+    (base / "src" / TOP / "README.md").write_text("synthetic")
+    load_dataset(str(base / "src"), base / "tiles")
+    return base / "tiles"
+
+
+def cv_config(tmp_path: Path, dataset_dir: Path, k: int = 3):
+    overrides = [
+        "debug=fast",
+        "logger=none",
+        f"paths.data_dir={dataset_dir}",
+        f"paths.manifest={tmp_path / 'split.csv'}",
+        f"paths.model_dir={tmp_path / 'model'}",
+        f"paths.checkpoint_dir={tmp_path / 'ckpt'}",
+        "model.decoder_channels=[32,16,16,8,8]",
+        "model.pretrained=none",
+        "data.module.crop_size=32",
+        "head_refit.enabled=false",
+        f"cv.k={k}",
+        "cv.val_fraction=0.25",
+        "cv.bootstrap=50",
+        f"cv.manifest_dir={tmp_path / 'cv'}",
+        f"cv.model_dir={tmp_path / 'models'}",
+        f"cv.checkpoint_dir={tmp_path / 'ckpt-cv'}",
+        f"cv.rows_dir={tmp_path / 'rows'}",
+        f"cv.reports_dir={tmp_path / 'reports'}",
+    ]
+    with initialize_config_dir(CONF, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # as params.yaml holds it
+
+
+def test_fold_config_points_every_path_at_the_fold(tmp_path: Path, lit_dataset: Path) -> None:
+    cfg = cv_config(tmp_path, lit_dataset)
+    paths = cv_fold.CvPaths.from_cfg(cfg)
+    fcfg = cv_fold.fold_config(cfg, 1, paths)
+    assert fcfg.data.module.manifest == fcfg.paths.manifest == str(tmp_path / "cv" / "fold_1.csv")
+    assert (
+        fcfg.callbacks.model_checkpoint.dirpath
+        == fcfg.trainer.default_root_dir
+        == str(tmp_path / "ckpt-cv" / "fold_1")
+    )
+    assert fcfg.paths.model_dir == str(tmp_path / "models" / "fold_1") and fcfg.logger is None
+    with open_dict(cfg):  # a key that still names the pipeline's manifest is refused
+        cfg.data.module.extra_manifest = cfg.paths.manifest
+    with pytest.raises(ValueError, match="extra_manifest"):
+        cv_fold.fold_config(cfg, 1, paths)
+
+
+def test_cross_validation_end_to_end(
+    tmp_path: Path, lit_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3 folds on a tiny synthetic archive: the held-out files are never opened before prediction,
+    every image is predicted exactly once, and a second run recomputes nothing."""
+    from mtdefect.stages.cv import stage
+
+    cfg = cv_config(tmp_path, lit_dataset)
+    write_fold_manifests(lit_dataset, tmp_path / "cv", 3, 42, 300, 0.25)
+    held_out = {
+        fold: {
+            str(lit_dataset / r.image) for r in read_manifest(tmp_path / "cv" / f"fold_{fold}.csv", "test")
+        }
+        | {str(lit_dataset / r.mask) for r in read_manifest(tmp_path / "cv" / f"fold_{fold}.csv", "test")}
+        for fold in range(3)
+    }
+    state = {"fold": None, "predicting": False, "early": [], "late": set()}
+    real_score = cv_fold.score_held_out
+
+    def watched_score(model_dir, data_dir, manifest, group_gap):
+        state["predicting"] = True
+        try:
+            return real_score(model_dir, data_dir, manifest, group_gap)
+        finally:
+            state["predicting"] = False
+
+    def audit(event: str, args: tuple) -> None:
+        if event == "open" and state["fold"] is not None and isinstance(args[0], str | os.PathLike):
+            path = os.path.abspath(os.fspath(args[0]))
+            if path in held_out[state["fold"]]:
+                (state["late"].add(path) if state["predicting"] else state["early"].append(path))
+
+    real_run_fold = cv_fold.run_fold
+
+    def tracked_run_fold(c, fold):
+        state["fold"] = fold
+        try:
+            return real_run_fold(c, fold)
+        finally:
+            state["fold"] = None
+
+    monkeypatch.setattr(cv_fold, "score_held_out", watched_score)
+    monkeypatch.setattr("mtdefect.cv.jobs.run_fold", tracked_run_fold)
+    sys.addaudithook(audit)  # audit hooks cannot be removed; it only acts while state["fold"] is set
+    stage(cfg)
+    assert state["early"] == []  # training, head, calibration never opened a held-out file
+    assert state["late"] == set().union(*held_out.values())  # prediction read every one of them
+
+    summary = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    images = sorted(str(p.relative_to(lit_dataset)) for p in lit_dataset.glob("MT_*/*.jpg"))
+    rows = [
+        row
+        for f in range(3)
+        for row in json.loads((tmp_path / "rows" / f"fold_{f}.json").read_text())["rows"]
+    ]
+    assert sorted(r["image"] for r in rows) == images  # every image predicted exactly once
+    assert summary["images"] == len(images) and summary["groups"] == len(images) // LIGHTINGS
+    assert summary["k"] == 3 and [f["fold"] for f in summary["per_fold"]] == [0, 1, 2]
+    for key in ("dice", "auroc", "recall_at_1pct_fa", "class_top1"):
+        entry = summary[key]
+        assert set(entry) >= {"value", "ci_low", "ci_high"}
+        if entry["value"] is not None and entry["ci_low"] is not None:
+            assert entry["ci_low"] <= entry["ci_high"]
+    assert (tmp_path / "reports" / "plots" / "roc.json").exists()
+
+    assert pending(cfg, [0, 1, 2]) == []
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("a finished fold was trained again")
+
+    monkeypatch.setattr("mtdefect.train.train", no_training)
+    run_folds(cfg, [0, 1, 2])  # all finished: nothing runs
+    with open_dict(cfg):
+        cfg.seed = 43  # another config: every fold is pending again
+    assert pending(cfg, [0, 1, 2]) == [0, 1, 2]
+
+
+def rows_for(scores_free, scores_defect, groups_free=None, groups_defect=None):
+    rows = []
+    for i, s in enumerate(scores_free):
+        g = groups_free[i] if groups_free else f"MT_Free/{i}"
+        rows.append(
+            dict(
+                image=f"f{i}",
+                **{"class": "MT_Free"},
+                group=g,
+                fold=i % 2,
+                tp=0,
+                fp=2,
+                fn=0,
+                fp_border=1,
+                score=s,
+                defective=s > 0.5,
+                top1=None,
+            )
+        )
+    for i, s in enumerate(scores_defect):
+        g = groups_defect[i] if groups_defect else f"MT_Crack/{i}"
+        rows.append(
+            dict(
+                image=f"d{i}",
+                **{"class": "MT_Crack"},
+                group=g,
+                fold=i % 2,
+                tp=3,
+                fp=1,
+                fn=1,
+                fp_border=0,
+                score=s,
+                defective=s > 0.5,
+                top1="MT_Crack" if i % 2 else "MT_Break",
+            )
+        )
+    return rows
+
+
+def test_recall_at_false_alarm_budget_never_exceeds_it() -> None:
+    free = np.linspace(0.0, 0.99, 200)  # 200 clean tiles: 2 may be flagged at 1 %
+    defect = np.array([0.985, 0.99, 0.5, 0.3])
+    scores = np.concatenate([free, defect])
+    labels = np.r_[np.zeros(200, bool), np.ones(4, bool)]
+    result = metrics.recall_at_false_alarm_rate(scores, labels, 0.01)
+    assert result["false_alarm_rate"] <= 0.01
+    assert result["threshold"] == pytest.approx(free[-3])
+    assert result["recall"] == pytest.approx(2 / 4)
+
+
+def test_pool_sums_pixels_and_resamples_whole_groups() -> None:
+    rows = rows_for([0.1, 0.2, 0.9, 0.3], [0.8, 0.7, 0.95, 0.4])
+    summary = pool(rows, "MT_Free", n_resamples=200)
+    assert summary["dice"]["value"] == pytest.approx(2 * 12 / (2 * 12 + 4 + 4))
+    assert summary["per_class_dice"]["MT_Crack"]["value"] == summary["dice"]["value"]
+    assert summary["class_top1"]["value"] == pytest.approx(0.5)
+    assert summary["border_fp_share"]["value"] == pytest.approx(4 / 12)
+    assert summary["recall_at_decision"]["value"] == pytest.approx(3 / 4)
+    assert summary["false_alarm_rate_at_decision"]["value"] == pytest.approx(1 / 4)
+    assert summary["spread"]["dice"]["min"] <= summary["spread"]["dice"]["max"]
+    # one group holding everything: every resample is the same set, the interval collapses
+    same = rows_for([0.1, 0.9], [0.8, 0.2], ["T/1", "T/1"], ["T/1", "T/1"])
+    one = pool(same, "MT_Free", n_resamples=50)
+    assert one["auroc"]["ci_low"] == one["auroc"]["ci_high"] == one["auroc"]["value"]
+    with pytest.raises(ValueError, match="more than one fold"):
+        pool(rows + rows[:1], "MT_Free")
+
+
+def test_written_manifests_are_ordinary_manifests(tmp_path: Path, lit_dataset: Path) -> None:
+    written = write_fold_manifests(lit_dataset, tmp_path, 4, 1, 300, 0.25)
+    assert sorted(written) == [0, 1, 2, 3]
+    with open(tmp_path / "fold_2.csv", newline="") as handle:
+        header = next(csv.reader(handle))
+    assert header[:4] == ["image", "mask", "class", "split"]
+    assert {r.split for r in read_manifest(tmp_path / "fold_2.csv")} == {"train", "val", "test"}
