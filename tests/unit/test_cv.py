@@ -212,6 +212,9 @@ def test_cross_validation_end_to_end(
 
     monkeypatch.setattr("mtdefect.train.train", no_training)
     run_folds(cfg, [0, 1, 2])  # all finished: nothing runs
+    monkeypatch.setattr(cv_fold, "code_digest", lambda: "changed code")
+    assert pending(cfg, [0, 1, 2]) == [0, 1, 2]  # after a code change every fold is computed again
+    monkeypatch.undo()
     with open_dict(cfg):
         cfg.seed = 43  # another config: every fold is pending again
     assert pending(cfg, [0, 1, 2]) == [0, 1, 2]

@@ -77,13 +77,30 @@ def _strings(node: Any, prefix: str = ""):
         yield prefix.rstrip("."), node
 
 
+# The code a fold's result depends on (what cv/dvc.yaml lists as the stage's code deps).
+PACKAGE = Path(__file__).resolve().parents[1]
+CODE = ("cv", "data", "model", "inference", "train.py", "calibrate.py", "scoring.py", "metrics.py")
+
+
+def code_digest() -> str:
+    """sha256 over the package's Python files that train and score a fold: after a code change a
+    finished fold is computed again, as DVC reruns a stage whose code deps changed."""
+    digest = hashlib.sha256()
+    for name in CODE:
+        files = sorted((PACKAGE / name).rglob("*.py")) if (PACKAGE / name).is_dir() else [PACKAGE / name]
+        for file in files:
+            digest.update(f"{file.relative_to(PACKAGE).as_posix()}:{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
 def fold_fingerprint(cfg: DictConfig, manifest: Path) -> str:
     """What a fold's result depends on: the training config (seed, data, model, trainer, callbacks,
-    head refit, calibration) and the fold manifest's bytes."""
+    head refit, calibration), the fold manifest's bytes and the code (``code_digest``)."""
     keys = ("seed", "data", "model", "trainer", "callbacks", "head_refit", "calibration")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     payload = {k: resolved.get(k) for k in keys}
     payload["manifest"] = sha256_file(manifest)
+    payload["code"] = code_digest()
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
