@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import sys
+import time
 from pathlib import Path
 
 try:
@@ -31,11 +32,22 @@ from starlette.routing import Route
 from mtdefect.inference import DecodeError, Prediction, decode_image
 from mtdefect.inference.overlay import class_overlay
 from mtdefect.serving import monitoring
+from mtdefect.serving.admission import (
+    LARGE_PIXELS,
+    CostModel,
+    Deadline,
+    PixelBudget,
+    Stop,
+    busy,
+    header_pixels,
+    trim_memory,
+    watch_disconnect,
+)
 from mtdefect.serving.config import ServeConfig
 from mtdefect.serving.errors import ApiError, error_response
-from mtdefect.serving.guard import ApiGuard
+from mtdefect.serving.guard import ARRIVED, ApiGuard
 from mtdefect.serving.pages import page_routes
-from mtdefect.serving.runtime import ModelRuntime, ModelUnavailable
+from mtdefect.serving.runtime import WARMUP_SHAPE, ModelRuntime, ModelUnavailable
 from mtdefect.serving.schema import (
     API_ROUTES,
     DetectResult,
@@ -83,6 +95,10 @@ class MagneticTileService:
         if self.runtime.ready:
             monitoring.set_model_info(self.runtime.tag, getattr(self.runtime.predictor, "backend", None))
         self._inference = anyio.CapacityLimiter(1)  # one forward pass at a time; it uses every core
+        self._budget = PixelBudget(CONFIG.pixel_budget)  # pixels decoded and not yet answered
+        self._cost = CostModel()
+        if self.runtime.ready:  # a first guess from the warm-up (small image: an overestimate)
+            self._cost.observe(WARMUP_SHAPE[0] * WARMUP_SHAPE[1], self.runtime.warmup_ms / 1000.0)
 
     def __is_ready__(self) -> bool:
         return self.runtime.ready
@@ -105,21 +121,67 @@ class MagneticTileService:
         return await self._answer(image, self._overlay_png)
 
     async def _answer(self, upload: PendingUpload, render) -> Response:
+        request = upload.request
+        deadline = Deadline(request.scope.get(ARRIVED, time.monotonic()), CONFIG.timeout_s)
         try:
             if not self.runtime.ready:
                 raise ApiError(503, f"service not ready: {self.runtime.problem}")
-            request = upload.request
             body = await read_body(request.stream(), CONFIG.max_body_bytes)
             data = image_from_form(body, request.headers.get("content-type"))
-            gray = await anyio.to_thread.run_sync(self._decode, data)
-            prediction, ms = await anyio.to_thread.run_sync(self._predict, gray, limiter=self._inference)
-            monitoring.record_prediction(request.url.path, prediction, gray.shape)
-            return await anyio.to_thread.run_sync(render, gray, prediction, ms)
+            del body
+            pixels = header_pixels(data)
+            # the image's share of the pixel budget, for as long as it is decoded; waiting for it
+            # ends in time to compute the answer before the deadline, or in a 503
+            cost = self._cost.estimate(pixels)
+            if not await self._budget.acquire(pixels, deadline.left() - cost):
+                raise busy("the service is busy with other images; retry later", cost + 1)
+            try:
+                return await self._compute(request, data, deadline, render)
+            finally:
+                await self._budget.release(pixels)
+                if pixels >= LARGE_PIXELS and self._budget.used == 0:
+                    await anyio.to_thread.run_sync(trim_memory)
         except ApiError as exc:
             return exc.response()
         except Exception:
-            logger.exception("unexpected error while answering %s", upload.request.url.path)
+            logger.exception("unexpected error while answering %s", request.url.path)
             return error_response(500, "internal error: the request could not be processed (see server log)")
+
+    async def _compute(self, request, data: bytes, deadline: Deadline, render) -> Response:
+        gray = await anyio.to_thread.run_sync(self._decode, data)
+        del data
+        stop = Stop(deadline)
+        outcome: list = []
+        async with anyio.create_task_group() as watchers:  # the watcher lives as long as the work
+            watchers.start_soon(watch_disconnect, request, stop)
+            try:
+                outcome.append(await self._infer(gray, stop))
+            except Exception as exc:  # raised below, outside the group (not as an ExceptionGroup)
+                outcome.append(exc)
+            stop.event.set()  # ends the watcher
+            watchers.cancel_scope.cancel()
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        prediction, ms = outcome[0]
+        monitoring.record_prediction(request.url.path, prediction, gray.shape)
+        return await anyio.to_thread.run_sync(render, gray, prediction, ms)
+
+    async def _infer(self, gray: np.ndarray, stop: Stop) -> tuple[Prediction, float]:
+        """Wait for the network (one image at a time) no longer than leaves time to compute this
+        one before the deadline; a client that left meanwhile is not computed."""
+        cost = self._cost.estimate(gray.size)
+        with anyio.move_on_after(max(stop.deadline.left() - cost, 0.0)) as waiting:
+            await self._inference.acquire()
+        if waiting.cancelled_caught:
+            raise busy("the service is busy with other images; retry later", cost + 1)
+        try:
+            stop.check()  # gone, or out of time, while waiting: nothing is computed
+            started = time.perf_counter()
+            result = await anyio.to_thread.run_sync(self._predict, gray, stop.check)
+            self._cost.observe(gray.size, time.perf_counter() - started)
+            return result
+        finally:
+            self._inference.release()
 
     def _decode(self, data: bytes) -> np.ndarray:
         try:
@@ -127,9 +189,9 @@ class MagneticTileService:
         except DecodeError as exc:
             raise ApiError(exc.status, str(exc)) from None
 
-    def _predict(self, gray: np.ndarray) -> tuple[Prediction, float]:
+    def _predict(self, gray: np.ndarray, check) -> tuple[Prediction, float]:
         try:
-            return self.runtime.predict(gray)
+            return self.runtime.predict(gray, check)
         except ModelUnavailable as exc:
             logger.error("refused to answer: %s", exc)
             raise ApiError(503 if not self.runtime.ready else 500, f"no valid model output: {exc}") from None

@@ -7,7 +7,7 @@ input handling, the threshold and the minimum region area can never differ betwe
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,10 @@ class ModelSettings:
     validation split by calibration; each flip adds one network pass per image.
     class_names: the tile head's outputs in order (``net["tile_classes"]`` of them); a model
     without a head may list the dataset's classes for information.
+    backend_postprocess: per backend (``onnx-int8``, ...), postprocess fields that replace
+        ``postprocess`` when that backend serves: each backend's own calibration, chosen on the
+        validation split with that backend's outputs (the export stage writes it for INT8, whose
+        scores differ slightly from FP32's). Empty: every backend uses ``postprocess``.
     """
 
     net: dict[str, Any]
@@ -106,14 +110,25 @@ class ModelSettings:
     class_names: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
     test_time_flips: tuple[str, ...] = ()
+    backend_postprocess: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for backend, fields in self.backend_postprocess.items():
+            try:  # unknown or invalid fields refuse the settings
+                replace(self.postprocess, **fields)
+            except TypeError as exc:
+                raise ValueError(f"backend_postprocess[{backend!r}]: {exc}") from None
         unknown = [f for f in self.test_time_flips if f not in FLIP_AXES]
         if unknown or len(set(self.test_time_flips)) != len(self.test_time_flips):
             raise ValueError(
                 f"test_time_flips must be distinct names from {sorted(FLIP_AXES)}, "
                 f"got {list(self.test_time_flips)}"
             )
+
+    def for_backend(self, backend: str) -> ModelSettings:
+        """These settings with ``backend``'s own postprocess calibration applied, when it has one."""
+        fields = self.backend_postprocess.get(backend)
+        return replace(self, postprocess=replace(self.postprocess, **fields)) if fields else self
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -130,6 +145,7 @@ class ModelSettings:
             class_names=tuple(data.get("class_names", ())),
             info=dict(data.get("info", {})),
             test_time_flips=tuple(data.get("test_time_flips", ())),
+            backend_postprocess={k: dict(v) for k, v in data.get("backend_postprocess", {}).items()},
         )
 
     def save(self, directory: str | Path) -> Path:

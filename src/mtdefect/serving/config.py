@@ -55,11 +55,18 @@ class ServeConfig:
         it (plus a small allowance for the multipart envelope) are refused before the body is read.
     max_pixels: largest accepted width x height, checked from the image header (``MT_MAX_PIXELS``).
     api_key: when set, API calls need ``Authorization: Bearer <key>`` (``MT_API_KEY``).
-    timeout_s: a request that has produced no response after this long answers 504 (``MT_TIMEOUT_S``).
+    timeout_s: every request is answered within this long (``MT_TIMEOUT_S``): one that cannot be
+        finished in time answers 503 with Retry-After a little before it (mtdefect.serving.admission),
+        so BentoML's own 504 at this limit is a last resort.
     max_concurrency: requests in flight per service above which new ones answer 429 at once
         (``MT_MAX_CONCURRENCY``).
     workers: server processes, each with its own copy of the model (``MT_WORKERS``).
     threads: inference threads per model (``MT_THREADS``; unset = all cores).
+    pixel_budget: pixels of images in flight (decoded, not yet answered) per worker, at most
+        (``MT_PIXEL_BUDGET``; default twice ``max_pixels``, at least ``max_pixels``); requests wait for
+        room, up to their deadline, then answer 503 with Retry-After.
+    window: network inputs larger than this on a side run as overlapping windows of this size, which
+        bounds the network's memory (``MT_WINDOW``, a multiple of 32; 0 = always whole images).
     """
 
     model_tag: str = DEFAULT_MODEL_TAG
@@ -71,6 +78,8 @@ class ServeConfig:
     max_concurrency: int = 16
     workers: int = 1
     threads: int | None = None
+    pixel_budget: int = 2 * 4096 * 4096
+    window: int | None = 1088
 
     # Room for the multipart envelope (boundaries, part headers) on top of the image itself.
     envelope_bytes: int = 64 * 1024
@@ -86,14 +95,26 @@ class ServeConfig:
         if backend not in BACKENDS:
             raise ConfigError(f"MT_BACKEND={backend!r}: choose one of {', '.join(BACKENDS)}")
         threads_raw = env.get("MT_THREADS", "").strip()
+        max_pixels = _int(env, "MT_MAX_PIXELS", cls.max_pixels)
+        pixel_budget = _int(env, "MT_PIXEL_BUDGET", 2 * max_pixels)
+        if pixel_budget < max_pixels:
+            raise ConfigError(
+                f"MT_PIXEL_BUDGET={pixel_budget} is below MT_MAX_PIXELS={max_pixels}: "
+                "the largest accepted image would never fit"
+            )
+        window = _int(env, "MT_WINDOW", cls.window or 0, minimum=0)
+        if window % 32:
+            raise ConfigError(f"MT_WINDOW={window} must be a multiple of 32 (0: no windows)")
         return cls(
             model_tag=env.get("MT_MODEL_TAG", "").strip() or DEFAULT_MODEL_TAG,
             backend=backend,
             max_bytes=_int(env, "MT_MAX_BYTES", cls.max_bytes),
-            max_pixels=_int(env, "MT_MAX_PIXELS", cls.max_pixels),
+            max_pixels=max_pixels,
             api_key=env.get("MT_API_KEY") or None,
             timeout_s=_float(env, "MT_TIMEOUT_S", cls.timeout_s),
             max_concurrency=_int(env, "MT_MAX_CONCURRENCY", cls.max_concurrency),
             workers=_int(env, "MT_WORKERS", cls.workers),
             threads=_int(env, "MT_THREADS", 1) if threads_raw else None,
+            pixel_budget=pixel_budget,
+            window=window or None,
         )

@@ -11,6 +11,7 @@ MT_MAX_CONCURRENCY and MT_TIMEOUT_S apply first) and outside its CORS and contex
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,6 +19,8 @@ from starlette.datastructures import Headers
 
 from mtdefect.serving.errors import ApiError
 from mtdefect.serving.upload import check_content_length, check_content_type
+
+ARRIVED = "mtdefect.arrived"  # scope key: time.monotonic() when the request reached the guard
 
 
 class ApiGuard:
@@ -32,6 +35,7 @@ class ApiGuard:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] not in self.paths:
             return await self.app(scope, receive, send)
+        scope[ARRIVED] = time.monotonic()  # the deadline counts from here (admission.Deadline)
         headers = Headers(scope=scope)
         if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
             return await self.app(scope, receive, send)  # CORS preflight: BentoML's CORS middleware answers

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mtdefect.inference import DecodeLimits, Prediction, Predictor
-from mtdefect.inference.predictor import _cuda_available
+from mtdefect.inference.predictor import Check, _cuda_available
 from mtdefect.serving.config import ServeConfig
 from mtdefect.serving.errors import one_line
 
@@ -93,7 +93,9 @@ class ModelRuntime:
             if backend == "auto" and not _cuda_available():  # follow the package stage's recorded choice
                 backend, why = store.recorded_backend(self.config.model_tag)
                 backend = backend or "auto"
-            predictor = Predictor.from_dir(path, backend=backend, threads=self.config.threads)
+            predictor = Predictor.from_dir(
+                path, backend=backend, threads=self.config.threads, window=self.config.window
+            )
             warmup_ms = warm_up(predictor)
         except Exception as exc:  # noqa: BLE001 — anything at all: the service must stay up and say why
             self.predictor = None
@@ -114,10 +116,10 @@ class ModelRuntime:
         )
         return self
 
-    def predict(self, gray: np.ndarray) -> tuple[Prediction, float]:
+    def predict(self, gray: np.ndarray, check: Check | None = None) -> tuple[Prediction, float]:
         if not self.ready:
             raise ModelUnavailable(self.problem or "model not loaded")
         assert self.predictor is not None
-        prediction, ms = self.predictor.predict(gray)
+        prediction, ms = self.predictor.predict(gray, check)
         check_prediction(prediction, gray.shape)
         return prediction, ms
