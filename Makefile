@@ -16,7 +16,7 @@ ifeq ($(origin MT_DATA_SOURCE), undefined)
   endif
 endif
 
-.PHONY: help venv lock lint docs run pipeline serve test test-fast params exp-show dag bench clean
+.PHONY: help venv lock lint docs cv run pipeline serve test test-fast params exp-show dag bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ docs: venv  ## regenerate the README's results and performance tables from repor
 
 pipeline: venv  ## run the DVC pipeline as a new experiment (data → split → train → evaluate → export → package)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc exp run
+
+cv: venv  ## grouped k-fold cross-validation of the configured recipe (cv/dvc.yaml → reports/cv/metrics.json)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc exp run cv/dvc.yaml
 
 run: pipeline serve  ## the full pipeline, then serve the newest model on :$(PORT)
 

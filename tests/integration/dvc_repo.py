@@ -11,6 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_FILES = (
     "dvc.yaml",
+    "cv/dvc.yaml",
     "conf",
     "src",
     ".dvc/config",

@@ -86,6 +86,19 @@ def fold_assignment(
     return {**inner, **{s: "test" for s in held_out}}
 
 
+def limit_per_class(samples: list[Sample], max_per_class: int | None, seed: int) -> list[Sample]:
+    """The first ``max_per_class`` samples of each class in a seeded shuffle (smoke runs); all if None."""
+    if max_per_class is None:
+        return list(samples)
+    kept: list[Sample] = []
+    for class_name in sorted({s[0] for s in samples}):
+        items = sorted(s for s in samples if s[0] == class_name)
+        class_seed = int(hashlib.sha256(f"{seed}:subset:{class_name}".encode()).hexdigest()[:8], 16)
+        order = np.random.default_rng(class_seed).permutation(len(items))[:max_per_class]
+        kept.extend(items[i] for i in sorted(order))
+    return kept
+
+
 def write_fold_manifests(
     dataset_dir: str | Path,
     out_dir: str | Path,
@@ -93,11 +106,13 @@ def write_fold_manifests(
     seed: int = 42,
     group_gap: int | None = 300,
     val_fraction: float = 0.15,
+    max_per_class: int | None = None,
 ) -> dict[int, list[Record]]:
-    """``fold_<i>.csv`` for i in 0..k-1 in ``out_dir``, each a manifest ``read_manifest`` reads."""
+    """``fold_<i>.csv`` for i in 0..k-1 in ``out_dir``, each a manifest ``read_manifest`` reads.
+    ``max_per_class`` keeps a seeded subset of each class (smoke runs, as ``data.split`` does)."""
     dataset_dir = Path(dataset_dir)
     summary = read_summary(dataset_dir)
-    samples = list_samples(dataset_dir)
+    samples = limit_per_class(list_samples(dataset_dir), max_per_class, seed)
     if not samples:
         raise ValueError(f"no image/mask pairs under {dataset_dir}")
     digests = {

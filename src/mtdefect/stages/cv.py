@@ -24,7 +24,13 @@ def stage(cfg: DictConfig) -> None:
     c = cfg.cv
     paths = CvPaths.from_cfg(cfg)
     write_fold_manifests(
-        cfg.paths.data_dir, paths.manifest_dir, c.k, c.seed, cfg.data.split.get("group_gap"), c.val_fraction
+        cfg.paths.data_dir,
+        paths.manifest_dir,
+        c.k,
+        c.seed,
+        cfg.data.split.get("group_gap"),
+        c.val_fraction,
+        cfg.data.split.get("max_per_class"),
     )
     folds = list(range(c.k))
     run_folds(cfg, folds, jobs=int(c.get("jobs", 1)))
