@@ -99,13 +99,14 @@ def describe_machine(info: dict[str, Any]) -> str:
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """benchmarks/results/<name>.json, written atomically (tmp file + rename)."""
-    from mtdefect.fileio import write_text_atomic
+    """benchmarks/results/<name>.json, written atomically (tmp file + rename) as strict JSON
+    (a NaN, e.g. the percentile of no samples, is written ``null``)."""
+    from mtdefect.fileio import dumps_strict, write_text_atomic
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = dict(payload)
     payload.setdefault("machine", {})["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(payload, indent=2, sort_keys=False, default=_jsonable) + "\n"
+    text = dumps_strict(payload, indent=2, sort_keys=False, default=_jsonable) + "\n"
     return write_text_atomic(RESULTS / f"{name}.json", text)
 
 

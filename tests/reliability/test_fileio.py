@@ -6,20 +6,61 @@ import hashlib
 import json
 import os
 import stat
+from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mtdefect import fileio
-from mtdefect.fileio import sha256_file, write_bytes_atomic, write_json_atomic, write_text_atomic
+from mtdefect.fileio import (
+    dumps_strict,
+    sha256_file,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def test_json_is_written_as_json_dumps_writes_it(tmp_path: Path) -> None:
-    data = {"b": 1.5, "a": [1, float("nan")], "name": "Blowhole – ä"}
+    data = {"b": 1.5, "a": [1, 2.25e-7], "name": "Blowhole – ä", "none": None}
     path = write_json_atomic(tmp_path / "new" / "dir" / "out.json", data, indent=2, sort_keys=True)
     assert path == tmp_path / "new" / "dir" / "out.json"
     assert path.read_text(encoding="utf-8") == json.dumps(data, indent=2, sort_keys=True)
     assert list(path.parent.iterdir()) == [path], "no temporary file is left beside the output"
+
+
+def strict_loads(text: str):
+    """json.loads that refuses NaN / Infinity / -Infinity, as jq and browsers do."""
+
+    def refuse(token: str):
+        raise ValueError(f"not strict JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_numbers_are_written_as_null(tmp_path: Path) -> None:
+    nan, inf = float("nan"), float("inf")
+    data = {
+        "per_class": {"MT_Fray": {"precision": nan, "recall": 0.0}},
+        "rates": (inf, -inf, 0.5),
+        "numpy": [np.float32("nan"), np.float64(0.25), np.float32(0.5), np.int64(3)],
+    }
+    path = write_json_atomic(tmp_path / "metrics.json", data, default=int)
+    assert strict_loads(path.read_text()) == {
+        "per_class": {"MT_Fray": {"precision": None, "recall": 0.0}},
+        "rates": [None, None, 0.5],
+        "numpy": [None, 0.25, 0.5, 3],
+    }
+    with pytest.raises(ValueError, match="NaN"):  # the strict reader itself rejects what json writes
+        strict_loads(json.dumps({"precision": nan}))
+
+
+def test_a_non_finite_number_that_escapes_the_conversion_raises_instead_of_writing_nan() -> None:
+    # Decimal is no numbers.Real, so it reaches json.dumps, whose default= turns it into a float NaN
+    assert dumps_strict({"x": Decimal("1.5")}, default=float) == '{"x": 1.5}'
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        dumps_strict({"x": Decimal("NaN")}, default=float)
 
 
 def test_text_is_written_verbatim_and_gets_an_ordinary_mode(tmp_path: Path) -> None:
