@@ -28,6 +28,7 @@ Check = Callable[[], None]
 # window and is run whole, exactly as before. 1088 = 1024 + OVERLAP: a 4096-pixel side is 4 windows.
 WINDOW = 1088
 OVERLAP = 64  # each window's outer OVERLAP / 2 pixels are replaced by the neighbour's centre
+SHRINK_PIXELS = 1 << 20  # network inputs of at least this many values give ORT's arena back after the run
 
 
 def load_torch_net(model_dir: str | Path, settings: ModelSettings, device: str = "cpu"):
@@ -74,15 +75,24 @@ def onnx_runner(path: str | Path, threads: int | None = None) -> Runner:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
+    # ORT's CPU arena keeps the largest run's activations for good; after a large input (a window of
+    # a large image) it is shrunk back, so memory returns; small tiles keep the arena (and its speed)
+    shrink = ort.RunOptions()
+    shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def run(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        outputs = session.run(None, {input_name: batch})
+        options = shrink if batch.size >= SHRINK_PIXELS else None
+        outputs = session.run(None, {input_name: batch}, options)
         return outputs[0], outputs[1] if len(outputs) > 1 else None
 
     return run
 
 
 def _cuda_available() -> bool:
+    """A CUDA GPU PyTorch can use. Without an NVIDIA driver on the machine the answer is no without
+    importing torch (its import alone holds ~0.5 GB of a server worker's memory)."""
+    if not any(Path(p).exists() for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg")):
+        return False
     try:
         import torch
 
