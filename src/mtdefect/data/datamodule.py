@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from mtdefect.data.dataset import TileDataset, render_crops
+from mtdefect.data.paste import DefectBank, paste_defects
 from mtdefect.data.split import read_manifest
 from mtdefect.inference.settings import PreprocessSettings
 
@@ -38,6 +39,8 @@ class TileDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         class_names: list[str] | tuple[str, ...] = (),
         free_class: str = "MT_Free",
+        paste_p: float = 0.0,
+        paste_scale: tuple[float, float] | list[float] = (0.75, 1.25),
     ) -> None:
         super().__init__()
         self.dataset_dir = Path(dataset_dir)
@@ -56,6 +59,11 @@ class TileDataModule(pl.LightningDataModule):
         # the tile head's classes (training crops and validation tiles carry a "label"); () = none
         self.class_names = tuple(class_names)
         self.free_label = self.class_names.index(free_class) if free_class in self.class_names else -1
+        # synthetic defects (mtdefect.data.paste): the share of crops from defect-free tiles that
+        # get a real defect region of a training tile pasted in; 0 turns it off
+        self.paste_p = float(paste_p)
+        self.paste_scale = (float(paste_scale[0]), float(paste_scale[1]))
+        self._bank: DefectBank | None = None
         self.train_set: TileDataset | None = None
         self.val_set: TileDataset | None = None
         # training tiles, their masks, (mean, std) and class index per tile, on the model's device
@@ -157,7 +165,7 @@ class TileDataModule(pl.LightningDataModule):
             tensors = (*self.train_set.stacked(), self.train_set.tile_stats(), labels)
             self._stacked = tuple(t.to(device) for t in tensors)  # type: ignore[assignment]
         images, masks, stats, labels = self._stacked
-        return render_crops(
+        rendered = render_crops(
             images,
             masks,
             batch,
@@ -167,6 +175,20 @@ class TileDataModule(pl.LightningDataModule):
             tile_labels=labels if self.class_names else None,
             free_label=self.free_label,
         )
+        if self.paste_p > 0:
+            clean_tiles = torch.tensor([not d for d in self.train_set.defective_flags()], device=device)
+            rendered = paste_defects(
+                rendered, clean_tiles[batch["index"]], self.defect_bank(), self.paste_p, self.paste_scale
+            )
+        return rendered
+
+    def defect_bank(self) -> DefectBank:
+        """The defect regions of the training tiles (built once; never from val or test)."""
+        assert self.train_set is not None
+        if self._bank is None:
+            ts = self.train_set
+            self._bank = DefectBank(ts.images, ts.masks, ts.labels, self.preprocess, max_side=self.crop_size)
+        return self._bank
 
     def val_dataloader(self) -> DataLoader:
         # whole images of varied sizes: one per batch

@@ -81,6 +81,9 @@ class TileDataset(Dataset):
     def is_defective(self, index: int) -> bool:
         return len(self.defect_pixels[index]) > 0
 
+    def defective_flags(self) -> list[bool]:
+        return [self.is_defective(i) for i in range(len(self.records))]
+
     def tile_stats(self) -> torch.Tensor:
         """(N, 2) float32: each tile's (mean, std) for per-image normalisation, of the unpadded tile."""
         return torch.tensor([image_stats(gray) for gray in self.images], dtype=torch.float32)
