@@ -15,6 +15,7 @@ from mtdefect.docs_tables import main, render
 ROOT = Path(__file__).resolve().parents[2]
 SKELETON = (
     "intro\n<!-- BEGIN results -->\nstale\n<!-- END results -->\n"
+    "cv\n<!-- BEGIN cv -->\n<!-- END cv -->\n"
     "middle\n<!-- BEGIN performance -->\n<!-- END performance -->\nend\n"
 )
 
@@ -185,7 +186,7 @@ def test_committed_performance_doc_is_what_make_docs_writes() -> None:
 @pytest.mark.parametrize(
     "text,message",
     [
-        ("<!-- BEGIN results -->\n<!-- END results -->\n", r"missing \['performance'\]"),
+        ("<!-- BEGIN results -->\n<!-- END results -->\n", r"missing \['cv', 'performance'\]"),
         (SKELETON + "<!-- BEGIN other -->\n<!-- END other -->\n", r"unknown \['other'\]"),
     ],
 )
@@ -203,3 +204,33 @@ def test_check_mode_reports_a_stale_readme_and_writes_nothing(tmp_path: Path, ca
     assert "make docs" in capsys.readouterr().err
     assert main([str(readme)]) == 0 and readme.read_text() != SKELETON
     assert main([str(readme), "--check"]) == 0
+
+
+def test_cv_table_shows_each_recipe_with_intervals(tmp_path: Path) -> None:
+    from mtdefect.docs_tables.cv import cv_table
+
+    assert "No cross-validation run" in cv_table(tmp_path)
+    entry = {"value": 0.71, "ci_low": 0.65, "ci_high": 0.77}
+    summary = {
+        "k": 5,
+        "images": 1097,
+        "groups": 227,
+        "dice": entry,
+        "per_class_dice": {"MT_Crack": {"value": 0.5, "ci_low": 0.3, "ci_high": 0.6}},
+        "auroc": entry,
+        "recall_at_1pct_fa": entry,
+        "recall_at_decision": entry,
+        "false_alarm_rate_at_decision": {"value": 0.05, "ci_low": 0.03, "ci_high": 0.08},
+        "class_top1": {"value": None, "ci_low": None, "ci_high": None},
+        "border_fp_share": entry,
+        "recipe": {"encoder": "tf_efficientnet_lite0", "crop_size": 160, "preprocess_scale": 1.0, "seed": 42},
+        "fold_seconds": [600, 600, 600, 600, 600],
+    }
+    (tmp_path / "reports" / "cv" / "cpu_2h").mkdir(parents=True)
+    (tmp_path / "reports" / "cv" / "metrics.json").write_text(json.dumps(summary))
+    (tmp_path / "reports" / "cv" / "cpu_2h" / "metrics.json").write_text(json.dumps({**summary, "k": 3}))
+    body = cv_table(tmp_path)
+    lines = [line for line in body.splitlines() if line.startswith("| `")]
+    assert [line.split("`")[1] for line in lines] == ["default", "cpu_2h"]
+    assert "0.710 [0.65, 0.77]" in lines[0] and "— / — / 0.50 / — / —" in lines[0] and "50 min" in lines[0]
+    assert "| 3 / 1097 / 227 |" in lines[1]

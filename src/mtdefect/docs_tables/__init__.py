@@ -10,6 +10,7 @@ A table lives between ``<!-- BEGIN name -->`` and ``<!-- END name -->``; everyth
 markers is left alone. One module per block, one small function per table:
 
 - ``results``     (README, ``results.py``): pipeline runs; which files feed which row: ``RESULT_ROWS``;
+- ``cv``          (README, ``cv.py``): grouped k-fold cross-validation, one row per recipe;
 - ``performance`` (README, ``performance.py``): benchmark targets; ``PERFORMANCE_ROWS``;
 - ``lite0``       (docs/PERFORMANCE.md, ``lite0.py``): the current model's detail tables, ``SECTIONS``;
 - ``common.py``: formatting, the markdown table, reading a result and naming its model and load.
@@ -48,6 +49,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mtdefect.docs_tables.cv import cv_table
 from mtdefect.docs_tables.lite0 import lite0_detail
 from mtdefect.docs_tables.performance import PERFORMANCE_ROWS, performance_table
 from mtdefect.docs_tables.results import RESULT_ROWS, results_table, save_seed
@@ -55,6 +57,7 @@ from mtdefect.fileio import write_text_atomic
 
 __all__ = [
     "GENERATORS",
+    "cv_table",
     "PERFORMANCE_ROWS",
     "RESULT_ROWS",
     "lite0_detail",
@@ -68,11 +71,12 @@ __all__ = [
 # block name -> the function that writes its body (the text between the markers)
 GENERATORS: dict[str, Callable[[Path], str]] = {
     "results": results_table,
+    "cv": cv_table,
     "performance": performance_table,
     "lite0": lite0_detail,
 }
 # the blocks the README must have (docs/PERFORMANCE.md has the ``lite0`` block)
-README_BLOCKS = ("results", "performance")
+README_BLOCKS = ("results", "cv", "performance")
 
 MARKER = re.compile(
     r"(<!-- BEGIN (?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)(<!-- END (?P=name) -->)", re.DOTALL

@@ -1,0 +1,68 @@
+"""The cross-validation table: one row per recipe, from ``reports/cv/metrics.json`` (the default) and
+``reports/cv/<recipe>/metrics.json`` (each recipe compared), pooled out-of-fold with 95 % intervals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mtdefect.docs_tables.common import fmt, read_json, table
+
+CLASSES = ("MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven")
+
+
+def with_interval(entry: dict[str, Any] | None) -> str:
+    """``0.712 [0.65, 0.77]`` from ``{"value", "ci_low", "ci_high"}``."""
+    if not entry or entry.get("value") is None:
+        return "—"
+    if entry.get("ci_low") is None:
+        return fmt(entry["value"])
+    return f"{fmt(entry['value'])} [{fmt(entry['ci_low'], 2)}, {fmt(entry['ci_high'], 2)}]"
+
+
+def recipe_files(root: Path) -> list[tuple[str, Path]]:
+    base = root / "reports" / "cv"
+    found = [("default", base / "metrics.json")] if (base / "metrics.json").exists() else []
+    found += [(p.parent.name, p) for p in sorted(base.glob("*/metrics.json")) if p.parent.name != "folds"]
+    return found
+
+
+def cv_row(name: str, summary: dict[str, Any]) -> list[str]:
+    recipe = summary.get("recipe") or {}
+    per_class = summary.get("per_class_dice") or {}
+    minutes = sum(summary.get("fold_seconds") or []) / 60
+    return [
+        f"`{name}` ({recipe.get('encoder', '?')}, crop {recipe.get('crop_size', '?')}, "
+        f"scale {recipe.get('preprocess_scale', '?')}, seed {recipe.get('seed', '?')})",
+        f"{summary['k']} / {summary['images']} / {summary['groups']}",
+        with_interval(summary.get("dice")),
+        " / ".join(fmt((per_class.get(c) or {}).get("value"), 2) for c in CLASSES),
+        with_interval(summary.get("auroc")),
+        with_interval(summary.get("recall_at_1pct_fa")),
+        f"{with_interval(summary.get('recall_at_decision'))} @ "
+        f"{fmt((summary.get('false_alarm_rate_at_decision') or {}).get('value'))}",
+        with_interval(summary.get("class_top1")),
+        with_interval(summary.get("border_fp_share")),
+        f"{minutes:.0f} min" if minutes else "—",
+    ]
+
+
+def cv_table(root: Path) -> str:
+    """The table body (between the ``cv`` markers); a note when no run is committed yet."""
+    files = recipe_files(root)
+    if not files:
+        return "_No cross-validation run is committed yet (`make cv` writes reports/cv/metrics.json)._\n"
+    header = [
+        "recipe",
+        "folds / images / tile groups",
+        "Dice [95 % CI]",
+        "Blowhole / Break / Crack / Fray / Uneven",
+        "AUROC",
+        "recall @ ≤ 1 % FA",
+        "recall @ each fold's decision (FA)",
+        "class top-1",
+        "FP pixels in border band",
+        "fold training + scoring",
+    ]
+    rows = [cv_row(name, read_json(path)) for name, path in files]
+    return "\n".join(table(header, rows)) + "\n"
