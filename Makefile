@@ -90,13 +90,13 @@ exp-show: venv  ## compare experiments: key params and metrics
 dag: venv  ## print the pipeline graph
 	$(BIN)/dvc dag
 
-bench: venv  ## run the benchmarks (see docs/PERFORMANCE.md), then `make docs` to regenerate the tables
+bench: venv  ## run the current model's benchmarks (one result per question: benchmarks/README.md), then `make docs`
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_model.py
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_http.py --backend onnx-int8
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_http.py --backend onnx --soak-requests 0
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_cost.py
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_train_precision.py
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_train.py
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python benchmarks/bench_train.py --rounds 3
 
 clean:  ## remove caches and run outputs (not the venv, not the DVC cache)
 	rm -rf checkpoints outputs multirun lightning_logs .pytest_cache

@@ -10,7 +10,7 @@ and the growth between them (the
 working memory of one call). The service's pixel cap (``MT_MAX_PIXELS``, default 4096²) is
 recorded with the curve: sizes above it are refused with 413 before decoding.
 
-Writes benchmarks/results/bench_cost_lite0.json.
+Writes benchmarks/results/bench_cost.json.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="onnx-int8,onnx")
     parser.add_argument("--reps", type=int, default=15, help="timed calls per point (fewer for large sizes)")
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
-    parser.add_argument("--result-name", default="bench_cost_lite0")
+    parser.add_argument("--result-name", default="bench_cost")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

@@ -17,7 +17,7 @@ keep-alive connection each, count- and time-limited, 127.0.0.1 only):
 
 The client shares the CPUs with the server (it is the same machine); its CPU time is reported.
 The server runs ``--backend`` (default onnx-int8; onnx for FP32); the in-process reference runs
-the same backend. Writes benchmarks/results/bench_http_lite0_<int8|fp32>.json, with the issue #14
+the same backend. Writes benchmarks/results/bench_http_<int8|fp32>.json, with the issue #14
 targets evaluated under ``targets``.
 """
 
@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-concurrency", type=int, default=4)
     parser.add_argument("--soak-max-seconds", type=float, default=900.0)
     parser.add_argument("--rss-every", type=int, default=500)
-    parser.add_argument(
-        "--result-name", default=None, help="results/<name>.json (bench_http_lite0_<precision>)"
-    )
+    parser.add_argument("--result-name", default=None, help="results/<name>.json (bench_http_<precision>)")
     parser.add_argument(
         "--env", action="append", default=[], help="extra server env KEY=VALUE (e.g. MT_THREADS=1)"
     )
@@ -117,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend == "onnx-int8" and C.ensure_int8(model_dir):
         model_source += " (INT8 quantized here)"
     precision = C.PRECISION[args.backend]
-    args.result_name = args.result_name or f"bench_http_lite0_{precision}"
+    args.result_name = args.result_name or f"bench_http_{precision}"
     home = work / "bentoml"
     tag = H.store_model(model_dir, home)
     server_env = {"MT_MODEL_TAG": tag, "MT_BACKEND": args.backend}

@@ -9,8 +9,10 @@ a change in machine load hits both alike. For every call the script also times t
 interleaved pass, so the network-only time and the overhead around it are visible.
 
 By default FP32 (``onnx``) against INT8 (``onnx-int8``; made here from training tiles when the model
-folder has none); ``--backends torch,onnx`` compares eager PyTorch. Writes
-benchmarks/results/bench_model_lite0.json (``--result-name``).
+folder has none); ``--backends torch,onnx`` compares eager PyTorch, ``--threads 1,2`` thread counts.
+Writes benchmarks/results/bench_model_<question>.json, one file per question (``--result-name``
+overrides): ``bench_model_int8`` (the default backends), ``bench_model_torch_vs_onnx`` (with torch),
+``bench_model_threads`` (more than one thread count).
 """
 
 from __future__ import annotations
@@ -192,6 +194,13 @@ def ratios(summary: dict[str, dict], raw: dict[str, dict]) -> dict[str, float]:
     }
 
 
+def default_result_name(backends: str, threads: str | None) -> str:
+    """The question a run answers names its result: thread counts, eager PyTorch vs ONNX, or INT8."""
+    if threads and "," in threads:
+        return "bench_model_threads"
+    return "bench_model_torch_vs_onnx" if "torch" in backends.split(",") else "bench_model_int8"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", help="model folder (settings.json, weights.safetensors[, model.onnx])")
@@ -205,8 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--backends", default="onnx,onnx-int8", help="comma list (torch, onnx, onnx-int8)")
-    parser.add_argument("--result-name", default="bench_model_lite0", help="results/<name>.json")
+    parser.add_argument(
+        "--result-name",
+        default=None,
+        help="results/<name>.json (default: bench_model_threads / _torch_vs_onnx / _int8)",
+    )
     args = parser.parse_args(argv)
+    args.result_name = args.result_name or default_result_name(args.backends, args.threads)
 
     info = C.machine_info()
     work = C.workdir("model")

@@ -11,7 +11,7 @@ loss as Lightning's ``bf16-mixed`` does. The four variants take their steps inte
 each per round, the first one rotating), so machine load hits them alike; ratios are of medians
 from the same run.
 
-Writes benchmarks/results/bench_train_precision_lite0.json.
+Writes benchmarks/results/bench_train_precision.json.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--crop", type=int, default=160)
     parser.add_argument("--override", action="append", default=[], help="Hydra override, repeatable")
-    parser.add_argument("--result-name", default="bench_train_precision_lite0")
+    parser.add_argument("--result-name", default="bench_train_precision")
     args = parser.parse_args(argv)
 
     info = C.machine_info()

@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         args.result_name,
         {
             "machine": info,
-            "model": {"source": model_source},
+            "model": C.describe_model(model_dir, model_source, backends=["onnx", "torch"]),
             "args": vars(args),
             "ort_network_ms": ort_ms,
             "postprocess_ms": post_ms,

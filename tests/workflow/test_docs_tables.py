@@ -140,8 +140,8 @@ def test_performance_rows_name_their_model_and_judge_the_target(tmp_path: Path) 
             },
         }
 
-    (results / "bench_http_lite0_int8.json").write_text(json.dumps(http(28.0, 55.0, 52.0)))
-    (results / "bench_http_lite0_fp32.json").write_text(json.dumps(http(41.0, 70.0, 30.0, errors=1)))
+    (results / "bench_http_int8.json").write_text(json.dumps(http(28.0, 55.0, 52.0)))
+    (results / "bench_http_fp32.json").write_text(json.dumps(http(41.0, 70.0, 30.0, errors=1)))
     (tmp_path / "reports").mkdir(exist_ok=True)
     parity = {
         "dice_delta": 0.001,
@@ -156,8 +156,7 @@ def test_performance_rows_name_their_model_and_judge_the_target(tmp_path: Path) 
     md = render(SKELETON, tmp_path)
     detect = next(line for line in md.splitlines() if "`/detect` end to end" in line)
     assert (
-        "p50 28.0 ms, p99 55.0 ms · Unet tf_efficientnet_lite0 (no flips) · `bench_http_lite0_int8.json`"
-        in detect
+        "p50 28.0 ms, p99 55.0 ms · Unet tf_efficientnet_lite0 (no flips) · `bench_http_int8.json`" in detect
     )
     assert detect.endswith("| met in 1 of 2 runs |")
     c8 = next(line for line in md.splitlines() if "concurrency 8" in line)
