@@ -295,3 +295,45 @@ def test_written_manifests_are_ordinary_manifests(tmp_path: Path, lit_dataset: P
         header = next(csv.reader(handle))
     assert header[:4] == ["image", "mask", "class", "split"]
     assert {r.split for r in read_manifest(tmp_path / "fold_2.csv")} == {"train", "val", "test"}
+
+
+def test_physical_tiles_split_a_group_where_the_lighting_starts_again() -> None:
+    from mtdefect.data.split import physical_tiles
+
+    lit = [(4, 85602), (5, 85642), (6, 85665), (1, 85781), (2, 85846), (6, 86064), (2, 3211), (3, 3223)]
+    items = [("MT_Crack", f"exp{e}_num_{n}") for e, n in lit]
+    tiles = physical_tiles(items, 300)
+    assert len(set(tiles.values())) == 3  # one two-tile group split in two, and a tile of its own
+    assert tiles[items[0]] == tiles[items[2]] != tiles[items[3]] == tiles[items[5]]
+
+
+def test_tile_decision_fuses_the_views_of_each_tile() -> None:
+    """One bad view of a clean tile: the median of its views stays low, the max does not."""
+    from mtdefect.cv.pool import tile_level
+
+    rows = []
+    for tile in range(120):  # clean tiles, three lightings each; every tenth has one bright view
+        for light, score in enumerate([0.1, 0.2, 0.95 if tile % 10 == 0 else 0.15], start=1):
+            rows.append(
+                {
+                    "image": f"MT_Free/exp{light}_num_{1000 * tile + 30 * light}.jpg",
+                    "class": "MT_Free",
+                    "group": f"MT_Free/{tile}",
+                    "score": score,
+                }
+            )
+    for tile in range(10):  # defective tiles: two views show it, one does not
+        for light, score in enumerate([0.9, 0.8, 0.3], start=1):
+            rows.append(
+                {
+                    "image": f"MT_Crack/exp{light}_num_{1000 * tile + 30 * light}.jpg",
+                    "class": "MT_Crack",
+                    "group": f"MT_Crack/{tile}",
+                    "score": score,
+                }
+            )
+    result = tile_level(rows, "MT_Free", 300, n_resamples=50)
+    assert result["tiles"] == 130 and result["defective_tiles"] == 10 and result["views_per_tile"] == 3
+    assert result["median"]["tile_recall_at_1pct_fa"]["value"] == 1.0
+    assert result["median"]["auroc"]["value"] == 1.0
+    assert result["max"]["tile_recall_at_1pct_fa"]["value"] == 0.0  # 12 clean tiles score 0.95

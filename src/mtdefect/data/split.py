@@ -73,6 +73,36 @@ def tile_groups(items: list[tuple[str, str]], max_gap: int | None) -> dict[tuple
     return groups
 
 
+LIGHTING = re.compile(r"^exp(\d+)_")
+
+
+def lighting_index(stem: str) -> int | None:
+    """The lighting setup of an archive file name (``exp3_num_3710`` → 3); None if it has none."""
+    match = LIGHTING.match(stem)
+    return int(match.group(1)) if match else None
+
+
+def physical_tiles(items: list[tuple[str, str]], max_gap: int | None) -> dict[tuple[str, str], str]:
+    """A name per sample for the physical tile it shows, ``<group>.<k>``: a tile group
+    (``tile_groups``) photographs its tile once per lighting in increasing lighting order, so a
+    lighting index that does not increase along the capture numbers starts the next tile of the same
+    group (a group of two tiles captured close together). Without lighting indices, the group."""
+    groups = tile_groups(items, max_gap)
+    ordered = sorted(items, key=lambda item: (groups[item], capture_number(item[1]) or 0, item[1]))
+    names: dict[tuple[str, str], str] = {}
+    previous: tuple[int, int | None] | None = None
+    part = 0
+    for item in ordered:
+        light = lighting_index(item[1])
+        if previous is None or previous[0] != groups[item]:
+            part = 0
+        elif light is not None and previous[1] is not None and light <= previous[1]:
+            part += 1
+        names[item] = f"{groups[item]}.{part}"
+        previous = (groups[item], light)
+    return names
+
+
 def assign_splits(
     samples: list[tuple[str, str]],
     val_fraction: float,

@@ -44,6 +44,7 @@ def stage(cfg: DictConfig) -> None:
         n_resamples=int(c.bootstrap),
         seed=int(c.seed),
         max_false_alarm_rate=float(cfg.calibration.max_false_alarm_rate),
+        group_gap=cfg.data.split.get("group_gap"),
     )
     summary["recipe"] = {
         "arch": cfg.model.get("arch"),
