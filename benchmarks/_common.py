@@ -1,6 +1,8 @@
-"""Shared helpers for the benchmarks: machine info, the model folder, real images, stats, output.
+"""The benchmarks' harness: machine and environment record, interleaved timing, the model folder and
+its record, real images, stats and tables, and the result writer.
 
-Run by hand (never by ``make test``); every script writes ``benchmarks/results/<name>.json``.
+Run by hand (never by ``make test``); every script answers one question and writes
+``benchmarks/results/<name>.json`` (benchmarks/README.md lists them).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +121,39 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ---------------------------------------------------------------- timing
+
+
+def timed_ms(fn: Callable[..., Any], *args: Any) -> float:
+    """Wall-clock milliseconds of one call."""
+    start = time.perf_counter()
+    fn(*args)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def interleaved_ms(
+    fns: dict[str, Callable[[Any], Any]], inputs: Sequence[Any], rounds: int = 1
+) -> dict[str, list[float]]:
+    """Every input through every function, ``rounds`` times, the order rotated by one per input, so a
+    change of machine load hits every function alike. Returns each function's milliseconds, one per
+    (round, input), aligned across functions (for paired ratios: ``paired_median``)."""
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    k = 0
+    for _ in range(rounds):
+        for x in inputs:
+            shift = k % len(names)
+            k += 1
+            for name in names[shift:] + names[:shift]:
+                times[name].append(timed_ms(fns[name], x))
+    return times
+
+
+def paired_median(times: Sequence[float], base: Sequence[float]) -> float:
+    """Median over aligned pairs of ``time / base``: robust to load that drifts during a run."""
+    return float(statistics.median(t / b for t, b in zip(times, base, strict=True)))
 
 
 # ---------------------------------------------------------------- stats and tables

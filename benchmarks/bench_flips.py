@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,14 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     images = C.decode_all(C.real_image_bytes(args.n))
     for p in predictors:  # warm-up
         p.predict(images[0])
-    ms: list[list[float]] = [[] for _ in sets]
-    for i, gray in enumerate(images):
-        order = list(range(len(sets)))
-        order = order[i % len(order) :] + order[: i % len(order)]
-        for k in order:
-            start = time.perf_counter()
-            predictors[k].predict(gray)
-            ms[k].append((time.perf_counter() - start) * 1000.0)
+    by_index = C.interleaved_ms({str(k): p.predict for k, p in enumerate(predictors)}, images)
+    ms = [by_index[str(k)] for k in range(len(sets))]
 
     print(f"# bench_flips — {C.describe_machine(info)}")
     print(
@@ -57,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = statistics.median(ms[0])
     for flips, times in zip(sets, ms):
         median = statistics.median(times)
-        paired = statistics.median(t / b for t, b in zip(times, ms[0]))
+        paired = C.paired_median(times, ms[0])
         rows.append(
             [
                 "+".join(flips) or "none",

@@ -13,21 +13,13 @@ benchmarks/results/<--result-name>.json.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 from mtdefect.inference import Predictor  # noqa: E402
-
-
-def timed_ms(predictor: Predictor, gray) -> float:
-    start = time.perf_counter()
-    predictor.predict(gray)
-    return (time.perf_counter() - start) * 1000.0
 
 
 def main() -> None:
@@ -51,15 +43,8 @@ def main() -> None:
         for gray in images[: args.warmup]:
             predictor.predict(gray)
     load_before = C.load_average()
-    times: dict[str, list[float]] = {k: [] for k in predictors}
-    order = list(predictors)
-    for _ in range(args.rounds):
-        for gray in images:
-            for name in order:
-                times[name].append(timed_ms(predictors[name], gray))
-            order.reverse()
+    times = C.interleaved_ms({k: p.predict for k, p in predictors.items()}, images, args.rounds)
     summaries = {k: C.latency_summary(v) for k, v in times.items()}
-    ratios = [c / b for b, c in zip(times["baseline"], times["candidate"], strict=True)]
     result = {
         "what": "predict() latency on real tiles at their original sizes, candidate vs baseline, same run",
         "machine": C.machine_info(),
@@ -72,7 +57,7 @@ def main() -> None:
         "latency": summaries,
         "candidate_over_baseline": {
             "p50_ratio": summaries["candidate"]["p50_ms"] / summaries["baseline"]["p50_ms"],
-            "median_paired_ratio": statistics.median(ratios),
+            "median_paired_ratio": C.paired_median(times["candidate"], times["baseline"]),
         },
     }
     path = C.write_result(args.result_name, result)

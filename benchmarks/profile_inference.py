@@ -5,9 +5,9 @@
 1. ONNX Runtime session options on the same real tiles (network only), in rotating blocks (one
    session at a time, as in a service): the library's session (all cores, spinning on,
    ORT_ENABLE_ALL) vs variations.
-2. postprocess(): the library's version vs a drop-in variant that computes region areas and maxima
-   with bincount / maximum.at over foreground pixels only (scipy's ndimage.maximum argsorts the
-   whole image on every call); outputs are checked to be identical.
+2. postprocess() and its parts (find_regions, image_score) on the same tiles' probabilities. (The
+   bincount / maximum.at region statistics this once compared against scipy's ndimage are now the
+   library's find_regions.)
 3. eager PyTorch with 1 vs all threads (OpenMP barriers are costly when the cores are shared).
 Writes benchmarks/results/profile_inference.json.
 """
@@ -66,21 +66,10 @@ def interleave(fns: dict, inputs: list, reps: int) -> dict[str, dict]:
     Returns per config: mean ms per input, and the median over (input, rep) pairs of the paired
     speed-up against the first config (robust to load drifting during the run).
     """
-    names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    k = 0
-    for _ in range(reps):
-        for x in inputs:
-            order = names[k % len(names) :] + names[: k % len(names)]
-            k += 1
-            for name in order:
-                t0 = time.perf_counter()
-                fns[name](x)
-                times[name].append((time.perf_counter() - t0) * 1000)
-    base = times[names[0]]
+    times = C.interleaved_ms(fns, inputs, reps)
+    base = times[next(iter(fns))]
     return {
-        n: {"ms": statistics.fmean(v), "paired_speedup": statistics.median(b / t for b, t in zip(base, v))}
-        for n, v in times.items()
+        n: {"ms": statistics.fmean(v), "paired_speedup": C.paired_median(base, v)} for n, v in times.items()
     }
 
 
