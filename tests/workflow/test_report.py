@@ -12,6 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from mtdefect.fileio import dumps_strict
 from mtdefect.report import average_precision, build_report, figures, fmt, read_tsv, render_markdown
 from mtdefect.report.data import confusion_counts, load_inputs
 
@@ -52,11 +53,11 @@ PER_IMAGE = [
 
 def write_inputs(reports: Path, wide: int = 300) -> Path:
     (reports / "plots").mkdir(parents=True)
-    (reports / "metrics.json").write_text(json.dumps(METRICS))  # NaN written as NaN, like evaluate does
+    (reports / "metrics.json").write_text(dumps_strict(METRICS))  # NaN written as null, like evaluate does
     (reports / "plots" / "pr.json").write_text(json.dumps(PR))
     (reports / "plots" / "roc.json").write_text(json.dumps(ROC))
     (reports / "plots" / "per_class_dice.json").write_text(
-        json.dumps([{"class": k, "dice": v} for k, v in METRICS["test"]["per_class_dice"].items()])
+        dumps_strict([{"class": k, "dice": v} for k, v in METRICS["test"]["per_class_dice"].items()])
     )
     (reports / "plots" / "per_image.json").write_text(json.dumps(PER_IMAGE))
     overlays = reports / "overlays"
