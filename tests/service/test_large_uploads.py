@@ -93,3 +93,46 @@ def test_a_large_image_is_answered_window_by_window_like_the_whole_image(
     assert served.shape == gray.shape
     assert 0 < (whole.mask > 0).mean() < 1  # the comparison is not between two blank masks
     assert (served == whole.mask).mean() > 0.98  # measured 0.990 with the tiny test model
+
+
+def _decisions(server) -> float:
+    text = server.get("/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("mtdefect_decisions_total{")
+    )
+
+
+def test_a_client_that_left_is_not_computed(large_server) -> None:
+    """A large image keeps the network busy; a second client sends its whole request and hangs up
+    while it waits: its image is never run (one decision recorded, not two)."""
+    from .svc_support import raw_connect
+
+    big = encode(tile(SIDE, SIDE, seed=11, blobs=3))
+    before = _decisions(large_server)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(large_server.post_image, "/segment", big, timeout=30)
+        time.sleep(0.3)  # the first image is being computed
+        boundary = "x7b1"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="b.png"\r\n'
+                "Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + big
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        host = large_server.url.split("//", 1)[1]
+        head = (
+            f"POST /detect HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary={boundary}"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        sock = raw_connect(large_server)
+        sock.sendall(head + body)
+        time.sleep(0.2)
+        sock.close()  # gone while the first image still holds the network
+        assert busy.result().status_code == 200
+    time.sleep(2.0)
+    assert _decisions(large_server) - before == 1
+    assert large_server.post_image("/detect", encode(tile(200, 200, seed=12))).status_code == 200
