@@ -337,3 +337,42 @@ def test_tile_decision_fuses_the_views_of_each_tile() -> None:
     assert result["median"]["tile_recall_at_1pct_fa"]["value"] == 1.0
     assert result["median"]["auroc"]["value"] == 1.0
     assert result["max"]["tile_recall_at_1pct_fa"]["value"] == 0.0  # 12 clean tiles score 0.95
+
+
+def test_fused_decision_normalises_each_scorer_by_its_fold_clean_validation() -> None:
+    """Two scorers that each miss half the defects (on different tiles) catch them all fused; the
+    normalisation uses only the reference (clean validation) scores, on each scorer's own scale."""
+    from mtdefect.cv.decision import compare, robust_z
+
+    assert robust_z(np.array([3.0]), np.array([1.0, 2.0, 3.0]))[0] == pytest.approx(1 / 1.4826)
+    rng = np.random.default_rng(0)
+    rows, reference = [], {}
+    for fold in (0, 1):
+        for i in range(100):
+            rows.append(
+                {
+                    "image": f"MT_Free/f{fold}_{i}.jpg",
+                    "class": "MT_Free",
+                    "group": f"MT_Free/{fold}.{i}",
+                    "fold": fold,
+                    "head": float(rng.uniform(0.01, 0.1)),
+                    "anomaly": float(rng.uniform(1, 2)),
+                }
+            )
+        for i in range(10):  # head sees the even ones, the anomaly branch the odd ones
+            rows.append(
+                {
+                    "image": f"MT_Crack/d{fold}_{i}.jpg",
+                    "class": "MT_Crack",
+                    "group": f"MT_Crack/{fold}.{i}",
+                    "fold": fold,
+                    "head": 0.9 if i % 2 == 0 else 0.05,
+                    "anomaly": 5.0 if i % 2 else 1.5,
+                }
+            )
+        reference[fold] = {"head": rng.uniform(0.01, 0.1, 50), "anomaly": rng.uniform(1, 2, 50)}
+    result = compare(rows, reference, "MT_Free", 300, n_resamples=30)
+    assert result["head"]["recall_at_1pct_fa"]["value"] == pytest.approx(0.5)
+    assert result["anomaly"]["recall_at_1pct_fa"]["value"] == pytest.approx(0.5)
+    assert result["fused"]["recall_at_1pct_fa"]["value"] == pytest.approx(1.0)
+    assert result["fused"]["per_class_recall_at_1pct_fa"] == {"MT_Crack": 1.0}

@@ -131,6 +131,21 @@ def score_held_out(model_dir: Path, data_dir: Path, manifest: Path, group_gap: i
     return rows
 
 
+def score_reference(model_dir: Path, data_dir: Path, manifest: Path, free_class: str) -> list[float]:
+    """Tile scores of the fold's clean validation images under the fold model's own settings: the
+    reference other scorers are normalised against when they are fused with this one
+    (``cv.decision``). Never the held-out fold."""
+    from mtdefect.inference import Predictor
+    from mtdefect.scoring import image_row, score_split
+
+    records = [r for r in read_manifest(manifest, "val") if r.class_name == free_class]
+    predictor = Predictor.from_dir(model_dir, backend="torch")
+    return [
+        image_row(item, predictor.settings.postprocess)["score"]
+        for item in score_split(predictor, data_dir, records)
+    ]
+
+
 def run_fold(cfg: DictConfig, fold: int) -> dict:
     """Train and score fold ``fold`` unless its rows are already there for this config."""
     from mtdefect.inference import ModelSettings
@@ -150,12 +165,14 @@ def run_fold(cfg: DictConfig, fold: int) -> dict:
     validation = train(fcfg)
     model_dir = Path(fcfg.paths.model_dir)
     rows = score_held_out(model_dir, Path(cfg.paths.data_dir), manifest, cfg.data.split.get("group_gap"))
+    reference = score_reference(model_dir, Path(cfg.paths.data_dir), manifest, cfg.data.free_class)
     result = {
         "fold": fold,
         "fingerprint": fingerprint,
         "seconds": round(time.perf_counter() - started, 1),
         "decision_threshold": ModelSettings.load(model_dir).postprocess.decision_threshold,
         "validation": validation,
+        "reference_scores": reference,
         "rows": rows,
     }
     write_json_atomic(rows_file, result, indent=1)

@@ -1,0 +1,140 @@
+"""A clean-tile anomaly branch measured under cross-validation (issue #21, first step: is it worth it?).
+
+PatchCore-style: patch features of an encoder (stride-8 and stride-16 maps, the coarser upsampled,
+concatenated, 3×3 average-pooled) from the *defect-free training tiles of a fold* form a memory
+bank (a seeded random subsample); an image's anomaly score is the largest nearest-neighbour
+distance of its patches to the bank. Each fold's bank sees only that fold's training tiles; the
+held-out fold and the inner validation tiles are scored against it (validation: the reference the
+fusion normalises by). The encoder is the packaged ImageNet EfficientNet-Lite0 (no training needed,
+so the branch can be measured before any fold model exists).
+
+    python -m mtdefect.cv.anomaly            # every fold of params.yaml's cv settings → reports/cv/anomaly/
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from mtdefect.data.folds import fold_manifest_path
+from mtdefect.data.split import read_manifest
+from mtdefect.fileio import write_json_atomic
+from mtdefect.inference import PreprocessSettings, decode_image
+from mtdefect.inference.preprocess import preprocess
+from mtdefect.scoring import UNLIMITED
+
+
+def imagenet_encoder(encoder: str = "tf_efficientnet_lite0") -> torch.nn.Module:
+    from mtdefect.inference.network import build_net
+    from mtdefect.model.pretrained import load_pretrained
+
+    net = build_net(arch="Unet", encoder=encoder, in_channels=1)
+    load_pretrained(net, encoder, "package", 1)
+    return net.encoder.eval()
+
+
+@torch.no_grad()
+def patch_features(encoder: torch.nn.Module, gray: np.ndarray, settings: PreprocessSettings) -> torch.Tensor:
+    """(patches, channels) float32: the stride-8 and stride-16 maps of the valid (unpadded) area."""
+    batch, geometry = preprocess(gray, settings)
+    maps = encoder(torch.from_numpy(batch))
+    height = batch.shape[-2]
+    s8 = next(m for m in maps if m.shape[-2] == height // 8)
+    s16 = next(m for m in maps if m.shape[-2] == height // 16)
+    joined = torch.cat([s8, F.interpolate(s16, size=s8.shape[-2:], mode="bilinear", align_corners=False)], 1)
+    pooled = F.avg_pool2d(joined, 3, stride=1, padding=1, count_include_pad=False)
+    valid_h, valid_w = -(-geometry.scaled[0] // 8), -(-geometry.scaled[1] // 8)
+    return pooled[0, :, :valid_h, :valid_w].flatten(1).T.contiguous()
+
+
+def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Each query's Euclidean distance to its nearest bank row."""
+    best = torch.full((queries.shape[0],), float("inf"))
+    for start in range(0, bank.shape[0], chunk):
+        best = torch.minimum(best, torch.cdist(queries, bank[start : start + chunk]).min(dim=1).values)
+    return best
+
+
+def fold_scores(
+    features: dict[str, torch.Tensor],
+    manifest: Path,
+    free_class: str,
+    subsample: float,
+    seed: int,
+) -> list[dict]:
+    """Bank from the fold's defect-free ``train`` tiles; score its ``test`` images and its clean
+    ``val`` images."""
+    records = read_manifest(manifest)
+    clean_train = [r.image for r in records if r.split == "train" and r.class_name == free_class]
+    pooled = torch.cat([features[name] for name in clean_train])
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(pooled.shape[0], generator=generator)[: max(1, int(pooled.shape[0] * subsample))]
+    bank = pooled[keep]
+    rows = []
+    for record in records:
+        if record.split == "train" or (record.split == "val" and record.class_name != free_class):
+            continue  # held-out images, and the clean validation tiles the fusion normalises by
+        distance = nearest_distance(features[record.image], bank)
+        rows.append(
+            {
+                "image": record.image,
+                "class": record.class_name,
+                "split": record.split,
+                "anomaly": float(distance.max()),
+            }
+        )
+    return rows
+
+
+def run(cfg: DictConfig, subsample: float = 0.05, encoder_name: str = "tf_efficientnet_lite0") -> Path:
+    torch.manual_seed(0)
+    c = cfg.cv
+    settings = PreprocessSettings(**dict(cfg.data.preprocess))
+    encoder = imagenet_encoder(encoder_name)
+    root = Path(cfg.paths.data_dir)
+    names = sorted(
+        {r.image for f in range(c.k) for r in read_manifest(fold_manifest_path(c.manifest_dir, f))}
+    )
+    started = time.perf_counter()
+    features = {
+        name: patch_features(encoder, decode_image((root / name).read_bytes(), UNLIMITED), settings)
+        for name in names
+    }
+    feature_seconds = time.perf_counter() - started
+    out_dir = Path(c.reports_dir) / "anomaly"
+    for fold in range(c.k):
+        begun = time.perf_counter()
+        rows = fold_scores(
+            features, fold_manifest_path(c.manifest_dir, fold), cfg.data.free_class, subsample, c.seed + fold
+        )
+        write_json_atomic(
+            out_dir / f"fold_{fold}.json",
+            {
+                "fold": fold,
+                "encoder": f"{encoder_name} (ImageNet, packaged)",
+                "bank_subsample": subsample,
+                "seconds": round(time.perf_counter() - begun, 1),
+                "feature_seconds_all_images": round(feature_seconds, 1),
+                "rows": rows,
+            },
+            indent=1,
+        )
+        print(f"anomaly: fold {fold}: {len(rows)} images scored")
+    return out_dir
+
+
+def main() -> None:
+    from mtdefect.stages._common import run as run_stage
+
+    subsample = float(sys.argv[1]) if len(sys.argv) > 1 else 0.05
+    run_stage(lambda cfg: run(cfg, subsample), "cv anomaly")
+
+
+if __name__ == "__main__":
+    main()

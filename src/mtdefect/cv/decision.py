@@ -1,0 +1,191 @@
+"""The reject decision's scorers compared out of fold: the tile head, the anomaly branch, and both fused.
+
+Each scorer gives every held-out image a score (the head: 1 − P(MT_Free) from the fold's model; the
+anomaly branch: ``cv.anomaly``). Scores of different scorers live on different scales, so each is
+normalised by the same fold's *clean validation* images (never the held-out fold): a robust z-score
+of a monotone transform (logit of the head's probability, log of the distance) against their median
+and MAD. ``fused`` is the sum of the two z-scores (equal weights: nothing is fitted on held-out
+labels). Per image and per physical tile (median of its views), pooled over the folds, with 95 %
+intervals by resampling tile groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from mtdefect import metrics
+from mtdefect.cv.pool import _interval, tile_ids
+
+TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "head": lambda s: np.log(np.clip(s, 1e-7, 1 - 1e-7) / (1 - np.clip(s, 1e-7, 1 - 1e-7))),
+    "anomaly": lambda s: np.log(np.maximum(s, 1e-9)),
+}
+
+
+def robust_z(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(values − median(reference)) / (1.4826 · MAD(reference)), the MAD floored to stay finite."""
+    centre = float(np.median(reference))
+    spread = 1.4826 * float(np.median(np.abs(reference - centre)))
+    return (values - centre) / max(spread, 1e-6)
+
+
+def normalised(scorer: str, held_out: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    transform = TRANSFORMS[scorer]
+    return robust_z(transform(np.asarray(held_out, float)), transform(np.asarray(reference, float)))
+
+
+def scorer_summary(
+    scores: np.ndarray,
+    defective: np.ndarray,
+    classes: np.ndarray,
+    groups: np.ndarray,
+    tiles: np.ndarray,
+    free_class: str,
+    n_resamples: int,
+    seed: int,
+    max_rate: float = 0.01,
+) -> dict:
+    """AUROC and recall at ≤ ``max_rate`` false alarms, per image and per tile (median of views),
+    and per defect class (its images against all clean images)."""
+    everyone = np.arange(len(scores))
+
+    def auroc(index: np.ndarray) -> float:
+        return metrics.binary_auroc(scores[index], defective[index])
+
+    def recall(index: np.ndarray) -> float:
+        return metrics.recall_at_false_alarm_rate(scores[index], defective[index], max_rate)["recall"]
+
+    out = {}
+    for key, statistic, offset in (("auroc", auroc, 1), ("recall_at_1pct_fa", recall, 2)):
+        low, high = metrics.group_bootstrap(groups, statistic, n_resamples, seed + offset)
+        out[key] = _interval(statistic(everyone), low, high)
+    names, inverse = np.unique(tiles, return_inverse=True)
+    views = [np.flatnonzero(inverse == t) for t in range(len(names))]
+    tile_scores = np.array([np.median(scores[v]) for v in views])
+    tile_defective = np.array([defective[v[0]] for v in views])
+    tile_groups = np.array([groups[v[0]] for v in views])
+    all_tiles = np.arange(len(names))
+
+    def tile_recall(index: np.ndarray) -> float:
+        return metrics.recall_at_false_alarm_rate(tile_scores[index], tile_defective[index], max_rate)[
+            "recall"
+        ]
+
+    def tile_auroc(index: np.ndarray) -> float:
+        return metrics.binary_auroc(tile_scores[index], tile_defective[index])
+
+    for key, statistic, offset in (("tile_auroc", tile_auroc, 3), ("tile_recall_at_1pct_fa", tile_recall, 4)):
+        low, high = metrics.group_bootstrap(tile_groups, statistic, n_resamples, seed + offset)
+        out[key] = _interval(statistic(all_tiles), low, high)
+    free = ~defective
+    out["per_class_recall_at_1pct_fa"] = {
+        c: round(
+            metrics.recall_at_false_alarm_rate(
+                scores[(classes == c) | free], defective[(classes == c) | free], max_rate
+            )["recall"],
+            6,
+        )
+        for c in sorted(set(classes[defective].tolist()))
+    }
+    return out
+
+
+def compare(
+    held_out: Sequence[dict],
+    reference: dict[int, dict[str, np.ndarray]],
+    free_class: str,
+    group_gap: int | None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """``held_out``: one row per held-out image with ``image``, ``class``, ``group``, ``fold`` and a
+    raw score per scorer (``head``, ``anomaly``); ``reference``: per fold, each scorer's raw scores
+    of that fold's clean validation images. Returns each scorer's summary and the fused one's."""
+    rows = list(held_out)
+    folds = np.array([r["fold"] for r in rows])
+    z: dict[str, np.ndarray] = {}
+    for scorer in ("head", "anomaly"):
+        raw = np.array([r[scorer] for r in rows], dtype=np.float64)
+        z[scorer] = np.empty_like(raw)
+        for fold in sorted(set(folds.tolist())):
+            index = folds == fold
+            z[scorer][index] = normalised(scorer, raw[index], reference[fold][scorer])
+    z["fused"] = z["head"] + z["anomaly"]
+    classes = np.array([r["class"] for r in rows])
+    defective = classes != free_class
+    groups = np.array([r["group"] for r in rows])
+    tiles = np.array(tile_ids(rows, group_gap))
+    result = {
+        "images": len(rows),
+        "defective_images": int(defective.sum()),
+        "tiles": len(set(tiles.tolist())),
+        "normalisation": "per fold: robust z-score against the fold's clean validation images "
+        "(logit of the head's probability, log of the anomaly distance); fused = sum of the two",
+    }
+    for name, scores in z.items():
+        result[name] = scorer_summary(
+            scores, defective, classes, groups, tiles, free_class, n_resamples, seed
+        )
+    return result
+
+
+def main() -> None:
+    """``python -m mtdefect.cv.decision``: reports/cv/decision.json from the fold rows (head scores and
+    their clean-validation reference) and reports/cv/anomaly/ (``python -m mtdefect.cv.anomaly``)."""
+    import json
+    from pathlib import Path
+
+    from mtdefect.cv.fold import CvPaths, score_reference
+    from mtdefect.data.folds import fold_manifest_path
+    from mtdefect.fileio import write_json_atomic
+    from mtdefect.stages._common import run
+
+    def stage(cfg) -> None:
+        paths = CvPaths.from_cfg(cfg)
+        anomaly_dir = Path(cfg.cv.reports_dir) / "anomaly"
+        held_out, reference = [], {}
+        for fold in range(cfg.cv.k):
+            result = json.loads(paths.rows(fold).read_text())
+            anomaly = json.loads((anomaly_dir / f"fold_{fold}.json").read_text())["rows"]
+            by_image = {r["image"]: r["anomaly"] for r in anomaly}
+            head_reference = result.get("reference_scores")
+            if head_reference is None:  # rows written before the reference was kept: score it now
+                head_reference = score_reference(
+                    paths.model_dir / f"fold_{fold}",
+                    Path(cfg.paths.data_dir),
+                    fold_manifest_path(paths.manifest_dir, fold),
+                    cfg.data.free_class,
+                )
+            reference[fold] = {
+                "head": np.array(head_reference),
+                "anomaly": np.array([r["anomaly"] for r in anomaly if r["split"] == "val"]),
+            }
+            for row in result["rows"]:
+                held_out.append(
+                    {**row, "fold": fold, "head": row["score"], "anomaly": by_image[row["image"]]}
+                )
+        summary = compare(
+            held_out,
+            reference,
+            cfg.data.free_class,
+            cfg.data.split.get("group_gap"),
+            int(cfg.cv.bootstrap),
+            int(cfg.cv.seed),
+        )
+        out = Path(cfg.cv.reports_dir) / "decision.json"
+        write_json_atomic(out, summary, indent=2)
+        for name in ("head", "anomaly", "fused"):
+            s = summary[name]
+            print(
+                f"decision: {name}: AUROC {s['auroc']['value']} "
+                f"recall@1%FA {s['recall_at_1pct_fa']['value']} "
+                f"tile recall@1%FA {s['tile_recall_at_1pct_fa']['value']}"
+            )
+
+    run(stage, "cv decision")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Where a model's false-positive mask pixels lie: in the 4 % band along each side of the tile, or inside.
+
+    python -m mtdefect.devtools.border_audit models/segmenter data/split.csv test reports/experiments/border_test.json
+
+Through the service's path (``scoring.score_split``: decode → Predictor → probability) with the model's
+own postprocessing; per side (top, bottom, left, right; a corner pixel counts for both its sides), on
+clean and defective tiles, and the share of images whose false positives touch the band.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mtdefect.data.split import read_manifest
+from mtdefect.fileio import write_json_atomic
+from mtdefect.inference import Predictor, postprocess
+from mtdefect.scoring import score_split
+
+FRACTION = 0.04
+
+
+def side_bands(shape: tuple[int, int], fraction: float = FRACTION) -> dict[str, np.ndarray]:
+    height, width = shape
+    dy, dx = max(int(round(height * fraction)), 1), max(int(round(width * fraction)), 1)
+    bands = {name: np.zeros(shape, dtype=bool) for name in ("top", "bottom", "left", "right")}
+    bands["top"][:dy], bands["bottom"][-dy:] = True, True
+    bands["left"][:, :dx], bands["right"][:, -dx:] = True, True
+    return bands
+
+
+def audit(model_dir: Path, dataset_dir: Path, manifest: Path, split: str, backend: str = "torch") -> dict:
+    predictor = Predictor.from_dir(model_dir, backend=backend)
+    post = predictor.settings.postprocess
+    totals = {"all": 0, "band": 0, "top": 0, "bottom": 0, "left": 0, "right": 0}
+    by_kind = {"clean": dict(totals), "defective": dict(totals)}
+    images_with_band_fp = 0
+    records = read_manifest(manifest, split)
+    for item in score_split(predictor, dataset_dir, records):
+        answer = postprocess(item.probability, post, item.class_scores)
+        false_positive = (answer.mask > 0) & ~item.truth
+        bands = side_bands(false_positive.shape)
+        band = np.logical_or.reduce(list(bands.values()))
+        kind = by_kind["clean" if item.record.class_name == post.free_class else "defective"]
+        kind["all"] += int(false_positive.sum())
+        kind["band"] += int((false_positive & band).sum())
+        for name, mask in bands.items():
+            kind[name] += int((false_positive & mask).sum())
+        images_with_band_fp += bool((false_positive & band).any())
+    everything = {k: by_kind["clean"][k] + by_kind["defective"][k] for k in totals}
+    return {
+        "model": {"dir": str(model_dir), "net": predictor.settings.net},
+        "split": split,
+        "images": len(records),
+        "band_fraction": FRACTION,
+        "band_share_of_fp_pixels": everything["band"] / everything["all"] if everything["all"] else None,
+        "images_with_fp_in_band": images_with_band_fp,
+        "fp_pixels": everything,
+        "fp_pixels_by_kind": by_kind,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 4:
+        print("usage: python -m mtdefect.devtools.border_audit MODEL_DIR MANIFEST SPLIT OUT.json", file=sys.stderr)
+        sys.exit(2)
+    model_dir, manifest, split, out = Path(args[0]), Path(args[1]), args[2], Path(args[3])
+    result = audit(model_dir, Path("data/tiles"), manifest, split)
+    write_json_atomic(out, result, indent=2)
+    print(
+        f"border audit: {result['band_share_of_fp_pixels']:.3f} of false-positive pixels in the band; "
+        f"{result['images_with_fp_in_band']} of {result['images']} images; by side {result['fp_pixels']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
