@@ -163,6 +163,7 @@ def burst(server: H.Server, payload: bytes, n: int, timeout_s: float) -> dict:
     statuses = [a[0] for a in answers]
     return {
         "uploads": n,
+        "side": Image.open(io.BytesIO(payload)).size[0],
         "payload_bytes": len(payload),
         "statuses": statuses,
         "status_counts": {str(s): statuses.count(s) for s in sorted(set(statuses))},
@@ -288,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         configs[label] = run_config(args, label, env, home, model_dir, work, fixed, real, ref)
     first = configs[args.configs[0]]
     backend = first.get("backend")
-    best_c8 = max(configs.values(), key=lambda c: c["throughput"].get("8", {}).get("ratio", 0))
+    with_c8 = [c for c in configs.values() if "8" in c["throughput"]]
+    best_c8 = max(with_c8, key=lambda c: c["throughput"]["8"]["ratio"]) if with_c8 else None
     memory = first.get("memory") or {}
     targets = {
         "served_backend_int8": {"value": backend, "met": backend == "onnx-int8"},
@@ -296,12 +298,13 @@ def main(argv: list[str] | None = None) -> int:
             "value": first["latency_270x324"]["ratio_to_reference"],
             "met": first["latency_270x324"]["ratio_to_reference"] <= 0.45,
         },
-        "c8_ge_0.85x_inprocess": {
+    }
+    if best_c8:
+        targets["c8_ge_0.85x_inprocess"] = {
             "value": best_c8["throughput"]["8"]["ratio"],
             "config": f"{best_c8['workers']}x{best_c8['threads']}",
             "met": best_c8["throughput"]["8"]["ratio"] >= 0.85,
-        },
-    }
+        }
     if memory:
         targets["burst_peak_rss_le_4GB_idle_le_1.5GB_clean"] = {
             "value": {
