@@ -16,7 +16,7 @@ ifeq ($(origin MT_DATA_SOURCE), undefined)
   endif
 endif
 
-.PHONY: help venv lock lint docs cv run pipeline serve test test-fast params exp-show dag bench clean
+.PHONY: help venv lock lint docs cv run pipeline serve test test-fast params exp-show dag bench container clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -63,12 +63,19 @@ pipeline: venv  ## run the DVC pipeline as a new experiment (data → split → 
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc exp run
 
 cv: venv  ## grouped k-fold cross-validation of the configured recipe (cv/dvc.yaml → reports/cv/metrics.json)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc exp run cv/dvc.yaml
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc exp run cv/dvc.yaml:cv
 
 run: pipeline serve  ## the full pipeline, then serve the newest model on :$(PORT)
 
 serve: venv  ## serve the latest model from the BentoML store on :$(PORT)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/bentoml serve service:MagneticTileService --host 0.0.0.0 --port $(PORT)
+
+# The service as a container image (docs/DEPLOY.md): a base image (debootstrapped Debian, or MT_BASE_IMAGE)
+# with the extra CA certificates of MT_CA_CERTS, `bentoml build` from the store of BENTOML_HOME, then
+# `bentoml containerize` with MT_CONTAINER_ENGINE (docker where a daemon answers, else podman, else buildah).
+# Writes the image size and build times to benchmarks/results/container.json.
+container: venv  ## build the service's container image (podman/buildah/docker, no registry needed)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m mtdefect.devtools.container build $(CONTAINER_ARGS)
 
 # Tests run many small CPU jobs side by side: one thread each is ~10x faster than two fighting on 2 cores.
 test: venv  ## the whole test suite (unit + integration + slow)

@@ -76,7 +76,7 @@ def test_cross_validation_is_its_own_pipeline(pipeline) -> None:
     in `dvc plots`, and a second run reruns nothing."""
     repo, environment, _ = pipeline
     cv = [*SMALL, "-S", "cv.k=2", "-S", "cv.bootstrap=20", "-S", "head_refit.enabled=false"]
-    first = dvc(repo, environment, "exp", "run", "cv/dvc.yaml", *cv)
+    first = dvc(repo, environment, "exp", "run", "cv/dvc.yaml:cv", *cv)
     assert "Running stage 'cv/dvc.yaml:cv'" in first.stdout
     summary = json.loads((repo / "reports" / "cv" / "metrics.json").read_text())
     manifests = [(repo / "data" / "cv" / f"fold_{f}.csv").read_text().splitlines()[1:] for f in (0, 1)]
@@ -87,5 +87,5 @@ def test_cross_validation_is_its_own_pipeline(pipeline) -> None:
     assert "reports/cv/metrics.json" in shown and '"recall_at_1pct_fa"' in shown
     plots = dvc(repo, environment, "plots", "show", "--json").stdout
     assert "reports/cv/plots/roc.json" in plots
-    second = dvc(repo, environment, "exp", "run", "cv/dvc.yaml", *cv)
+    second = dvc(repo, environment, "exp", "run", "cv/dvc.yaml:cv", *cv)
     assert "Running stage 'cv/dvc.yaml:cv'" not in second.stdout

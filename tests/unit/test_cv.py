@@ -376,3 +376,43 @@ def test_fused_decision_normalises_each_scorer_by_its_fold_clean_validation() ->
     assert result["anomaly"]["recall_at_1pct_fa"]["value"] == pytest.approx(0.5)
     assert result["fused"]["recall_at_1pct_fa"]["value"] == pytest.approx(1.0)
     assert result["fused"]["per_class_recall_at_1pct_fa"] == {"MT_Crack": 1.0}
+
+
+def test_leave_one_class_out_never_trains_on_the_class_it_scores(
+    tmp_path: Path, lit_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One job per defect class: its manifest has no image of that class outside ``test``, its
+    held-out clean tiles are whole groups, and unseen.json has every class."""
+    from mtdefect.stages.unseen import stage
+
+    cfg = cv_config(tmp_path, lit_dataset)
+    with open_dict(cfg):
+        cfg.cv.unseen.manifest_dir = str(tmp_path / "unseen")
+        cfg.cv.unseen.model_dir = str(tmp_path / "unseen-models")
+        cfg.cv.unseen.checkpoint_dir = str(tmp_path / "unseen-ckpt")
+        cfg.cv.unseen.rows_dir = str(tmp_path / "unseen-rows")
+        cfg.cv.unseen.clean_test_fraction = 0.4
+    stage(cfg)
+    defect_classes = [c for c in CLASSES if c != "MT_Free"]
+    for left_out in defect_classes:
+        records = read_manifest(tmp_path / "unseen" / f"unseen_{left_out}.csv")
+        assert {r.split for r in records if r.class_name == left_out} == {"test"}
+        test_classes = {r.class_name for r in records if r.split == "test"}
+        assert test_classes == {left_out, "MT_Free"}
+        groups = group_ids([(r.class_name, Path(r.image).stem) for r in records], 300)
+        free_test = {
+            groups[(r.class_name, Path(r.image).stem)]
+            for r in records
+            if r.split == "test" and r.class_name == "MT_Free"
+        }
+        free_train = {
+            groups[(r.class_name, Path(r.image).stem)]
+            for r in records
+            if r.split != "test" and r.class_name == "MT_Free"
+        }
+        assert free_test and not (free_test & free_train)
+    summary = json.loads((tmp_path / "reports" / "unseen.json").read_text())
+    assert sorted(summary) == defect_classes
+    assert all(
+        s["images"] == 5 * LIGHTINGS and 0.0 <= s["recall_at_1pct_fa"] <= 1.0 for s in summary.values()
+    )

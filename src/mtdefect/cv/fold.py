@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mtdefect.data.folds import fold_manifest_path, group_ids
+from mtdefect.data.folds import fold_manifest_path, group_ids, job_name
 from mtdefect.data.split import read_manifest
 from mtdefect.fileio import sha256_file, write_json_atomic
 
@@ -37,11 +37,11 @@ class CvPaths:
         c = cfg.cv
         return cls(Path(c.manifest_dir), Path(c.model_dir), Path(c.checkpoint_dir), Path(c.rows_dir))
 
-    def rows(self, fold: int) -> Path:
-        return self.rows_dir / f"fold_{fold}.json"
+    def rows(self, fold: int | str) -> Path:
+        return self.rows_dir / f"{job_name(fold)}.json"
 
 
-def fold_config(cfg: DictConfig, fold: int, paths: CvPaths) -> DictConfig:
+def fold_config(cfg: DictConfig, fold: int | str, paths: CvPaths) -> DictConfig:
     """``cfg`` (params.yaml, already resolved) pointed at fold ``fold``: its manifest, model and
     checkpoint folders; no experiment logger (one DVCLive folder per fold would fight over the
     pipeline's). Refuses a config that still names the pipeline's own manifest, model or
@@ -49,10 +49,10 @@ def fold_config(cfg: DictConfig, fold: int, paths: CvPaths) -> DictConfig:
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     base = {str(cfg.paths.manifest), str(cfg.paths.model_dir), str(cfg.paths.checkpoint_dir)}
     manifest = str(fold_manifest_path(paths.manifest_dir, fold))
-    checkpoints = str(paths.checkpoint_dir / f"fold_{fold}")
+    checkpoints = str(paths.checkpoint_dir / job_name(fold))
     with open_dict(out):
         out.paths.manifest = manifest
-        out.paths.model_dir = str(paths.model_dir / f"fold_{fold}")
+        out.paths.model_dir = str(paths.model_dir / job_name(fold))
         out.paths.checkpoint_dir = checkpoints
         out.data.module.manifest = manifest
         out.trainer.default_root_dir = checkpoints
@@ -146,7 +146,7 @@ def score_reference(model_dir: Path, data_dir: Path, manifest: Path, free_class:
     ]
 
 
-def run_fold(cfg: DictConfig, fold: int) -> dict:
+def run_fold(cfg: DictConfig, fold: int | str) -> dict:
     """Train and score fold ``fold`` unless its rows are already there for this config."""
     from mtdefect.inference import ModelSettings
     from mtdefect.train import train
@@ -184,10 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     from mtdefect.stages._common import run
 
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not args[0].isdigit():
-        print("usage: python -m mtdefect.cv.fold FOLD", file=sys.stderr)
+    if len(args) != 1 or not (args[0].isdigit() or args[0].startswith("unseen_")):
+        print("usage: python -m mtdefect.cv.fold FOLD|unseen_<class>", file=sys.stderr)
         sys.exit(2)
-    run(lambda cfg: run_fold(cfg, int(args[0])), f"cv fold {args[0]}")
+    run(lambda cfg: run_fold(cfg, int(args[0]) if args[0].isdigit() else args[0]), f"cv fold {args[0]}")
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from mtdefect.cv.fold import CvPaths, fold_fingerprint, is_finished, run_fold
-from mtdefect.data.folds import fold_manifest_path
+from mtdefect.data.folds import fold_manifest_path, job_name
 
 
-def pending(cfg: DictConfig, folds: Sequence[int]) -> list[int]:
+def pending(cfg: DictConfig, folds: Sequence[int | str]) -> list[int | str]:
     """The folds whose rows are missing or were made under another config or manifest."""
     paths = CvPaths.from_cfg(cfg)
     return [
@@ -32,10 +32,10 @@ def pending(cfg: DictConfig, folds: Sequence[int]) -> list[int]:
     ]
 
 
-def run_folds(cfg: DictConfig, folds: Sequence[int], jobs: int = 1) -> None:
+def run_folds(cfg: DictConfig, folds: Sequence[int | str], jobs: int = 1) -> None:
     """Make every fold in ``folds`` finished (skipping those that are); raise if any fails."""
     todo = pending(cfg, folds)
-    skipped = sorted(set(folds) - set(todo))
+    skipped = [f for f in folds if f not in todo]
     if skipped:
         print(f"cv: folds {skipped} already finished for this config; not recomputed")
     if not todo:
@@ -48,9 +48,9 @@ def run_folds(cfg: DictConfig, folds: Sequence[int], jobs: int = 1) -> None:
     log_dir = CvPaths.from_cfg(cfg).checkpoint_dir
     log_dir.mkdir(parents=True, exist_ok=True)
 
-    def launch(fold: int) -> int:
+    def launch(fold: int | str) -> int:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        log = Path(log_dir) / f"fold_{fold}.log"
+        log = Path(log_dir) / f"{job_name(fold)}.log"
         with open(log, "w") as handle:
             code = subprocess.call(
                 [sys.executable, "-m", "mtdefect.cv.fold", str(fold)],

@@ -115,29 +115,98 @@ def write_fold_manifests(
     samples = limit_per_class(list_samples(dataset_dir), max_per_class, seed)
     if not samples:
         raise ValueError(f"no image/mask pairs under {dataset_dir}")
-    digests = {
-        s: (sha256_file(dataset_dir / s[0] / f"{s[1]}.jpg"), sha256_file(dataset_dir / s[0] / f"{s[1]}.png"))
-        for s in samples
+    writer = ManifestWriter(dataset_dir, samples, summary.get("archive_sha256", ""))
+    return {
+        fold: writer.write(
+            fold_assignment(samples, fold, k, seed, group_gap, val_fraction),
+            fold_manifest_path(out_dir, fold),
+        )
+        for fold in range(k)
     }
-    written: dict[int, list[Record]] = {}
-    for fold in range(k):
-        assignment = fold_assignment(samples, fold, k, seed, group_gap, val_fraction)
+
+
+class ManifestWriter:
+    """Writes split manifests of one dataset folder, hashing each image and mask once."""
+
+    def __init__(self, dataset_dir: Path, samples: list[Sample], archive_sha256: str) -> None:
+        self.archive_sha256 = archive_sha256
+        self.digests = {
+            s: (
+                sha256_file(dataset_dir / s[0] / f"{s[1]}.jpg"),
+                sha256_file(dataset_dir / s[0] / f"{s[1]}.png"),
+            )
+            for s in samples
+        }
+
+    def write(self, assignment: dict[Sample, str], path: Path) -> list[Record]:
         records = [
             Record(
                 image=f"{cls}/{stem}.jpg",
                 mask=f"{cls}/{stem}.png",
                 class_name=cls,
                 split=split,
-                sha256=digests[(cls, stem)][0],
-                mask_sha256=digests[(cls, stem)][1],
-                archive_sha256=summary.get("archive_sha256", ""),
+                sha256=self.digests[(cls, stem)][0],
+                mask_sha256=self.digests[(cls, stem)][1],
+                archive_sha256=self.archive_sha256,
             )
             for (cls, stem), split in sorted(assignment.items())
         ]
-        write_manifest(records, Path(out_dir) / f"fold_{fold}.csv")
-        written[fold] = records
+        write_manifest(records, path)
+        return records
+
+
+def write_class_out_manifests(
+    dataset_dir: str | Path,
+    out_dir: str | Path,
+    free_class: str,
+    seed: int = 42,
+    group_gap: int | None = 300,
+    val_fraction: float = 0.15,
+    max_per_class: int | None = None,
+    clean_test_fraction: float = 0.2,
+) -> dict[str, list[Record]]:
+    """``unseen_<class>.csv`` for every defect class (``class_out_assignment``)."""
+    dataset_dir = Path(dataset_dir)
+    samples = limit_per_class(list_samples(dataset_dir), max_per_class, seed)
+    writer = ManifestWriter(dataset_dir, samples, read_summary(dataset_dir).get("archive_sha256", ""))
+    written = {}
+    for left_out in sorted({s[0] for s in samples} - {free_class}):
+        name = f"unseen_{left_out}"
+        assignment = class_out_assignment(
+            samples, left_out, free_class, seed, group_gap, val_fraction, clean_test_fraction
+        )
+        written[name] = writer.write(assignment, fold_manifest_path(out_dir, name))
     return written
 
 
-def fold_manifest_path(out_dir: str | Path, fold: int) -> Path:
-    return Path(out_dir) / f"fold_{fold}.csv"
+def job_name(fold: int | str) -> str:
+    """A cross-validation job's name: ``fold_<i>`` for fold i, or the name itself (``unseen_MT_Crack``)."""
+    return f"fold_{fold}" if isinstance(fold, int) else str(fold)
+
+
+def fold_manifest_path(out_dir: str | Path, fold: int | str) -> Path:
+    return Path(out_dir) / f"{job_name(fold)}.csv"
+
+
+def class_out_assignment(
+    samples: list[Sample],
+    left_out: str,
+    free_class: str,
+    seed: int,
+    group_gap: int | None,
+    val_fraction: float,
+    clean_test_fraction: float = 0.2,
+) -> dict[Sample, str]:
+    """Leave one defect class out: every image of ``left_out`` is ``test`` (a defect kind the model
+    never saw), with a seeded ``clean_test_fraction`` of the defect-free tile groups as the clean
+    tiles it is scored against; the rest (without any ``left_out`` image) is cut into ``train`` and
+    ``val`` by whole groups."""
+    if left_out == free_class or left_out not in {s[0] for s in samples}:
+        raise ValueError(f"{left_out!r} is not a defect class of the dataset")
+    rest = [s for s in samples if s[0] != left_out]
+    clean = [s for s in rest if s[0] == free_class]
+    clean_split = assign_splits(clean, 0.0, clean_test_fraction, seed + 1, group_gap=group_gap)
+    held_clean = {s for s, split in clean_split.items() if split == "test"}
+    remaining = [s for s in rest if s not in held_clean]
+    inner = assign_splits(remaining, val_fraction, 0.0, seed, group_gap=group_gap)
+    return {**inner, **{s: "test" for s in held_clean}, **{s: "test" for s in samples if s[0] == left_out}}

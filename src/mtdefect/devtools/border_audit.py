@@ -1,6 +1,6 @@
 """Where a model's false-positive mask pixels lie: in the 4 % band along each side of the tile, or inside.
 
-    python -m mtdefect.devtools.border_audit models/segmenter data/split.csv test reports/experiments/border_test.json
+    python -m mtdefect.devtools.border_audit models/segmenter data/split.csv test border_test.json
 
 Through the service's path (``scoring.score_split``: decode → Predictor → probability) with the model's
 own postprocessing; per side (top, bottom, left, right; a corner pixel counts for both its sides), on
@@ -65,7 +65,10 @@ def audit(model_dir: Path, dataset_dir: Path, manifest: Path, split: str, backen
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 4:
-        print("usage: python -m mtdefect.devtools.border_audit MODEL_DIR MANIFEST SPLIT OUT.json", file=sys.stderr)
+        print(
+            "usage: python -m mtdefect.devtools.border_audit MODEL_DIR MANIFEST SPLIT OUT.json",
+            file=sys.stderr,
+        )
         sys.exit(2)
     model_dir, manifest, split, out = Path(args[0]), Path(args[1]), args[2], Path(args[3])
     result = audit(model_dir, Path("data/tiles"), manifest, split)
