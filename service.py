@@ -95,7 +95,7 @@ class MagneticTileService:
         if self.runtime.ready:
             monitoring.set_model_info(self.runtime.tag, getattr(self.runtime.predictor, "backend", None))
         self._inference = anyio.CapacityLimiter(1)  # one forward pass at a time; it uses every core
-        self._budget = PixelBudget(CONFIG.pixel_budget)  # pixels decoded and not yet answered
+        self._budget = PixelBudget(CONFIG.worker_pixel_budget)  # pixels decoded, not yet answered
         self._cost = CostModel()
         if self.runtime.ready:  # a first guess from the warm-up (small image: an overestimate)
             self._cost.observe(WARMUP_SHAPE[0] * WARMUP_SHAPE[1], self.runtime.warmup_ms / 1000.0)

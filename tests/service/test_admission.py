@@ -105,6 +105,11 @@ def test_config_budget_and_window() -> None:
     assert default.pixel_budget == 2 * default.max_pixels and default.window == 1088
     small = ServeConfig.from_env({"MT_MAX_PIXELS": "90000", "MT_WINDOW": "0"})
     assert small.pixel_budget == 180_000 and small.window is None
+    assert small.worker_pixel_budget == 180_000
+    two = ServeConfig.from_env({"MT_MAX_PIXELS": "90000", "MT_WORKERS": "2"})
+    assert two.worker_pixel_budget == 90_000  # the service's budget is split across its workers
+    four = ServeConfig.from_env({"MT_MAX_PIXELS": "90000", "MT_WORKERS": "4"})
+    assert four.worker_pixel_budget == 90_000  # but never below the largest image
     with pytest.raises(ConfigError, match="MT_PIXEL_BUDGET"):
         ServeConfig.from_env({"MT_MAX_PIXELS": "90000", "MT_PIXEL_BUDGET": "1000"})
     with pytest.raises(ConfigError, match="MT_WINDOW"):

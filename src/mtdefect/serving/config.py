@@ -62,9 +62,10 @@ class ServeConfig:
         (``MT_MAX_CONCURRENCY``).
     workers: server processes, each with its own copy of the model (``MT_WORKERS``).
     threads: inference threads per model (``MT_THREADS``; unset = all cores).
-    pixel_budget: pixels of images in flight (decoded, not yet answered) per worker, at most
-        (``MT_PIXEL_BUDGET``; default twice ``max_pixels``, at least ``max_pixels``); requests wait for
-        room, up to their deadline, then answer 503 with Retry-After.
+    pixel_budget: pixels of images in flight (decoded, not yet answered) per service, at most
+        (``MT_PIXEL_BUDGET``; default twice ``max_pixels``, at least ``max_pixels``), split across
+        the workers (each gets ``worker_pixel_budget``); requests wait for room, up to their
+        deadline, then answer 503 with Retry-After.
     window: network inputs larger than this on a side run as overlapping windows of this size, which
         bounds the network's memory (``MT_WINDOW``, a multiple of 32; 0 = always whole images).
     """
@@ -83,6 +84,11 @@ class ServeConfig:
 
     # Room for the multipart envelope (boundaries, part headers) on top of the image itself.
     envelope_bytes: int = 64 * 1024
+
+    @property
+    def worker_pixel_budget(self) -> int:
+        """Each worker's share of ``pixel_budget``; never below ``max_pixels`` (the largest image)."""
+        return max(self.max_pixels, self.pixel_budget // self.workers)
 
     @property
     def max_body_bytes(self) -> int:
