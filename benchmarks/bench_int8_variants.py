@@ -75,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     onnx_source = source if args.model_dir else C.REPO / "models" / "onnx"
     for name in ("settings.json", "weights.safetensors"):
         shutil.copy2(source / name, model / name)
-    shutil.copy2(onnx_source / ONNX_FILE, model / ONNX_FILE)
+    if (onnx_source / ONNX_FILE).exists():
+        shutil.copy2(onnx_source / ONNX_FILE, model / ONNX_FILE)
+    else:  # the export stage has not run yet: the same export here
+        from mtdefect.export import export_onnx
+
+        export_onnx(model)
     settings = ModelSettings.load(model)
     post = settings.postprocess
     data = C.REPO / "data" / "tiles"
