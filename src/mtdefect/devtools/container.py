@@ -424,15 +424,21 @@ def run_args(
     return [*args, image]
 
 
-def build(image: str | None = None, engine_name: str | None = None, rebuild_base: bool = False) -> dict:
-    """The whole build (`make container`): base image, bento, image; returns and writes the record."""
+def build(
+    image: str | None = None,
+    engine_name: str | None = None,
+    rebuild_base: bool = False,
+    bento: str | None = None,
+) -> dict:
+    """The whole build (`make container`): base image, bento (``bento``: an existing one instead),
+    image; returns the record."""
     engine = find_engine(engine_name)
     started = time.monotonic()
     record: dict = {"engine": engine.name, "engine_version": engine.version()}
     record.update(ensure_base_image(engine, rebuild=rebuild_base))
     t0 = time.monotonic()
-    tag = build_bento()
-    record["bento"] = {"tag": tag, "seconds": round(time.monotonic() - t0, 1)}
+    tag = bento or build_bento()
+    record["bento"] = {"tag": tag, "seconds": round(time.monotonic() - t0, 1), "built": bento is None}
     image = image or f"{BENTO_NAME}:{tag.split(':')[1]}"
     t0 = time.monotonic()
     containerize(engine, tag, image)
@@ -443,18 +449,26 @@ def build(image: str | None = None, engine_name: str | None = None, rebuild_base
     return record
 
 
-def model_of(bento_tag: str) -> str | None:
-    out = subprocess.run([BENTOML, "get", bento_tag, "-o", "json"], capture_output=True, text=True)
-    if out.returncode != 0:
-        return None
-    models = json.loads(out.stdout).get("models") or []
-    return models[0]["tag"] if models else None
+def bento_models(bento_tag: str) -> list[dict]:
+    """The models a built bento names (copied into the image by ``bentoml containerize``): tag and
+    bytes in the store of BENTOML_HOME."""
+    import yaml
+
+    home = Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
+    name, version = bento_tag.split(":")
+    info = yaml.safe_load((home / "bentos" / name / version / "bento.yaml").read_text())
+    found = []
+    for model in info.get("models") or []:
+        folder = home / "models" / Path(*model["tag"].split(":"))
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        found.append({"tag": model["tag"], "bytes": size, "files": sorted(f.name for f in folder.iterdir())})
+    return found
 
 
 def write_result(record: dict, path: Path = RESULT) -> Path:
     record = {
         "what": "make container: base image, bentoml build, bentoml containerize; image size",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load": os.getloadavg()},
         **record,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -471,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--image", help="image name (default magnetic-tile-service:<bento version>)")
     b.add_argument("--engine", choices=("docker", "podman", "buildah"))
     b.add_argument("--rebuild-base", action="store_true", help="debootstrap the OS image again")
+    b.add_argument("--bento", help="containerize this bento tag instead of building one")
     b.add_argument("--result", type=Path, default=RESULT)
     r = sub.add_parser(
         "requirements", help="rewrite requirements/serving.txt from requirements/constraints.txt"
@@ -484,8 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         SERVING_REQUIREMENTS.write_text(text)
         print(f"wrote {SERVING_REQUIREMENTS.relative_to(ROOT)}")
         return 0
-    record = build(args.image, args.engine, args.rebuild_base)
-    record["model"] = model_of(record["bento"]["tag"])
+    record = build(args.image, args.engine, args.rebuild_base, args.bento)
+    record["models"] = bento_models(record["bento"]["tag"])
     print(f"wrote {write_result(record, args.result)}")
     print(json.dumps(record, indent=2))
     return 0
