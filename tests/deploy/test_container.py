@@ -118,6 +118,14 @@ def test_the_container_runs_read_only_as_a_non_root_user(engine, deployed):
     assert requests.get(deployed["url"] + "/livez", timeout=10).status_code == 200
 
 
+def test_backend_auto_serves_onnx_without_torch(deployed, model_home):
+    """MT_BACKEND=auto (the image's default) in an image without PyTorch: ONNX Runtime."""
+    metrics = requests.get(deployed["url"] + "/metrics", timeout=10).text
+    info = [line for line in metrics.splitlines() if line.startswith("mtdefect_model_info{")]
+    assert info and all('backend="onnx"' in line for line in info), info
+    assert any(f'model="{model_home.tag}"' in line for line in info), info
+
+
 def test_the_container_answers_like_the_in_process_predictor(deployed, model_home):
     """Real tiles: the same decision, score, regions, class and mask as the Predictor in this process
     (the evaluate stage's path) on the same bytes."""
