@@ -499,7 +499,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         SERVING_REQUIREMENTS.write_text(text)
         print(f"wrote {SERVING_REQUIREMENTS.relative_to(ROOT)}")
         return 0
-    record = build(args.image, args.engine, args.rebuild_base, args.bento)
+    try:
+        record = build(args.image, args.engine, args.rebuild_base, args.bento)
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        message = str(exc)
+        if "could not be found" in message:
+            home = os.environ.get("BENTOML_HOME", "~/bentoml")
+            message += f"\n(no model in the store of BENTOML_HOME={home}: `make run`, or `dvc repro package`)"
+        print(f"container build failed: {message}", file=sys.stderr)
+        return 1
     record["models"] = bento_models(record["bento"]["tag"])
     print(f"wrote {write_result(record, args.result)}")
     print(json.dumps(record, indent=2))
