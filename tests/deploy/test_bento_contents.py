@@ -9,8 +9,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import pathspec
 import yaml
+from bentoml._internal.bento.build_config import BentoPathSpec
 
 from mtdefect.devtools import container
 
@@ -78,11 +78,12 @@ def closure(start: Path, follow_lazy: bool) -> tuple[set[Path], set[str], set[st
 
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 SERVICE = ROOT / "service.py"
-INCLUDE = pathspec.PathSpec.from_lines("gitwildmatch", BENTOFILE["include"])
+# BentoML's own matcher of bentofile.yaml's include/exclude lists
+INCLUDE = BentoPathSpec(BENTOFILE["include"], BENTOFILE.get("exclude", []), str(ROOT))
 
 
 def included(path: Path) -> bool:
-    return INCLUDE.match_file(path.relative_to(ROOT).as_posix())
+    return INCLUDE.includes(path.relative_to(ROOT).as_posix())
 
 
 def test_every_module_service_py_imports_is_packed():
@@ -96,11 +97,11 @@ def test_every_module_service_py_imports_is_packed():
 
 def test_every_include_pattern_names_existing_files():
     for pattern in BENTOFILE["include"]:
-        spec = pathspec.PathSpec.from_lines("gitwildmatch", [pattern])
+        spec = BentoPathSpec([pattern], [], str(ROOT))
         literal = re.split(r"[*?\[]", pattern.split("#")[0].strip(), maxsplit=1)[0]
         start = ROOT / literal.rsplit("/", 1)[0] if "/" in literal else ROOT
         candidates = [start] if start.is_file() else start.rglob("*") if start.is_dir() else []
-        assert any(p.is_file() and spec.match_file(p.relative_to(ROOT).as_posix()) for p in candidates), (
+        assert any(p.is_file() and spec.includes(p.relative_to(ROOT).as_posix()) for p in candidates), (
             f"bentofile.yaml includes {pattern!r}, which matches no file (moved?)"
         )
 
