@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -211,10 +212,13 @@ def test_preprocess_pads_to_stride_and_records_geometry(
         np.testing.assert_allclose(batch[0, 0, :height, :width], (gray / 255.0 - 0.5) / 0.25, atol=1e-6)
     else:
         assert max(sh, sw) == long_side or min(sh, sw) == 1
-    # edge replication: the padding repeats the last real row/column
+    # the default padding is 0 of the normalised image; edge replication repeats the last row/column
     plane = batch[0, 0]
-    np.testing.assert_array_equal(plane[sh:, :sw], np.broadcast_to(plane[sh - 1, :sw], (padded[0] - sh, sw)))
-    np.testing.assert_array_equal(plane[:, sw:], np.repeat(plane[:, sw - 1 : sw], padded[1] - sw, axis=1))
+    assert not plane[sh:].any() and not plane[:, sw:].any()
+    edge = preprocess(gray, replace(prep, pad="edge"))[0][0, 0]
+    np.testing.assert_array_equal(edge[:sh, :sw], plane[:sh, :sw])
+    np.testing.assert_array_equal(edge[sh:, :sw], np.broadcast_to(edge[sh - 1, :sw], (padded[0] - sh, sw)))
+    np.testing.assert_array_equal(edge[:, sw:], np.repeat(edge[:, sw - 1 : sw], padded[1] - sw, axis=1))
 
 
 LOGITS = st.sampled_from(["normal", "huge", "saturated", "blobs"])

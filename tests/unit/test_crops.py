@@ -77,9 +77,18 @@ def test_validation_batches_pass_through(datamodule: TileDataModule) -> None:
     assert datamodule.on_after_batch_transfer(batch, 0) is batch
 
 
-def test_small_tiles_are_padded_like_inference() -> None:
-    """A tile smaller than the crop is edge-padded bottom/right (as inference pads), its mask with 0."""
+@pytest.mark.parametrize(
+    "pad, expected",
+    [
+        ("edge", [[20, 20, 20, 10]] + [[40, 40, 40, 30]] * 3),
+        ("zero", [[25, 25, 20, 10], [25, 25, 40, 30]] + [[25, 25, 25, 25]] * 2),  # the tile's mean
+    ],
+)
+def test_small_tiles_are_padded_like_inference(pad: str, expected: list) -> None:
+    """A tile smaller than the crop is padded bottom/right as inference pads (``zero``: the tile's
+    mean, 0 once normalised; ``edge``: repeated), its mask with 0."""
     ds = TileDataset.__new__(TileDataset)  # no files needed: two tiles in memory
+    ds.preprocess = PreprocessSettings(pad=pad)
     ds.crop_size = 4
     ds.images = [np.array([[10, 20], [30, 40]], np.uint8), np.full((3, 5), 7, np.uint8)]
     ds.masks = [np.array([[0, 1], [0, 0]], bool), np.zeros((3, 5), bool)]
@@ -95,7 +104,7 @@ def test_small_tiles_are_padded_like_inference() -> None:
         "brightness": torch.tensor([0.0]),
     }
     out = render_crops(images, masks, plan, 4, PreprocessSettings(mean=0.0, std=1.0 / 255))
-    assert out["image"][0, 0].round().tolist() == [[20, 20, 20, 10]] + [[40, 40, 40, 30]] * 3
+    assert out["image"][0, 0].round().tolist() == expected
     assert out["mask"][0, 0].tolist() == [[0, 0, 1, 0]] + [[0, 0, 0, 0]] * 3
 
 

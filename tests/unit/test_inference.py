@@ -116,3 +116,30 @@ def test_truncated_jpeg_is_a_clear_error() -> None:
     data = encode(np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8), "JPEG")
     with pytest.raises(DecodeError, match="corrupt or truncated"):
         decode_image(data[: len(data) // 2])
+
+
+def test_stride_padding_is_zero_for_new_models_and_edge_for_old_settings(tmp_path) -> None:
+    """``zero`` pads with 0 after normalisation (what the convolutions show at training crops'
+    borders); settings saved before ``pad`` existed load as ``edge``, as those models were calibrated."""
+    import json
+
+    import numpy as np
+
+    from mtdefect.inference import ModelSettings, PreprocessSettings
+    from mtdefect.inference.preprocess import preprocess
+
+    gray = np.arange(30 * 40, dtype=np.uint8).reshape(30, 40)
+    batch, geometry = preprocess(gray, PreprocessSettings(per_image=True))
+    assert geometry.padded == (32, 64) and np.all(batch[0, 0, 30:] == 0) and np.all(batch[0, 0, :, 40:] == 0)
+    edge, _ = preprocess(gray, PreprocessSettings(per_image=True, pad="edge"))
+    assert np.array_equal(edge[0, 0, 31], edge[0, 0, 29]) and np.array_equal(
+        edge[0, 0, :30, :40], batch[0, 0, :30, :40]
+    )
+    with pytest.raises(ValueError, match="pad must be one of"):
+        PreprocessSettings(pad="reflect")
+    saved = ModelSettings(net={"encoder": "x"}, preprocess=PreprocessSettings())
+    data = saved.to_dict()
+    assert data["preprocess"]["pad"] == "zero" and ModelSettings.from_dict(data).preprocess.pad == "zero"
+    del data["preprocess"]["pad"]  # a model saved before the field existed
+    (tmp_path / "settings.json").write_text(json.dumps(data))
+    assert ModelSettings.load(tmp_path).preprocess.pad == "edge"

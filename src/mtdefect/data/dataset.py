@@ -90,14 +90,20 @@ class TileDataset(Dataset):
 
     def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All tiles in one (N, H, W) uint8 tensor and their masks as (N, H, W) bool, H and W the
-        largest sides (at least ``crop_size``); images edge-padded bottom/right, masks zero-padded."""
+        largest sides (at least ``crop_size``); images padded bottom/right as inference pads them
+        (``PreprocessSettings.pad``: ``zero`` fills with the tile's mean, 0 once normalised; ``edge``
+        repeats the last row/column), masks zero-padded."""
         height = max(max(g.shape[0] for g in self.images), self.crop_size)
         width = max(max(g.shape[1] for g in self.images), self.crop_size)
         images = np.empty((len(self.images), height, width), dtype=np.uint8)
         masks = np.zeros((len(self.images), height, width), dtype=bool)
         for i, (gray, mask) in enumerate(zip(self.images, self.masks)):
             h, w = gray.shape
-            images[i] = np.pad(gray, ((0, height - h), (0, width - w)), mode="edge")
+            spread = ((0, height - h), (0, width - w))
+            if self.preprocess.pad == "zero":
+                images[i] = np.pad(gray, spread, mode="constant", constant_values=round(float(gray.mean())))
+            else:
+                images[i] = np.pad(gray, spread, mode="edge")
             masks[i, :h, :w] = mask
         return torch.from_numpy(images), torch.from_numpy(masks)
 
@@ -143,7 +149,7 @@ class TileDataset(Dataset):
         if self.train:
             return self.crop_plan(index)
         gray, mask = self.images[index], self.masks[index]
-        image = pad_to_stride(normalize(gray, self.preprocess), self.preprocess.stride)
+        image = pad_to_stride(normalize(gray, self.preprocess), self.preprocess.stride, self.preprocess.pad)
         valid = np.zeros(image.shape, dtype=bool)
         valid[: gray.shape[0], : gray.shape[1]] = True
         target = np.zeros(image.shape, dtype=bool)

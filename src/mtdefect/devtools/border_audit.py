@@ -31,9 +31,42 @@ def side_bands(shape: tuple[int, int], fraction: float = FRACTION) -> dict[str, 
     return bands
 
 
-def audit(model_dir: Path, dataset_dir: Path, manifest: Path, split: str, backend: str = "torch") -> dict:
+def context_infer(predictor: Predictor, gray: np.ndarray, context: int, mode: str) -> tuple[np.ndarray, dict]:
+    """The network's answer when the normalised tile is first padded by ``context`` pixels on every
+    side (``mode``: numpy's reflect/edge/constant), then to the stride; the padding is cut off again.
+    An experiment on the inference path only: the library pads bottom/right by edge replication."""
+    from mtdefect.inference.postprocess import restore_probability
+    from mtdefect.inference.preprocess import InputGeometry, normalize, scale_image
+
+    settings = predictor.settings.preprocess
+    scaled = scale_image(gray, settings)
+    image = normalize(scaled, settings)
+    if context:
+        image = np.pad(image, context, mode=mode)
+    stride = settings.stride
+    pad = ((0, (-image.shape[0]) % stride), (0, (-image.shape[1]) % stride))
+    image = np.pad(image, pad, mode=mode if mode != "constant" else "constant")
+    logits, tile_logits = predictor.runner(np.ascontiguousarray(image[None, None], dtype=np.float32))
+    logits = predictor.merge_views(logits)[
+        context : context + scaled.shape[0], context : context + scaled.shape[1]
+    ]
+    geometry = InputGeometry(original=gray.shape, scaled=scaled.shape, padded=scaled.shape)
+    return restore_probability(logits, geometry), predictor.class_scores(tile_logits)
+
+
+def audit(
+    model_dir: Path,
+    dataset_dir: Path,
+    manifest: Path,
+    split: str,
+    backend: str = "torch",
+    context: int = 0,
+    mode: str = "edge",
+) -> dict:
     predictor = Predictor.from_dir(model_dir, backend=backend)
     post = predictor.settings.postprocess
+    if context or mode != "edge":
+        predictor.infer = lambda gray, check=None: context_infer(predictor, gray, context, mode)  # type: ignore[method-assign]
     totals = {"all": 0, "band": 0, "top": 0, "bottom": 0, "left": 0, "right": 0}
     by_kind = {"clean": dict(totals), "defective": dict(totals)}
     images_with_band_fp = 0
@@ -52,6 +85,7 @@ def audit(model_dir: Path, dataset_dir: Path, manifest: Path, split: str, backen
     everything = {k: by_kind["clean"][k] + by_kind["defective"][k] for k in totals}
     return {
         "model": {"dir": str(model_dir), "net": predictor.settings.net},
+        "variant": {"context": context, "pad_mode": mode},
         "split": split,
         "images": len(records),
         "band_fraction": FRACTION,
@@ -64,14 +98,16 @@ def audit(model_dir: Path, dataset_dir: Path, manifest: Path, split: str, backen
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 4:
+    if len(args) not in (4, 6):
         print(
-            "usage: python -m mtdefect.devtools.border_audit MODEL_DIR MANIFEST SPLIT OUT.json",
+            "usage: python -m mtdefect.devtools.border_audit MODEL_DIR MANIFEST SPLIT OUT.json"
+            " [CONTEXT MODE]",
             file=sys.stderr,
         )
         sys.exit(2)
     model_dir, manifest, split, out = Path(args[0]), Path(args[1]), args[2], Path(args[3])
-    result = audit(model_dir, Path("data/tiles"), manifest, split)
+    context, mode = (int(args[4]), args[5]) if len(args) == 6 else (0, "edge")
+    result = audit(model_dir, Path("data/tiles"), manifest, split, context=context, mode=mode)
     write_json_atomic(out, result, indent=2)
     print(
         f"border audit: {result['band_share_of_fp_pixels']:.3f} of false-positive pixels in the band; "

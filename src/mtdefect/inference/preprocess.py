@@ -79,15 +79,20 @@ def normalize(gray, settings: PreprocessSettings, stats=None):
     return ((values / 255.0) - mean) / std
 
 
-def pad_to_stride(array: np.ndarray, stride: int) -> np.ndarray:
-    """Pad bottom/right by edge replication up to the next multiple of ``stride``."""
+def pad_to_stride(array: np.ndarray, stride: int, mode: str = "zero") -> np.ndarray:
+    """Pad bottom/right up to the next multiple of ``stride``: with 0 (``zero``; on a normalised image,
+    its mean) or by repeating the last row/column (``edge``). See ``PreprocessSettings.pad``."""
     height, width = array.shape[-2:]
     pad_h = (-height) % stride
     pad_w = (-width) % stride
     if pad_h == 0 and pad_w == 0:
         return array
     pad = [(0, 0)] * (array.ndim - 2) + [(0, pad_h), (0, pad_w)]
-    return np.pad(array, pad, mode="edge")
+    if mode == "zero":
+        return np.pad(array, pad, mode="constant")
+    if mode == "edge":
+        return np.pad(array, pad, mode="edge")
+    raise ValueError(f"unknown padding {mode!r}")
 
 
 def preprocess(gray: np.ndarray, settings: PreprocessSettings) -> tuple[np.ndarray, InputGeometry]:
@@ -95,6 +100,6 @@ def preprocess(gray: np.ndarray, settings: PreprocessSettings) -> tuple[np.ndarr
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"expected an HxW uint8 image, got shape {gray.shape} dtype {gray.dtype}")
     scaled = scale_image(gray, settings)
-    padded = pad_to_stride(normalize(scaled, settings), settings.stride)
+    padded = pad_to_stride(normalize(scaled, settings), settings.stride, settings.pad)
     geometry = InputGeometry(original=gray.shape, scaled=scaled.shape, padded=padded.shape)
     return np.ascontiguousarray(padded[None, None]), geometry
