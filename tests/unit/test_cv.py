@@ -159,10 +159,10 @@ def test_cross_validation_end_to_end(
     state = {"fold": None, "predicting": False, "early": [], "late": set()}
     real_score = cv_fold.score_held_out
 
-    def watched_score(model_dir, data_dir, manifest, group_gap):
+    def watched_score(*args, **kwargs):
         state["predicting"] = True
         try:
-            return real_score(model_dir, data_dir, manifest, group_gap)
+            return real_score(*args, **kwargs)
         finally:
             state["predicting"] = False
 
@@ -191,7 +191,7 @@ def test_cross_validation_end_to_end(
     summary = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     images = sorted(str(p.relative_to(lit_dataset)) for p in lit_dataset.glob("MT_*/*.jpg"))
     rows = [
-        row
+        {**row, "fold": f}
         for f in range(3)
         for row in json.loads((tmp_path / "rows" / f"fold_{f}.json").read_text())["rows"]
     ]
@@ -206,6 +206,18 @@ def test_cross_validation_end_to_end(
     assert (tmp_path / "reports" / "plots" / "roc.json").exists()
 
     assert pending(cfg, [0, 1, 2]) == []
+
+    # an inference-only lever judged on the same fold models: recalibrated on each inner val
+    from mtdefect.cv.rescore import parse_overrides, rescore
+
+    rescored = rescore(cfg, "pad_edge", parse_overrides(["preprocess.pad=edge"]))
+    assert rescored["images"] == len(images) and rescored["recipe"]["rescored_with"] == {
+        "preprocess": {"pad": "edge"}
+    }
+    again = json.loads((tmp_path / "reports" / "pad_edge" / "folds" / "fold_1.json").read_text())
+    assert sorted(r["image"] for r in again["rows"]) == sorted(r["image"] for r in rows if r["fold"] == 1)
+    with pytest.raises(ValueError, match="unsupported override"):
+        parse_overrides(["trainer.max_epochs=3"])
 
     def no_training(*_args, **_kwargs):
         raise AssertionError("a finished fold was trained again")

@@ -111,16 +111,19 @@ def is_finished(rows_file: Path, fingerprint: str) -> bool:
         return False
 
 
-def score_held_out(model_dir: Path, data_dir: Path, manifest: Path, group_gap: int | None) -> list[dict]:
+def score_held_out(
+    model_dir: Path, data_dir: Path, manifest: Path, group_gap: int | None, predictor: Any = None
+) -> list[dict]:
     """The held-out (``test``) images of a fold manifest through the service's path (decode →
-    Predictor with the fold model's own settings → postprocess, native size): one row each."""
+    Predictor with the fold model's own settings, or ``predictor`` → postprocess, native size): one
+    row each."""
     from mtdefect.inference import Predictor
     from mtdefect.scoring import image_row, score_split
 
     records = read_manifest(manifest, "test")
     if not records:
         raise ValueError(f"{manifest} holds no held-out (test) images")
-    predictor = Predictor.from_dir(model_dir, backend="torch")
+    predictor = predictor or Predictor.from_dir(model_dir, backend="torch")
     everyone = read_manifest(manifest)
     groups = group_ids([(r.class_name, Path(r.image).stem) for r in everyone], group_gap)
     rows = []

@@ -1,0 +1,125 @@
+"""Judge an inference-only lever under cross-validation without training again.
+
+A lever that changes only how the service runs a trained network (the stride padding, test-time
+flips) does not need new fold models: each fold's model is run under the changed preprocessing,
+its decision and mask settings are calibrated again on the fold's own inner validation tiles
+(``calibrate.calibrate_on_validation``, as training does), and its held-out fold is scored through
+the service's path. The rows and the pooled summary go to ``<cv.reports_dir>/<name>/`` beside the
+recipe's own, so the two are compared with the same intervals. (The tile head keeps the refit it got
+in training; it is not refitted under the changed preprocessing.)
+
+    python -m mtdefect.cv.rescore pad_zero preprocess.pad=zero
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from mtdefect.calibrate import calibrate_on_validation
+from mtdefect.cv.fold import CvPaths, score_held_out
+from mtdefect.cv.pool import curves, pool
+from mtdefect.data.folds import fold_manifest_path
+from mtdefect.data.split import read_manifest
+from mtdefect.fileio import write_json_atomic
+from mtdefect.inference import ModelSettings, Predictor
+from mtdefect.inference.predictor import load_torch_net, torch_runner
+from mtdefect.scoring import image_row, score_split
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``preprocess.pad=zero`` → {"preprocess": {"pad": "zero"}} (values parsed as JSON, else text)."""
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        key, _, raw = pair.partition("=")
+        group, _, field = key.partition(".")
+        if group not in ("preprocess",) or not field:
+            raise ValueError(f"unsupported override {pair!r}: only preprocess.<field>=<value>")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out.setdefault(group, {})[field] = value
+    return out
+
+
+def rescore_fold(cfg: DictConfig, fold: int, overrides: dict[str, Any]) -> dict:
+    paths = CvPaths.from_cfg(cfg)
+    model_dir = paths.model_dir / f"fold_{fold}"
+    manifest = fold_manifest_path(paths.manifest_dir, fold)
+    settings = ModelSettings.load(model_dir)
+    settings = replace(settings, preprocess=replace(settings.preprocess, **overrides.get("preprocess", {})))
+    runner = torch_runner(load_torch_net(model_dir, settings))
+    predictor = Predictor(settings, runner, "torch-cpu")
+    val = read_manifest(manifest, "val")
+    options = dict(cfg.get("calibration", {}))
+    flips, post, _ = calibrate_on_validation(predictor, cfg.paths.data_dir, val, options)
+    settings = replace(settings, postprocess=post, test_time_flips=flips)
+    predictor = Predictor(settings, runner, "torch-cpu")
+    rows = score_held_out(
+        model_dir, Path(cfg.paths.data_dir), manifest, cfg.data.split.get("group_gap"), predictor
+    )
+    clean_val = [r for r in val if r.class_name == cfg.data.free_class]
+    reference = [
+        image_row(item, post)["score"] for item in score_split(predictor, cfg.paths.data_dir, clean_val)
+    ]
+    return {
+        "fold": fold,
+        "decision_threshold": post.decision_threshold,
+        "reference_scores": reference,
+        "rows": rows,
+    }
+
+
+def rescore(cfg: DictConfig, name: str, overrides: dict[str, Any]) -> dict:
+    out = Path(cfg.cv.reports_dir) / name
+    results = []
+    for fold in range(cfg.cv.k):
+        result = rescore_fold(cfg, fold, overrides)
+        write_json_atomic(out / "folds" / f"fold_{fold}.json", {**result, "overrides": overrides}, indent=1)
+        results.append(result)
+        print(f"rescore {name}: fold {fold} done ({len(result['rows'])} held-out images)")
+    rows = [{**row, "fold": r["fold"]} for r in results for row in r["rows"]]
+    free = cfg.data.free_class
+    summary = pool(
+        rows,
+        free,
+        fold_thresholds={r["fold"]: r["decision_threshold"] for r in results},
+        n_resamples=int(cfg.cv.bootstrap),
+        seed=int(cfg.cv.seed),
+        max_false_alarm_rate=float(cfg.calibration.max_false_alarm_rate),
+        group_gap=cfg.data.split.get("group_gap"),
+    )
+    summary["recipe"] = {
+        "arch": cfg.model.get("arch"),
+        "encoder": cfg.model.get("encoder"),
+        "crop_size": cfg.data.module.get("crop_size"),
+        "max_epochs": cfg.trainer.get("max_epochs"),
+        "preprocess_scale": cfg.data.preprocess.get("scale"),
+        "seed": cfg.seed,
+        "rescored_with": overrides,
+    }
+    write_json_atomic(out / "metrics.json", summary, indent=2)
+    for key, points in curves(rows, free).items():
+        write_json_atomic(out / "plots" / f"{key}.json", points, indent=2)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    from mtdefect.stages._common import run
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) < 2:
+        print("usage: python -m mtdefect.cv.rescore NAME preprocess.<field>=<value> ...", file=sys.stderr)
+        sys.exit(2)
+    overrides = parse_overrides(args[1:])
+    run(lambda cfg: rescore(cfg, args[0], overrides), f"cv rescore {args[0]}")
+
+
+if __name__ == "__main__":
+    main()
