@@ -137,8 +137,10 @@ def has_code(module: str) -> bool:
 
 def test_every_stage_lists_what_it_imports() -> None:
     """Fails when a stage's code (its own stage module, every mtdefect module it imports, and the
-    classes its params instantiate) is not among the stage's deps in dvc.yaml."""
+    classes its params instantiate) is not among the stage's deps in dvc.yaml or cv/dvc.yaml."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    cv_stages = yaml.safe_load((ROOT / "cv" / "dvc.yaml").read_text())["stages"]
+    stages.update({f"cv/dvc.yaml:{name}": stage for name, stage in cv_stages.items()})
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     missing = {}
     for name, stage in stages.items():
@@ -147,7 +149,7 @@ def test_every_stage_lists_what_it_imports() -> None:
             continue
         entry = cmd.split("-m ", 1)[1].split()[0]
         roots = [entry]
-        if name == "train":  # Hydra instantiates these from params.yaml
+        if name == "train" or name.startswith("cv/"):  # Hydra instantiates these from params.yaml
             roots += sorted(targets_in({k: params[k] for k in ("model", "data", "callbacks")}, set()))
         deps = [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])]
         lacking = sorted(m for m in closure(*roots) if has_code(m) and not covered(m, deps))
