@@ -46,6 +46,22 @@ VARIANTS = {
         ]
     },
     "head_cal144": {"float_prefixes": HEAD, "calibration": 144},
+    # the encoder (and so the tile head, which decides) in float, the decoder in INT8: the decoder
+    # does most of the arithmetic (3x3 convolutions at up to full resolution)
+    "encoder_float": {"float_prefixes": [*HEAD, "/encoder/"]},
+    "encoder_float_cal144": {"float_prefixes": [*HEAD, "/encoder/"], "calibration": 144},
+    # ... and the first decoder block, the other reader of the deepest features: in QDQ a tensor
+    # quantized for one reader is quantized for all, so the tile head read quantized features
+    "encoder_dec0_float": {"float_prefixes": [*HEAD, "/encoder/", "/decoder/blocks.0/"]},
+    "encoder_dec01_float": {
+        "float_prefixes": [*HEAD, "/encoder/", "/decoder/blocks.0/", "/decoder/blocks.1/"]
+    },
+    # depthwise convolutions: few weights per channel, wide ranges between channels, little compute
+    "dw": {"float_prefixes": [*HEAD, "*/conv_dw/*"]},
+    "dw_cal144": {"float_prefixes": [*HEAD, "*/conv_dw/*"], "calibration": 144},
+    "dw_tail56": {
+        "float_prefixes": [*HEAD, "*/conv_dw/*", "/encoder/model/blocks.5/", "/encoder/model/blocks.6/"]
+    },
     "head_dec4_cal144": {"float_prefixes": [*HEAD, "/decoder/blocks.4/"], "calibration": 144},
 }
 

@@ -96,6 +96,32 @@ def test_int8_runs_on_any_size_and_stays_close_to_fp32(int8_model, shape) -> Non
     assert 0.0 <= answer.score <= 1.0
 
 
+def test_layers_kept_in_float_read_float_inputs(int8_model, tmp_path: Path) -> None:
+    """The encoder and the tile head kept in float (``float_prefixes``), the decoder in INT8: the tile
+    logits, which decide, are FP32's exactly. Without the rewiring the encoder read the quantized
+    copies of its own skip features (the decoder reads them too) and its answer moved."""
+    from mtdefect.inference.predictor import onnx_runner
+    from mtdefect.inference.quantize import quantize_onnx
+
+    model_dir, _ = int8_model
+    fp32 = Predictor.from_dir(model_dir, backend="onnx")
+    calibration = calibration_batches(fp32.settings, [tile(i) for i in range(4)])
+    path = quantize_onnx(
+        model_dir / "model.onnx",
+        tmp_path / "decoder-int8.onnx",
+        calibration,
+        float_prefixes=["/encoder/", "/head/"],
+    )
+    int8 = onnx_runner(path)
+    for seed, shape in ((3, (96, 120)), (4, (324, 270))):
+        batch, _ = fp32.network_input(tile(seed, shape))
+        logits32, class32 = fp32.runner(batch)
+        logits8, class8 = int8(batch)
+        np.testing.assert_allclose(class8, class32, rtol=0, atol=1e-5)
+        assert not np.array_equal(logits8, logits32)  # the decoder did run in INT8
+        assert np.corrcoef(logits8.ravel(), logits32.ravel())[0, 1] > 0.9  # and its activations kept
+
+
 def test_a_model_folder_without_int8_still_loads_and_says_what_is_missing(tmp_path: Path, int8_model) -> None:
     model_dir, _ = int8_model
     old = tmp_path / "old"
