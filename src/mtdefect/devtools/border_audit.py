@@ -17,7 +17,7 @@ import numpy as np
 from mtdefect.data.split import read_manifest
 from mtdefect.fileio import write_json_atomic
 from mtdefect.inference import Predictor, postprocess
-from mtdefect.scoring import score_split
+from mtdefect.scoring import score_split, split_metrics
 
 FRACTION = 0.04
 
@@ -71,7 +71,8 @@ def audit(
     by_kind = {"clean": dict(totals), "defective": dict(totals)}
     images_with_band_fp = 0
     records = read_manifest(manifest, split)
-    for item in score_split(predictor, dataset_dir, records):
+    items = list(score_split(predictor, dataset_dir, records))
+    for item in items:
         answer = postprocess(item.probability, post, item.class_scores)
         false_positive = (answer.mask > 0) & ~item.truth
         bands = side_bands(false_positive.shape)
@@ -83,6 +84,9 @@ def audit(
             kind[name] += int((false_positive & mask).sum())
         images_with_band_fp += bool((false_positive & band).any())
     everything = {k: by_kind["clean"][k] + by_kind["defective"][k] for k in totals}
+    scored = split_metrics(items, post)
+    quality = {k: scored[k] for k in ("dice", "mean_class_dice", "per_class_dice", "detection")}
+    quality["class_top1"] = scored.get("classification", {}).get("accuracy")
     return {
         "model": {"dir": str(model_dir), "net": predictor.settings.net},
         "variant": {"context": context, "pad_mode": mode},
@@ -93,6 +97,7 @@ def audit(
         "images_with_fp_in_band": images_with_band_fp,
         "fp_pixels": everything,
         "fp_pixels_by_kind": by_kind,
+        "metrics": quality,  # under the model's own postprocessing (calibrated as the model was)
     }
 
 
