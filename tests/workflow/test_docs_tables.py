@@ -227,9 +227,10 @@ def test_cv_table_shows_each_recipe_with_intervals(tmp_path: Path) -> None:
     }
     (tmp_path / "reports" / "cv" / "cpu_2h").mkdir(parents=True)
     (tmp_path / "reports" / "cv" / "metrics.json").write_text(json.dumps(summary))
-    (tmp_path / "reports" / "cv" / "cpu_2h" / "metrics.json").write_text(json.dumps({**summary, "k": 3}))
+    partial = {**summary, "folds_pooled": [0, 1]}
+    (tmp_path / "reports" / "cv" / "cpu_2h" / "metrics.json").write_text(json.dumps(partial))
     body = cv_table(tmp_path)
     lines = [line for line in body.splitlines() if line.startswith("| `")]
     assert [line.split("`")[1] for line in lines] == ["default", "cpu_2h"]
     assert "0.710 [0.65, 0.77]" in lines[0] and "— / — / 0.50 / — / —" in lines[0] and "50 min" in lines[0]
-    assert "| 3 / 1097 / 227 |" in lines[1]
+    assert "| 5 / 1097 / 227 |" in lines[0] and "| 2 of 5 / 1097 / 227 |" in lines[1]

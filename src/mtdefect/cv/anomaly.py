@@ -9,6 +9,7 @@ fusion normalises by). The encoder is the packaged ImageNet EfficientNet-Lite0 (
 so the branch can be measured before any fold model exists).
 
     python -m mtdefect.cv.anomaly            # every fold of params.yaml's cv settings → reports/cv/anomaly/
+    python -m mtdefect.cv.anomaly 0.05 0,1   # a 5 % bank, folds 0 and 1 only
 """
 
 from __future__ import annotations
@@ -92,7 +93,12 @@ def fold_scores(
     return rows
 
 
-def run(cfg: DictConfig, subsample: float = 0.05, encoder_name: str = "tf_efficientnet_lite0") -> Path:
+def run(
+    cfg: DictConfig,
+    subsample: float = 0.05,
+    encoder_name: str = "tf_efficientnet_lite0",
+    folds: list[int] | None = None,
+) -> Path:
     torch.manual_seed(0)
     c = cfg.cv
     settings = PreprocessSettings(**dict(cfg.data.preprocess))
@@ -108,7 +114,7 @@ def run(cfg: DictConfig, subsample: float = 0.05, encoder_name: str = "tf_effici
     }
     feature_seconds = time.perf_counter() - started
     out_dir = Path(c.reports_dir) / "anomaly"
-    for fold in range(c.k):
+    for fold in folds:
         begun = time.perf_counter()
         rows = fold_scores(
             features, fold_manifest_path(c.manifest_dir, fold), cfg.data.free_class, subsample, c.seed + fold
@@ -133,7 +139,8 @@ def main() -> None:
     from mtdefect.stages._common import run as run_stage
 
     subsample = float(sys.argv[1]) if len(sys.argv) > 1 else 0.05
-    run_stage(lambda cfg: run(cfg, subsample), "cv anomaly")
+    folds = [int(f) for f in sys.argv[2].split(",")] if len(sys.argv) > 2 else None
+    run_stage(lambda cfg: run(cfg, subsample, folds=folds), "cv anomaly")
 
 
 if __name__ == "__main__":

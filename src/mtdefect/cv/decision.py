@@ -135,6 +135,7 @@ def main() -> None:
     """``python -m mtdefect.cv.decision``: reports/cv/decision.json from the fold rows (head scores and
     their clean-validation reference) and reports/cv/anomaly/ (``python -m mtdefect.cv.anomaly``)."""
     import json
+    import sys
     from pathlib import Path
 
     from mtdefect.cv.fold import CvPaths, score_reference
@@ -146,7 +147,7 @@ def main() -> None:
         paths = CvPaths.from_cfg(cfg)
         anomaly_dir = Path(cfg.cv.reports_dir) / "anomaly"
         held_out, reference = [], {}
-        for fold in range(cfg.cv.k):
+        for fold in folds or range(cfg.cv.k):
             result = json.loads(paths.rows(fold).read_text())
             anomaly = json.loads((anomaly_dir / f"fold_{fold}.json").read_text())["rows"]
             by_image = {r["image"]: r["anomaly"] for r in anomaly}
@@ -184,6 +185,7 @@ def main() -> None:
                 f"tile recall@1%FA {s['tile_recall_at_1pct_fa']['value']}"
             )
 
+    folds = [int(f) for f in sys.argv[1].split(",")] if len(sys.argv) > 1 else None
     run(stage, "cv decision")
 
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from mtdefect.calibrate import calibrate_on_validation
 from mtdefect.cv.fold import CvPaths, score_held_out
-from mtdefect.cv.pool import curves, pool
+from mtdefect.cv.summary import summarize
 from mtdefect.data.folds import fold_manifest_path
 from mtdefect.data.split import read_manifest
 from mtdefect.fileio import write_json_atomic
@@ -76,49 +76,35 @@ def rescore_fold(cfg: DictConfig, fold: int, overrides: dict[str, Any]) -> dict:
     }
 
 
-def rescore(cfg: DictConfig, name: str, overrides: dict[str, Any]) -> dict:
+def rescore(cfg: DictConfig, name: str, overrides: dict[str, Any], folds: list[int] | None = None) -> dict:
+    """Every fold in ``folds`` (default: all k) rescored; rows and summary in ``<reports_dir>/<name>/``."""
     out = Path(cfg.cv.reports_dir) / name
     results = []
-    for fold in range(cfg.cv.k):
+    for fold in range(cfg.cv.k) if folds is None else folds:
         result = rescore_fold(cfg, fold, overrides)
         write_json_atomic(out / "folds" / f"fold_{fold}.json", {**result, "overrides": overrides}, indent=1)
         results.append(result)
         print(f"rescore {name}: fold {fold} done ({len(result['rows'])} held-out images)")
-    rows = [{**row, "fold": r["fold"]} for r in results for row in r["rows"]]
-    free = cfg.data.free_class
-    summary = pool(
-        rows,
-        free,
-        fold_thresholds={r["fold"]: r["decision_threshold"] for r in results},
-        n_resamples=int(cfg.cv.bootstrap),
-        seed=int(cfg.cv.seed),
-        max_false_alarm_rate=float(cfg.calibration.max_false_alarm_rate),
-        group_gap=cfg.data.split.get("group_gap"),
-    )
-    summary["recipe"] = {
-        "arch": cfg.model.get("arch"),
-        "encoder": cfg.model.get("encoder"),
-        "crop_size": cfg.data.module.get("crop_size"),
-        "max_epochs": cfg.trainer.get("max_epochs"),
-        "preprocess_scale": cfg.data.preprocess.get("scale"),
-        "seed": cfg.seed,
-        "rescored_with": overrides,
-    }
-    write_json_atomic(out / "metrics.json", summary, indent=2)
-    for key, points in curves(rows, free).items():
-        write_json_atomic(out / "plots" / f"{key}.json", points, indent=2)
-    return summary
+    return summarize(cfg, results, out, rescored_with=overrides)
 
 
 def main(argv: list[str] | None = None) -> None:
     from mtdefect.stages._common import run
 
     args = sys.argv[1:] if argv is None else argv
+    folds = None
+    if "--folds" in args:  # --folds 0,1: only those (finished) folds
+        at = args.index("--folds")
+        folds = [int(f) for f in args[at + 1].split(",")]
+        args = args[:at] + args[at + 2 :]
     if len(args) < 2:
-        print("usage: python -m mtdefect.cv.rescore NAME preprocess.<field>=<value> ...", file=sys.stderr)
+        print(
+            "usage: python -m mtdefect.cv.rescore NAME preprocess.<field>=<value> ... [--folds 0,1]",
+            file=sys.stderr,
+        )
         sys.exit(2)
     overrides = parse_overrides(args[1:])
-    run(lambda cfg: rescore(cfg, args[0], overrides), f"cv rescore {args[0]}")
+    run(lambda cfg: rescore(cfg, args[0], overrides, folds), f"cv rescore {args[0]}")
 
 
 if __name__ == "__main__":

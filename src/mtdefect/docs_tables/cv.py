@@ -23,8 +23,14 @@ def with_interval(entry: dict[str, Any] | None) -> str:
 def recipe_files(root: Path) -> list[tuple[str, Path]]:
     base = root / "reports" / "cv"
     found = [("default", base / "metrics.json")] if (base / "metrics.json").exists() else []
-    found += [(p.parent.name, p) for p in sorted(base.glob("*/metrics.json")) if p.parent.name != "folds"]
+    found += [(p.parent.name, p) for p in sorted(base.glob("*/metrics.json"))]
     return found
+
+
+def folds_label(summary: dict[str, Any]) -> str:
+    """``5``, or ``2 of 5`` when only some folds of the partition are pooled (a partial run)."""
+    pooled = summary.get("folds_pooled") or []
+    return f"{len(pooled)} of {summary['k']}" if pooled and len(pooled) < summary["k"] else str(summary["k"])
 
 
 def cv_row(name: str, summary: dict[str, Any]) -> list[str]:
@@ -34,7 +40,7 @@ def cv_row(name: str, summary: dict[str, Any]) -> list[str]:
     return [
         f"`{name}` ({recipe.get('encoder', '?')}, crop {recipe.get('crop_size', '?')}, "
         f"scale {recipe.get('preprocess_scale', '?')}, seed {recipe.get('seed', '?')})",
-        f"{summary['k']} / {summary['images']} / {summary['groups']}",
+        f"{folds_label(summary)} / {summary['images']} / {summary['groups']}",
         with_interval(summary.get("dice")),
         " / ".join(fmt((per_class.get(c) or {}).get("value"), 2) for c in CLASSES),
         with_interval(summary.get("auroc")),
