@@ -53,6 +53,7 @@ from mtdefect.docs_tables.cv import cv_table
 from mtdefect.docs_tables.lite0 import lite0_detail
 from mtdefect.docs_tables.performance import PERFORMANCE_ROWS, performance_table
 from mtdefect.docs_tables.results import RESULT_ROWS, results_table, save_seed
+from mtdefect.docs_tables.serving import serving_load_table
 from mtdefect.fileio import write_text_atomic
 
 __all__ = [
@@ -74,6 +75,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "cv": cv_table,
     "performance": performance_table,
     "lite0": lite0_detail,
+    "serving_load": serving_load_table,  # docs/PERFORMANCE.md (issue #22)
 }
 # the blocks the README must have (docs/PERFORMANCE.md has the ``lite0`` block)
 README_BLOCKS = ("results", "cv", "performance")

@@ -13,10 +13,15 @@ from mtdefect.docs_tables.common import benchmark_model, fmt, load_span, opened,
 RESULT = "serving_load.json"
 
 
+def _errors(level: dict[str, Any]) -> str:
+    kinds = level.get("error_kinds") or {}
+    return ", ".join(f"{n} × {kind.replace('http ', '')}" for kind, n in kinds.items()) or "no errors"
+
+
 def _levels(config: dict[str, Any]) -> str:
     return "<br>".join(
         f"c={c}: {level['req_per_s']:.1f} tiles/s = {level['ratio']:.2f}× in process "
-        f"({level['inprocess_tiles_per_s']:.1f}), p99 {level['p99_ms']:.0f} ms, {level['errors']} errors"
+        f"({level['inprocess_tiles_per_s']:.1f}), p99 {level['p99_ms']:.0f} ms, {_errors(level)}"
         for c, level in config.get("throughput", {}).items()
     )
 
