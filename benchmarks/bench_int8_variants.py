@@ -56,6 +56,12 @@ VARIANTS = {
     "encoder_dec01_float": {
         "float_prefixes": [*HEAD, "/encoder/", "/decoder/blocks.0/", "/decoder/blocks.1/"]
     },
+    # the whole network in INT8 but activation ranges from the 99.999th percentile (outliers clipped)
+    "head_percentile": {"float_prefixes": HEAD, "calibrate_method": "Percentile"},
+    # only the high-resolution start of the encoder (stem, blocks 0-2) and the decoder in INT8
+    "encoder_early": {
+        "float_prefixes": [*HEAD, *(f"/encoder/model/blocks.{i}/" for i in range(3, 7)), "/decoder/blocks.0/"]
+    },
     # depthwise convolutions: few weights per channel, wide ranges between channels, little compute
     "dw": {"float_prefixes": [*HEAD, "*/conv_dw/*"]},
     "dw_cal144": {"float_prefixes": [*HEAD, "*/conv_dw/*"], "calibration": 144},
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from mtdefect.scoring import UNLIMITED, score_split, split_metrics
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", default="base,head,head_dec4,tail")
+    parser.add_argument("--variants", default="head,tail56,encoder_early,encoder_float")
     parser.add_argument("--calibration", type=int, default=48, help="training tiles (default of export)")
     parser.add_argument("--format", default="qdq")
     parser.add_argument("--reps", type=int, default=15)
@@ -139,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             spec.get("format", args.format),
             per_channel=True,
             float_prefixes=spec["float_prefixes"],
+            calibrate_method=spec.get("calibrate_method", "MinMax"),
         )
         quant_s = time.perf_counter() - t0
         int8 = Predictor(settings, onnx_runner(path), "onnx-int8")
