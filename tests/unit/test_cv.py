@@ -428,3 +428,18 @@ def test_leave_one_class_out_never_trains_on_the_class_it_scores(
     assert all(
         s["images"] == 5 * LIGHTINGS and 0.0 <= s["recall_at_1pct_fa"] <= 1.0 for s in summary.values()
     )
+
+
+def test_paired_difference_is_zero_for_the_same_run_and_sees_a_real_gain() -> None:
+    from mtdefect.cv.compare import paired_difference
+
+    before = rows_for([0.1, 0.2, 0.9, 0.3], [0.8, 0.7, 0.95, 0.4])
+    same = paired_difference(before, [dict(r) for r in before], "MT_Free", n_resamples=50)
+    assert all(
+        e["value"] == e["ci_low"] == e["ci_high"] == 0.0 for k, e in same.items() if e["value"] is not None
+    )
+    better = [dict(r, tp=r["tp"] + 1, fn=max(r["fn"] - 1, 0)) for r in before]  # every defect found better
+    gain = paired_difference(before, better, "MT_Free", n_resamples=50)
+    assert gain["dice"]["value"] > 0 and gain["dice"]["ci_low"] > 0
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference(before, before[1:], "MT_Free")

@@ -232,5 +232,5 @@ def test_cv_table_shows_each_recipe_with_intervals(tmp_path: Path) -> None:
     body = cv_table(tmp_path)
     lines = [line for line in body.splitlines() if line.startswith("| `")]
     assert [line.split("`")[1] for line in lines] == ["default", "cpu_2h"]
-    assert "0.710 [0.65, 0.77]" in lines[0] and "— / — / 0.50 / — / —" in lines[0] and "50 min" in lines[0]
+    assert "0.710 [0.65, 0.77]" in lines[0] and "— / — / 0.50 / — / —" in lines[0] and "10 min" in lines[0]
     assert "| 5 / 1097 / 227 |" in lines[0] and "| 2 of 5 / 1097 / 227 |" in lines[1]

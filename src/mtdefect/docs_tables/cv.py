@@ -36,7 +36,9 @@ def folds_label(summary: dict[str, Any]) -> str:
 def cv_row(name: str, summary: dict[str, Any]) -> list[str]:
     recipe = summary.get("recipe") or {}
     per_class = summary.get("per_class_dice") or {}
-    minutes = sum(summary.get("fold_seconds") or []) / 60
+    seconds = summary.get("fold_seconds") or []
+    minutes = sum(seconds) / len(seconds) / 60 if seconds else 0.0
+    tile = ((summary.get("per_tile") or {}).get("median") or {}).get("tile_recall_at_1pct_fa")
     return [
         f"`{name}` ({recipe.get('encoder', '?')}, crop {recipe.get('crop_size', '?')}, "
         f"scale {recipe.get('preprocess_scale', '?')}, seed {recipe.get('seed', '?')})",
@@ -49,6 +51,7 @@ def cv_row(name: str, summary: dict[str, Any]) -> list[str]:
         f"{fmt((summary.get('false_alarm_rate_at_decision') or {}).get('value'))}",
         with_interval(summary.get("class_top1")),
         with_interval(summary.get("border_fp_share")),
+        with_interval(tile),
         f"{minutes:.0f} min" if minutes else "—",
     ]
 
@@ -68,7 +71,8 @@ def cv_table(root: Path) -> str:
         "recall @ each fold's decision (FA)",
         "class top-1",
         "FP pixels in border band",
-        "fold training + scoring",
+        "per tile (median of its views): recall @ ≤ 1 % FA",
+        "wall time per fold",
     ]
     rows = [cv_row(name, read_json(path)) for name, path in files]
     return "\n".join(table(header, rows)) + "\n"
