@@ -11,7 +11,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_FILES = (
     "dvc.yaml",
-    "cv/dvc.yaml",
     "conf",
     "src",
     ".dvc/config",
@@ -24,13 +23,15 @@ PROJECT_FILES = (
 )
 
 
-def make_repo(dest: Path) -> Path:
+def make_repo(dest: Path, cross_validation: bool = False) -> Path:
     """A git + DVC repo holding the project's pipeline definition and sources (its deps), nothing else.
 
     The stages run the installed package; src/ is copied because dvc.yaml lists it as dependencies.
-    The one implementation used by the integration, reliability and workflow tests."""
+    ``cross_validation`` adds cv/dvc.yaml: its stages (never run in the other tests) would otherwise
+    show in their `dvc status` and `dvc checkout`. The one implementation used by the integration,
+    reliability and workflow tests."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
+    for name in (*PROJECT_FILES, *(("cv/dvc.yaml",) if cross_validation else ())):
         src = ROOT / name
         if not src.exists():
             continue
