@@ -235,7 +235,8 @@ def find_engine(name: str | None = None) -> Engine:
 
 
 def debian_mirror() -> str:
-    """``MT_DEBIAN_MIRROR``, else the first Debian archive this host's apt uses, else deb.debian.org."""
+    """``MT_DEBIAN_MIRROR``, else the first Debian archive this host's apt uses (no default: a host
+    without one must say where its Debian packages come from)."""
     if os.environ.get("MT_DEBIAN_MIRROR"):
         return os.environ["MT_DEBIAN_MIRROR"]
     sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
@@ -248,7 +249,7 @@ def debian_mirror() -> str:
             uri = match.group(1)
             if not uri.rstrip("/").endswith("-security") and uri.startswith(("http://", "https://")):
                 return uri
-    return "http://deb.debian.org/debian"
+    raise RuntimeError("no Debian archive in this host's apt sources: set MT_DEBIAN_MIRROR to one")
 
 
 def build_os_image(engine: Engine, image: str = OS_IMAGE) -> dict:
@@ -287,7 +288,8 @@ def build_os_image(engine: Engine, image: str = OS_IMAGE) -> dict:
         tar = Path(tmp) / "rootfs.tar"
         subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tar), "."], check=True, timeout=600)
         engine.run("import", str(tar), image, timeout=600)
-    return {"image": image, "mirror": mirror, "seconds": round(time.monotonic() - started, 1)}
+    source = "MT_DEBIAN_MIRROR" if os.environ.get("MT_DEBIAN_MIRROR") else "the host's apt sources"
+    return {"image": image, "mirror": source, "seconds": round(time.monotonic() - started, 1)}
 
 
 def ca_certificates(setting: str | None = None) -> list[Path]:
