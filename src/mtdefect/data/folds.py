@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mtdefect.data.source import read_summary
-from mtdefect.data.split import Record, assign_splits, list_samples, tile_groups, write_manifest
-from mtdefect.fileio import sha256_file
+from mtdefect.data.split import ManifestWriter, Record, assign_splits, list_samples, tile_groups
 
 Sample = tuple[str, str]  # (class folder, file stem)
 
@@ -123,36 +122,6 @@ def write_fold_manifests(
         )
         for fold in range(k)
     }
-
-
-class ManifestWriter:
-    """Writes split manifests of one dataset folder, hashing each image and mask once."""
-
-    def __init__(self, dataset_dir: Path, samples: list[Sample], archive_sha256: str) -> None:
-        self.archive_sha256 = archive_sha256
-        self.digests = {
-            s: (
-                sha256_file(dataset_dir / s[0] / f"{s[1]}.jpg"),
-                sha256_file(dataset_dir / s[0] / f"{s[1]}.png"),
-            )
-            for s in samples
-        }
-
-    def write(self, assignment: dict[Sample, str], path: Path) -> list[Record]:
-        records = [
-            Record(
-                image=f"{cls}/{stem}.jpg",
-                mask=f"{cls}/{stem}.png",
-                class_name=cls,
-                split=split,
-                sha256=self.digests[(cls, stem)][0],
-                mask_sha256=self.digests[(cls, stem)][1],
-                archive_sha256=self.archive_sha256,
-            )
-            for (cls, stem), split in sorted(assignment.items())
-        ]
-        write_manifest(records, path)
-        return records
 
 
 def write_class_out_manifests(

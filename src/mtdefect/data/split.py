@@ -166,20 +166,39 @@ def make_split(
     summary = read_summary(dataset_dir)
     samples = list_samples(dataset_dir)
     assignment = assign_splits(samples, val_fraction, test_fraction, seed, max_per_class, group_gap)
-    records = [
-        Record(
-            image=f"{cls}/{stem}.jpg",
-            mask=f"{cls}/{stem}.png",
-            class_name=cls,
-            split=split,
-            sha256=sha256_file(dataset_dir / cls / f"{stem}.jpg"),
-            mask_sha256=sha256_file(dataset_dir / cls / f"{stem}.png"),
-            archive_sha256=summary.get("archive_sha256", ""),
-        )
-        for (cls, stem), split in sorted(assignment.items())
-    ]
-    write_manifest(records, manifest_path)
-    return records
+    writer = ManifestWriter(dataset_dir, list(assignment), summary.get("archive_sha256", ""))
+    return writer.write(assignment, Path(manifest_path))
+
+
+class ManifestWriter:
+    """Writes split manifests of one dataset folder (the split stage's, cross-validation's folds),
+    hashing each image and mask once."""
+
+    def __init__(self, dataset_dir: Path, samples: list[tuple[str, str]], archive_sha256: str) -> None:
+        self.archive_sha256 = archive_sha256
+        self.digests = {
+            s: (
+                sha256_file(dataset_dir / s[0] / f"{s[1]}.jpg"),
+                sha256_file(dataset_dir / s[0] / f"{s[1]}.png"),
+            )
+            for s in samples
+        }
+
+    def write(self, assignment: dict[tuple[str, str], str], path: Path) -> list[Record]:
+        records = [
+            Record(
+                image=f"{cls}/{stem}.jpg",
+                mask=f"{cls}/{stem}.png",
+                class_name=cls,
+                split=split,
+                sha256=self.digests[(cls, stem)][0],
+                mask_sha256=self.digests[(cls, stem)][1],
+                archive_sha256=self.archive_sha256,
+            )
+            for (cls, stem), split in sorted(assignment.items())
+        ]
+        write_manifest(records, path)
+        return records
 
 
 def split_summary(records: list[Record], group_gap: int | None) -> dict[str, dict[str, tuple[int, int]]]:
