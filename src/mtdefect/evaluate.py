@@ -16,6 +16,7 @@ from mtdefect.data.split import read_manifest
 from mtdefect.fileio import write_json_atomic
 from mtdefect.inference import Predictor, postprocess
 from mtdefect.inference.overlay import panel
+from mtdefect.inference.settings import BACKEND_CALIBRATION_FILE
 from mtdefect.scoring import score_split, split_metrics
 
 
@@ -33,14 +34,16 @@ def confusion_rows(confusion: dict) -> list[dict[str, str]]:
 @contextlib.contextmanager
 def with_exports(model_dir: str | Path, onnx_dir: str | Path | None) -> Iterator[Path]:
     """The model folder, or (when ``onnx_dir`` is given) a temporary folder of links to its files
-    and to the ONNX exports of ``onnx_dir`` (model.onnx, model.int8.onnx), so every backend loads."""
+    and to the ONNX exports of ``onnx_dir`` (model.onnx, model.int8.onnx and INT8's own calibration),
+    so every backend loads as it is served."""
     if onnx_dir is None or not Path(onnx_dir).is_dir():
         yield Path(model_dir)
         return
     with tempfile.TemporaryDirectory(prefix="mt-eval-") as tmp:
         folder = Path(tmp) / "model"
         folder.mkdir()
-        for source in [*Path(model_dir).iterdir(), *Path(onnx_dir).glob("*.onnx")]:
+        exports = [*Path(onnx_dir).glob("*.onnx"), Path(onnx_dir) / BACKEND_CALIBRATION_FILE]
+        for source in [*Path(model_dir).iterdir(), *exports]:
             if source.is_file() and not (folder / source.name).exists():
                 (folder / source.name).symlink_to(source.resolve())
         yield folder
@@ -75,6 +78,7 @@ def evaluate_backends(
             result = split_metrics(items, predictor.settings.postprocess, per_image=True)
             decisions = [row["defective"] for row in result.pop("per_image")]
             result.pop("scores"), result.pop("labels")
+            result["decision_threshold"] = predictor.settings.postprocess.decision_threshold
             scored[backend] = (predictor.backend, result, decisions)
         ref_name, ref, ref_decisions = scored[reference]
         for backend in backends:

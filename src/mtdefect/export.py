@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 
 from mtdefect.inference.postprocess import postprocess
 from mtdefect.inference.predictor import Predictor, load_torch_net, onnx_runner, torch_runner
-from mtdefect.inference.settings import ONNX_FILE, ModelSettings
+from mtdefect.inference.settings import ONNX_FILE, ModelSettings, PostprocessSettings
 
 OPSET = 18
 
@@ -88,6 +89,20 @@ def check_parity(model_dir: str | Path, images: list[np.ndarray], tolerance: flo
     return report
 
 
+def own_decision_threshold(items: list, settings: PostprocessSettings, max_false_alarm_rate: float) -> float:
+    """The tile decision threshold of ``settings``' score source chosen on ``items`` (one backend's
+    scored validation tiles) for the false-alarm budget: calibration's own rule."""
+    from mtdefect.calibrate import budget_threshold
+    from mtdefect.inference.postprocess import tile_score
+
+    free = [
+        tile_score(item.probability, settings, item.class_scores)
+        for item in items
+        if item.record.class_name == settings.free_class
+    ]
+    return budget_threshold(free, max_false_alarm_rate)
+
+
 def check_int8(
     model_dir: str | Path,
     dataset_dir: str | Path,
@@ -95,34 +110,65 @@ def check_int8(
     timing_images: list[np.ndarray],
     criteria: dict | None = None,
     reps: int = 20,
+    max_false_alarm_rate: float | None = None,
 ) -> dict:
     """FP32 (``model.onnx``) against INT8 (``model.int8.onnx``) of one model folder on ``records``
     (the validation split), through the service's path and ``scoring.split_metrics``: the headline
-    numbers of both, their parity (``quantize.parity_report``), the paired speed-up of the network on
-    ``timing_images`` (test-time flips included, as the service runs them) and the precision the
-    numbers choose (``quantize.choose_precision``)."""
-    from mtdefect.inference.quantize import choose_precision, paired_speedup, parity_report
+    numbers of both, their parity, the paired speed-up of the network on ``timing_images`` (test-time
+    flips included, as the service runs them) and the precision the numbers choose
+    (``quantize.choose_precision``).
+
+    Parity holds either way of issue #22: INT8 takes the same decisions at FP32's threshold
+    (``quantize.parity_report``), or — with ``max_false_alarm_rate`` given — INT8 calibrated on its own
+    validation scores (its decision threshold for the same budget, ``backend_postprocess``) loses no
+    more quality than the margins allow (``quantize.quality_report``). The report's
+    ``backend_postprocess`` is that calibration, for the export stage to ship beside the INT8 file."""
+    from mtdefect.inference.quantize import choose_precision, paired_speedup, parity_report, quality_report
     from mtdefect.scoring import score_split, split_metrics
+
+    def headline(items: list, post: PostprocessSettings) -> tuple[dict, list[bool]]:
+        result = split_metrics(items, post, per_image=True)
+        decided = [row["defective"] for row in result.pop("per_image")]
+        for key in ("scores", "labels", "confusion", "classification"):
+            result.pop(key, None)
+        return result, decided
 
     model_dir = Path(model_dir)
     fp32 = Predictor.from_dir(model_dir, backend="onnx")
     int8 = Predictor.from_dir(model_dir, backend="onnx-int8")
     post = fp32.settings.postprocess
+    items = {name: list(score_split(p, dataset_dir, records)) for name, p in (("fp32", fp32), ("int8", int8))}
     results, decisions = {}, {}
-    for name, predictor in (("fp32", fp32), ("int8", int8)):
-        result = split_metrics(list(score_split(predictor, dataset_dir, records)), post, per_image=True)
-        decisions[name] = [row["defective"] for row in result.pop("per_image")]
-        for key in ("scores", "labels", "confusion", "classification"):
-            result.pop(key, None)
-        results[name] = result
+    for name in items:
+        results[name], decisions[name] = headline(items[name], post)
     parity = parity_report(results["fp32"], results["int8"], decisions["fp32"], decisions["int8"], criteria)
+    own = None
+    if max_false_alarm_rate is not None and post.decision_threshold is not None:
+        threshold = own_decision_threshold(items["int8"], post, max_false_alarm_rate)
+        own_result, own_decisions = headline(items["int8"], replace(post, decision_threshold=threshold))
+        quality = quality_report(results["fp32"], own_result, max_false_alarm_rate)
+        own = {
+            "backend_postprocess": {"onnx-int8": {"decision_threshold": threshold}},
+            "int8": own_result,
+            "same_decision_rate": float(np.mean(np.array(own_decisions) == np.array(decisions["fp32"]))),
+            "quality": quality,
+        }
+        parity = {
+            **parity,
+            "holds_by_decisions": parity["holds"],
+            "holds_by_own_calibration": quality["holds"],
+            "holds": bool(parity["holds"] or quality["holds"]),
+        }
     speed = paired_speedup(fp32.runner, int8.runner, [fp32.network_input(g)[0] for g in timing_images], reps)
     precision, reason = choose_precision(parity["holds"], speed["speedup"])
+    if own is not None and not parity["holds_by_decisions"] and precision == "int8":
+        reason += " (calibrated on its own validation scores: backend_postprocess)"
     return {
         "split_tiles": len(records),
         "fp32": results["fp32"],
         "int8": results["int8"],
         "parity": parity,
+        "own_calibration": own,
         "speed": speed,
         "test_time_flips": list(fp32.settings.test_time_flips),
         "recommended_precision": precision,

@@ -21,9 +21,10 @@ from mtdefect.inference.quantize import (
     choose_precision,
     paired_speedup,
     parity_report,
+    quality_report,
     quantize_model_dir,
 )
-from mtdefect.inference.settings import ONNX_INT8_FILE
+from mtdefect.inference.settings import BACKEND_CALIBRATION_FILE, ONNX_INT8_FILE, ModelSettings
 from mtdefect.model.bundle import write_model_dir
 from tests.conftest import CLASSES, head_model
 
@@ -179,6 +180,82 @@ def test_one_changed_decision_in_200_tiles_is_within_the_budget() -> None:
     fp32 = [True] * 100 + [False] * 100
     int8 = [not fp32[0]] + fp32[1:]
     assert parity_report(metrics(0.8, 0.99), metrics(0.8, 0.99), fp32, int8)["holds"]  # 99.5 %
+
+
+def quality(dice: float, auroc: float, recall: float, false_alarms: float) -> dict:
+    return {"dice": dice, "detection": {"auroc": auroc, "recall": recall, "false_alarm_rate": false_alarms}}
+
+
+def test_own_calibration_quality_is_non_inferiority_within_the_margins() -> None:
+    fp32 = quality(0.73, 0.961, 0.754, 0.008)
+    better = quality(0.737, 0.965, 0.836, 0.008)  # what the default's INT8 measured on validation
+    report = quality_report(fp32, better, 0.01)
+    assert report["holds"] and report["dice_loss"] < 0 and report["auroc_loss"] < 0
+    assert quality_report(fp32, quality(0.726, 0.9595, 0.754, 0.01), 0.01)["holds"]  # losses within
+    for worse, failing in [
+        (quality(0.724, 0.961, 0.754, 0.008), "dice"),  # 0.006 less Dice
+        (quality(0.73, 0.9585, 0.754, 0.008), "auroc"),  # 0.0025 less AUROC
+        (quality(0.73, 0.961, 0.738, 0.008), "recall"),  # one defective tile in 61 missed more
+        (quality(0.73, 0.961, 0.754, 0.017), "false_alarms"),  # over the 1 % budget
+    ]:
+        report = quality_report(fp32, worse, 0.01)
+        assert not report["holds"] and [k for k, ok in report["checks"].items() if not ok] == [failing]
+
+
+def test_int8_own_calibration_is_chosen_on_its_scores_and_ships_beside_it(
+    int8_model, synthetic_dataset, tmp_path: Path
+) -> None:
+    """check_int8 calibrates INT8's decision threshold on INT8's validation scores for the budget; the
+    calibration file beside the exports is what the ``onnx-int8`` backend (only) then decides with,
+    also when evaluation assembles the folder from the model and the export folders."""
+    from mtdefect.data.split import read_manifest
+    from mtdefect.evaluate import evaluate_backends
+    from mtdefect.export import check_int8
+
+    model_dir, _ = int8_model
+    dataset_dir, manifest = synthetic_dataset
+    records = read_manifest(manifest, "val")
+    report = check_int8(model_dir, dataset_dir, records, [tile(3)], reps=1, max_false_alarm_rate=0.01)
+    own = report["own_calibration"]
+    threshold = own["backend_postprocess"]["onnx-int8"]["decision_threshold"]
+    assert own["int8"]["detection"]["false_alarm_rate"] <= 0.01
+    assert set(report["parity"]) >= {"holds_by_decisions", "holds_by_own_calibration", "holds"}
+    assert report["parity"]["holds"] == (
+        report["parity"]["holds_by_decisions"] or report["parity"]["holds_by_own_calibration"]
+    )
+    assert own["quality"]["checks"]["false_alarms"]
+
+    weights_only, onnx_dir = tmp_path / "segmenter", tmp_path / "onnx"
+    weights_only.mkdir()
+    onnx_dir.mkdir()
+    for name in ("settings.json", "weights.safetensors"):
+        (weights_only / name).write_bytes((model_dir / name).read_bytes())
+    for name in ("model.onnx", ONNX_INT8_FILE):
+        (onnx_dir / name).write_bytes((model_dir / name).read_bytes())
+    shipped = {"onnx-int8": {"decision_threshold": 0.123}}
+    (onnx_dir / BACKEND_CALIBRATION_FILE).write_text(json.dumps(shipped))
+    results = evaluate_backends(weights_only, onnx_dir, dataset_dir, manifest, tmp_path / "r", ["onnx-int8"])
+    assert results["onnx-int8"]["decision_threshold"] == 0.123
+    (onnx_dir / BACKEND_CALIBRATION_FILE).write_text(
+        json.dumps({"onnx-int8": {"decision_threshold": threshold}})
+    )
+    for name in ("model.onnx", ONNX_INT8_FILE, BACKEND_CALIBRATION_FILE):
+        (weights_only / name).write_bytes((onnx_dir / name).read_bytes())
+    assert Predictor.from_dir(weights_only, "onnx-int8").settings.postprocess.decision_threshold == threshold
+    assert Predictor.from_dir(weights_only, "onnx").settings.postprocess.decision_threshold == 0.5
+    saved = ModelSettings.load(model_dir)
+    assert saved.postprocess.decision_threshold == 0.5 and not saved.backend_postprocess
+
+
+def test_a_broken_backend_calibration_file_refuses_the_model(int8_model, tmp_path: Path) -> None:
+    model_dir, _ = int8_model
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "settings.json").write_bytes((model_dir / "settings.json").read_bytes())
+    for bad in ("[1, 2]", '{"onnx-int8": {"no_such_field": 1}}', "{not json"):
+        (folder / BACKEND_CALIBRATION_FILE).write_text(bad)
+        with pytest.raises(ValueError, match=BACKEND_CALIBRATION_FILE):
+            ModelSettings.load(folder)
 
 
 def test_package_choice_is_int8_only_when_parity_holds_and_it_pays() -> None:

@@ -380,6 +380,51 @@ def parity_report(
     }
 
 
+# ... or, each backend calibrated on its own validation scores (``backend_postprocess``), INT8's
+# quality must not fall short of FP32's by more than the same margins (issue #22): a quantized
+# network's scores differ slightly in the tail where the decision threshold sits, so the threshold is
+# chosen on the scores of the backend that serves, and what is held to the margins is what the line
+# gets (Dice, AUROC, recall at the false-alarm budget), not the agreement of two thresholds.
+QUALITY = {"max_dice_loss": 0.005, "max_auroc_loss": 0.002, "max_recall_loss": 0.005}
+
+
+def quality_report(fp32: dict, int8: dict, max_false_alarm_rate: float, criteria: dict | None = None) -> dict:
+    """INT8 at its own calibration against FP32 at its own (two ``scoring.split_metrics`` results):
+    non-inferiority within ``QUALITY``'s margins, and INT8's false alarms within the budget."""
+    criteria = {**QUALITY, **(criteria or {})}
+
+    def loss(key: str, section: str | None = None) -> float:
+        a, b = (fp32[section] if section else fp32)[key], (int8[section] if section else int8)[key]
+        return float(np.nan_to_num(float(a) - float(b), nan=0.0))
+
+    losses = {
+        "dice_loss": loss("dice"),
+        "auroc_loss": loss("auroc", "detection"),
+        "recall_loss": loss("recall", "detection"),
+    }
+    false_alarms = float(int8["detection"]["false_alarm_rate"])
+    checks = {
+        "dice": losses["dice_loss"] <= criteria["max_dice_loss"],
+        "auroc": losses["auroc_loss"] <= criteria["max_auroc_loss"],
+        "recall": losses["recall_loss"] <= criteria["max_recall_loss"],
+        "false_alarms": bool(false_alarms <= max_false_alarm_rate + 1e-12),
+    }
+
+    def brief(result: dict) -> dict:
+        detection = result["detection"]
+        return {"dice": result["dice"], **{k: detection[k] for k in ("recall", "false_alarm_rate", "auroc")}}
+
+    return {
+        **losses,
+        "int8": brief(int8),
+        "fp32": brief(fp32),
+        "max_false_alarm_rate": max_false_alarm_rate,
+        "criteria": criteria,
+        "checks": {k: bool(v) for k, v in checks.items()},
+        "holds": all(checks.values()),
+    }
+
+
 def choose_precision(
     parity_holds: bool | None, speedup: float | None, min_speedup: float = MIN_SPEEDUP
 ) -> tuple[str, str]:

@@ -15,6 +15,10 @@ SETTINGS_FILE = "settings.json"
 WEIGHTS_FILE = "weights.safetensors"
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"  # static INT8 variant of ONNX_FILE (mtdefect.inference.quantize)
+# per-backend postprocess calibration written by the export stage beside the exports it calibrates
+# ({"onnx-int8": {"decision_threshold": ...}}); merged into ``backend_postprocess`` on load, so it
+# travels with model.int8.onnx wherever the exports are copied (evaluation, the store, the bento)
+BACKEND_CALIBRATION_FILE = "backend_postprocess.json"
 
 
 PAD_MODES = ("zero", "edge")
@@ -169,9 +173,22 @@ class ModelSettings:
 
     @classmethod
     def load(cls, directory: str | Path) -> ModelSettings:
+        """``settings.json`` of ``directory``, with the per-backend calibration of
+        ``BACKEND_CALIBRATION_FILE`` (when present) merged into ``backend_postprocess``."""
         path = Path(directory) / SETTINGS_FILE
+        extra = Path(directory) / BACKEND_CALIBRATION_FILE
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            data = json.loads(path.read_text())
+            if extra.exists():
+                path = extra
+                calibrated = json.loads(extra.read_text())
+                if not isinstance(calibrated, dict):
+                    raise ValueError("must map backend names to postprocess fields")
+                merged = {**data.get("backend_postprocess", {})}
+                for backend, fields in calibrated.items():
+                    merged[backend] = {**merged.get(backend, {}), **fields}
+                data["backend_postprocess"] = merged
+            return cls.from_dict(data)
         except FileNotFoundError:
             raise FileNotFoundError(f"model settings missing: {path}") from None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:

@@ -15,7 +15,7 @@ from mtdefect.export import check_int8, check_parity, export_onnx
 from mtdefect.fileio import write_json_atomic
 from mtdefect.inference import ModelSettings, decode_image
 from mtdefect.inference.preprocess import resize_image
-from mtdefect.inference.settings import ONNX_FILE, ONNX_INT8_FILE
+from mtdefect.inference.settings import BACKEND_CALIBRATION_FILE, ONNX_FILE, ONNX_INT8_FILE
 from mtdefect.scoring import UNLIMITED
 from mtdefect.stages._common import run
 
@@ -76,7 +76,18 @@ def export_int8(cfg: DictConfig, work: Path) -> dict:
         per_channel=[bool(v) for v in p["per_channel"]],
         float_prefixes=list(p["float_prefixes"]),
     )
-    report = check_int8(work, data_dir, parity_records, [tile], reps=int(p["speed_reps"]))
+    report = check_int8(
+        work,
+        data_dir,
+        parity_records,
+        [tile],
+        reps=int(p["speed_reps"]),
+        max_false_alarm_rate=float(cfg.calibration.max_false_alarm_rate),
+    )
+    own = report.get("own_calibration")
+    if own and not report["parity"]["holds_by_decisions"] and report["parity"]["holds_by_own_calibration"]:
+        # INT8 passes on its own calibration only: that calibration ships beside model.int8.onnx
+        write_json_atomic(work / BACKEND_CALIBRATION_FILE, own["backend_postprocess"], indent=2)
     settings = ModelSettings.load(work)
     return {
         "model": {
@@ -114,8 +125,11 @@ def stage(cfg: DictConfig) -> None:
     if int8_params(cfg)["enabled"]:
         int8 = export_int8(cfg, work)
         names.append(ONNX_INT8_FILE)
+        if (work / BACKEND_CALIBRATION_FILE).exists():
+            names.append(BACKEND_CALIBRATION_FILE)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / ONNX_INT8_FILE).unlink(missing_ok=True)
+    for stale in (ONNX_INT8_FILE, BACKEND_CALIBRATION_FILE):
+        (out_dir / stale).unlink(missing_ok=True)
     for name in names:
         (work / name).replace(out_dir / name)
     shutil.rmtree(work, ignore_errors=True)
@@ -135,7 +149,13 @@ def stage(cfg: DictConfig) -> None:
             f"export: {out_dir / ONNX_INT8_FILE} "
             f"({next(c['name'] for c in int8['candidates'] if c['chosen'])}); "
             f"{int8['split']}: Δdice {par['dice_delta']:.4f} ΔAUROC {par['auroc_delta']:.4f} same decision "
-            f"{par['same_decision_rate']:.3%}; {speed['speedup']:.2f}x faster "
+            f"{par['same_decision_rate']:.3%}"
+            + (
+                f", own calibration holds: {par['holds_by_own_calibration']}"
+                if "holds_by_own_calibration" in par
+                else ""
+            )
+            + f"; {speed['speedup']:.2f}x faster "
             f"({speed['fp32_ms_p50']:.1f} → {speed['int8_ms_p50']:.1f} ms) → {int8['recommended_precision']}"
         )
 

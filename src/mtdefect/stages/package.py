@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from mtdefect.data.split import manifest_digest
 from mtdefect.fileio import write_json_atomic
 from mtdefect.inference.quantize import MIN_SPEEDUP, choose_precision
-from mtdefect.inference.settings import ONNX_FILE, ONNX_INT8_FILE
+from mtdefect.inference.settings import BACKEND_CALIBRATION_FILE, ONNX_FILE, ONNX_INT8_FILE
 from mtdefect.stages._common import run
 from mtdefect.store import SERVING_KEY, save_model_dir
 
@@ -55,7 +55,15 @@ def serving_choice(reports_dir: Path, int8_file_present: bool, min_speedup: floa
         "backend": "onnx-int8" if precision == "int8" else "onnx",
         "reason": reason,
         "int8_validation": {
-            k: parity.get(k) for k in ("dice_delta", "auroc_delta", "same_decision_rate", "holds")
+            k: parity.get(k)
+            for k in (
+                "dice_delta",
+                "auroc_delta",
+                "same_decision_rate",
+                "holds",
+                "holds_by_decisions",
+                "holds_by_own_calibration",
+            )
         },
         "int8_speedup": speedup,
         "min_speedup": min_speedup,
@@ -80,6 +88,9 @@ def stage(cfg: DictConfig) -> None:
         int8 = Path(cfg.paths.onnx_dir) / ONNX_INT8_FILE
         if int8.exists():
             shutil.copy2(int8, bundle / ONNX_INT8_FILE)
+            calibration = Path(cfg.paths.onnx_dir) / BACKEND_CALIBRATION_FILE
+            if calibration.exists():  # INT8's own decision threshold (export stage)
+                shutil.copy2(calibration, bundle / BACKEND_CALIBRATION_FILE)
         serving = serving_choice(Path(cfg.paths.reports_dir), int8.exists())
         tag = save_model_dir(
             bundle,
