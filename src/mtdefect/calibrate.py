@@ -93,6 +93,42 @@ def choose_decision(
     return settings, rows
 
 
+def choose_views_threshold(
+    items: Sequence[ScoredImage],
+    settings: PostprocessSettings,
+    max_false_alarm_rate: float,
+    group_gap: int | None,
+) -> tuple[float, dict[str, Any]]:
+    """The multi-view tile threshold (``views_decision_threshold``): the validation images grouped
+    into physical tiles (``split.tile_names``), each tile's view scores fused as the service fuses
+    them (``settings.view_fusion``), the threshold set so at most the budgeted share of clean tiles
+    is rejected. Returns it and the tile-level numbers at it."""
+    from mtdefect.data.split import tile_names
+    from mtdefect.inference.multiview import fuse_view_scores
+
+    names = tile_names([(item.record.class_name, item.record.image) for item in items], group_gap)
+    views: dict[str, list[float]] = {}
+    defective: dict[str, bool] = {}
+    for name, item in zip(names, items):
+        views.setdefault(name, []).append(tile_score(item.probability, settings, item.class_scores))
+        defective[name] = item.record.class_name != settings.free_class
+    tiles = sorted(views)
+    fused = np.array([fuse_view_scores(views[t], settings.view_fusion) for t in tiles])
+    labels = np.array([defective[t] for t in tiles], dtype=bool)
+    threshold = budget_threshold(fused[~labels], max_false_alarm_rate)
+    rates = metrics.detection_rates(fused >= threshold, labels)
+    return threshold, {
+        "fusion": settings.view_fusion,
+        "views_decision_threshold": threshold,
+        "tiles": len(tiles),
+        "defective_tiles": int(labels.sum()),
+        "views_per_tile": round(float(np.mean([len(v) for v in views.values()])), 3) if tiles else 0.0,
+        "recall": _finite(rates["recall"]),
+        "false_alarm_rate": _finite(rates["false_alarm_rate"]),
+        "auroc": metrics.binary_auroc(fused, labels),
+    }
+
+
 def choose_postprocess(
     items: Sequence[ScoredImage],
     thresholds: Sequence[float],

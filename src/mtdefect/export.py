@@ -103,6 +103,16 @@ def own_decision_threshold(items: list, settings: PostprocessSettings, max_false
     return budget_threshold(free, max_false_alarm_rate)
 
 
+def views_calibration(
+    items: list, settings: PostprocessSettings, max_false_alarm_rate: float, group_gap: int | None
+) -> dict:
+    """One backend's multi-view tile threshold on its scored validation tiles
+    (``calibrate.choose_views_threshold``) and the tile-level numbers at it."""
+    from mtdefect.calibrate import choose_views_threshold
+
+    return choose_views_threshold(items, settings, max_false_alarm_rate, group_gap)[1]
+
+
 def check_int8(
     model_dir: str | Path,
     dataset_dir: str | Path,
@@ -111,6 +121,7 @@ def check_int8(
     criteria: dict | None = None,
     reps: int = 20,
     max_false_alarm_rate: float | None = None,
+    group_gap: int | None = None,
 ) -> dict:
     """FP32 (``model.onnx``) against INT8 (``model.int8.onnx``) of one model folder on ``records``
     (the validation split), through the service's path and ``scoring.split_metrics``: the headline
@@ -122,7 +133,9 @@ def check_int8(
     (``quantize.parity_report``), or — with ``max_false_alarm_rate`` given — INT8 calibrated on its own
     validation scores (its decision threshold for the same budget, ``backend_postprocess``) loses no
     more quality than the margins allow (``quantize.quality_report``). The report's
-    ``backend_postprocess`` is that calibration, for the export stage to ship beside the INT8 file."""
+    ``backend_postprocess`` is that calibration, for the export stage to ship beside the INT8 file.
+    With ``max_false_alarm_rate`` given, ``views`` holds each backend's multi-view tile threshold
+    (``views_calibration``) from the same scored tiles."""
     from mtdefect.inference.quantize import choose_precision, paired_speedup, parity_report, quality_report
     from mtdefect.scoring import score_split, split_metrics
 
@@ -159,6 +172,12 @@ def check_int8(
             "holds_by_own_calibration": quality["holds"],
             "holds": bool(parity["holds"] or quality["holds"]),
         }
+    views = None
+    if max_false_alarm_rate is not None:
+        views = {
+            backend: views_calibration(items[name], post, max_false_alarm_rate, group_gap)
+            for backend, name in (("onnx", "fp32"), ("onnx-int8", "int8"))
+        }
     speed = paired_speedup(fp32.runner, int8.runner, [fp32.network_input(g)[0] for g in timing_images], reps)
     precision, reason = choose_precision(parity["holds"], speed["speedup"])
     if own is not None and not parity["holds_by_decisions"] and precision == "int8":
@@ -169,6 +188,7 @@ def check_int8(
         "int8": results["int8"],
         "parity": parity,
         "own_calibration": own,
+        "views": views,
         "speed": speed,
         "test_time_flips": list(fp32.settings.test_time_flips),
         "recommended_precision": precision,

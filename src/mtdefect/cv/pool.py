@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from mtdefect import metrics
+from mtdefect.inference.multiview import VIEW_FUSIONS, fuse_view_scores
 
 Statistic = Callable[[np.ndarray], float]
 
@@ -152,24 +153,12 @@ def pool(
     return summary
 
 
-FUSIONS = {"median": np.median, "mean": np.mean, "max": np.max}
-
-
 def tile_ids(rows: Sequence[dict], group_gap: int | None) -> list[str]:
-    """The physical tile of each row (``split.physical_tiles``: a group split where the lighting
-    index starts again), named ``<class>/<group>.<k>``."""
-    from pathlib import PurePosixPath
+    """The physical tile of each row (``split.tile_names``: a group split where the lighting index
+    starts again), named ``<class>/<group>.<k>``."""
+    from mtdefect.data.split import tile_names
 
-    from mtdefect.data.split import physical_tiles
-
-    samples = [(r["class"], PurePosixPath(r["image"]).stem) for r in rows]
-    by_class: dict[str, list[tuple[str, str]]] = {}
-    for sample in samples:
-        by_class.setdefault(sample[0], []).append(sample)
-    names: dict[tuple[str, str], str] = {}
-    for class_name, items in by_class.items():
-        names.update({k: f"{class_name}/{v}" for k, v in physical_tiles(items, group_gap).items()})
-    return [names[s] for s in samples]
+    return tile_names([(r["class"], r["image"]) for r in rows], group_gap)
 
 
 def tile_level(
@@ -194,8 +183,8 @@ def tile_level(
         "defective_tiles": int(defective.sum()),
         "views_per_tile": round(float(np.mean([len(v) for v in views])), 3),
     }
-    for fusion, reduce in FUSIONS.items():
-        fused = np.array([reduce(scores[v]) for v in views])
+    for fusion in VIEW_FUSIONS:  # the service's own fusions (inference.multiview)
+        fused = np.array([fuse_view_scores(scores[v], fusion) for v in views])
 
         def auroc(index: np.ndarray, fused=fused) -> float:
             return metrics.binary_auroc(fused[index], defective[index])

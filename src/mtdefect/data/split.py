@@ -14,8 +14,9 @@ import csv
 import hashlib
 import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -101,6 +102,19 @@ def physical_tiles(items: list[tuple[str, str]], max_gap: int | None) -> dict[tu
         names[item] = f"{groups[item]}.{part}"
         previous = (groups[item], light)
     return names
+
+
+def tile_names(samples: Sequence[tuple[str, str]], max_gap: int | None) -> list[str]:
+    """The physical tile of each (class, image path) sample, ``<class>/<group>.<k>``
+    (``physical_tiles`` within each class), in the order given."""
+    keys = [(class_name, PurePosixPath(image).stem) for class_name, image in samples]
+    by_class: dict[str, list[tuple[str, str]]] = {}
+    for key in keys:
+        by_class.setdefault(key[0], []).append(key)
+    names: dict[tuple[str, str], str] = {}
+    for class_name, items in by_class.items():
+        names.update({k: f"{class_name}/{v}" for k, v in physical_tiles(items, max_gap).items()})
+    return [names[k] for k in keys]
 
 
 def assign_splits(

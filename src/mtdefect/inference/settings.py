@@ -67,6 +67,7 @@ class PreprocessSettings:
 
 
 SCORE_SOURCES = ("mask", "head")
+VIEW_FUSION_NAMES = ("median", "mean", "max")  # implemented in mtdefect.inference.multiview
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,12 @@ class PostprocessSettings:
     score_source: where the image score comes from. ``mask``: the windowed probability above.
         ``head``: the tile head, 1 − P(``free_class``) (models with a tile-class head).
     free_class: the tile head's "no defect" class.
+    view_fusion: how the scores of one physical tile's photographs (its lightings, sent together to
+        the multi-view endpoint) become the tile's score: ``median`` (default: one bad view of a clean
+        tile is common, so ``max`` rejects good tiles), ``mean`` or ``max`` (``multiview.VIEW_FUSIONS``).
+    views_decision_threshold: the fused score at or above which the tile is rejected; chosen on the
+        validation split's physical tiles for the false-alarm budget (the export stage, per backend).
+        None: ``decision_threshold`` applies to the fused score.
 
     Three numbers are easy to confuse: ``threshold`` is per *pixel* (the mask), ``decision_threshold``
     per *tile* (reject or not), ``min_region_area`` in pixels per region.
@@ -96,10 +103,14 @@ class PostprocessSettings:
     decision_threshold: float | None = None
     score_source: str = "mask"
     free_class: str = "MT_Free"
+    view_fusion: str = "median"
+    views_decision_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.score_source not in SCORE_SOURCES:
             raise ValueError(f"score_source must be one of {SCORE_SOURCES}, got {self.score_source!r}")
+        if self.view_fusion not in VIEW_FUSION_NAMES:
+            raise ValueError(f"view_fusion must be one of {VIEW_FUSION_NAMES}, got {self.view_fusion!r}")
 
 
 # test-time flips: name → the image axes (of an N x 1 x H x W batch) the flip reverses

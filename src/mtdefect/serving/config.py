@@ -94,6 +94,10 @@ class ServeConfig:
     def max_body_bytes(self) -> int:
         return self.max_bytes + self.envelope_bytes
 
+    def body_limit(self, images: int) -> int:
+        """The largest request body of an endpoint taking up to ``images`` image files."""
+        return images * self.max_bytes + self.envelope_bytes
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServeConfig:
         env = os.environ if env is None else env

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -25,11 +25,19 @@ ARRIVED = "mtdefect.arrived"  # scope key: time.monotonic() when the request rea
 
 class ApiGuard:
     def __init__(
-        self, app: Any, paths: Iterable[str], max_body_bytes: int, api_key: str | None = None
+        self,
+        app: Any,
+        paths: Iterable[str],
+        max_body_bytes: int,
+        api_key: str | None = None,
+        body_limits: Mapping[str, int] | None = None,
     ) -> None:
+        """``body_limits``: per path, a body limit other than ``max_body_bytes`` (the multi-view
+        endpoint takes several images)."""
         self.app = app
         self.paths = frozenset(paths)
         self.max_body_bytes = max_body_bytes
+        self.body_limits = dict(body_limits or {})
         self.api_key = api_key.encode() if api_key else None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -40,12 +48,12 @@ class ApiGuard:
         if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
             return await self.app(scope, receive, send)  # CORS preflight: BentoML's CORS middleware answers
         try:
-            self.check(scope["method"], headers)
+            self.check(scope["method"], headers, self.body_limits.get(scope["path"], self.max_body_bytes))
         except ApiError as exc:
             return await exc.response()(scope, receive, send)
         return await self.app(scope, receive, send)
 
-    def check(self, method: str, headers: Headers) -> None:
+    def check(self, method: str, headers: Headers, max_body_bytes: int | None = None) -> None:
         if self.api_key is not None:
             scheme, _, token = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key):
@@ -57,4 +65,4 @@ class ApiGuard:
         if method != "POST":
             raise ApiError(405, f"method {method} not allowed: use POST", {"Allow": "POST"})
         check_content_type(headers.get("content-type"))
-        check_content_length(headers.get("content-length"), self.max_body_bytes)
+        check_content_length(headers.get("content-length"), max_body_bytes or self.max_body_bytes)

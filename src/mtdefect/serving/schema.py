@@ -17,6 +17,7 @@ import bentoml
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 
+from mtdefect.inference.multiview import MAX_VIEWS
 from mtdefect.serving.upload import FIELD
 
 
@@ -48,6 +49,29 @@ class ImageUpload(bentoml.IODescriptor):
 ImageUpload.multipart_fields = [FIELD]
 
 
+class TileUpload(bentoml.IODescriptor):
+    """multipart/form-data with 1 to 6 file fields, each named ``image``: the photographs of one
+    physical tile under its lightings, in any order."""
+
+    model_config = ConfigDict(extra="forbid", title="TileUpload")
+    media_type: ClassVar[str] = "multipart/form-data"
+
+    image: list[bytes] = Field(
+        min_length=1,
+        max_length=MAX_VIEWS,
+        description="The tile's photographs (repeat the 'image' field, e.g. curl -F image=@exp1.jpg -F "
+        "image=@exp2.jpg): each JPEG, PNG, BMP or TIFF, at most MT_MAX_PIXELS pixels and MT_MAX_BYTES "
+        "bytes; together at most the worker's pixel budget (MT_PIXEL_BUDGET / MT_WORKERS).",
+    )
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> TileUpload:
+        return cls.model_construct(image=PendingUpload(request))  # type: ignore[arg-type]
+
+
+TileUpload.multipart_fields = [FIELD]
+
+
 class RegionOut(BaseModel):
     model_config = ConfigDict(title="Region", populate_by_name=True)
 
@@ -70,10 +94,8 @@ class RegionOut(BaseModel):
     )
 
 
-class DetectResult(bentoml.IODescriptor):
+class ImageAnswer(BaseModel):
     """Image-level decision and the defect regions, in the input image's pixel coordinates."""
-
-    model_config = ConfigDict(title="DetectResult")
 
     defective: bool = Field(
         description="the reject decision: score >= decision_threshold (models without a decision threshold: "
@@ -117,6 +139,52 @@ class DetectResult(bentoml.IODescriptor):
     )
 
 
+class DetectResult(ImageAnswer, bentoml.IODescriptor):
+    """Image-level decision and the defect regions, in the input image's pixel coordinates."""
+
+    model_config = ConfigDict(title="DetectResult")
+
+
+class ViewOut(ImageAnswer):
+    """One photograph of the tile: what /detect answers for it, plus its mask and where it was sent."""
+
+    model_config = ConfigDict(title="ViewResult")
+
+    index: int = Field(ge=0, description="position of the photograph among the request's 'image' parts")
+    filename: str | None = Field(description="the part's file name, as sent (null when none was sent)")
+    width: int = Field(ge=1, description="the photograph's width in pixels")
+    height: int = Field(ge=1, description="the photograph's height in pixels")
+    mask_png: str = Field(
+        description="the defect mask as a base64-encoded PNG of the photograph's size (0 = background, "
+        "255 = defect); empty for a view judged clean by a model with a decision threshold"
+    )
+
+
+class TileResult(bentoml.IODescriptor):
+    """One decision for a physical tile from the photographs of its lightings, and each photograph's
+    own answer."""
+
+    model_config = ConfigDict(title="TileResult")
+
+    defective: bool = Field(
+        description="the tile's reject decision: score >= tile_threshold (models without a decision "
+        "threshold: at least half of the views are defective)"
+    )
+    score: float = Field(ge=0.0, le=1.0, description="the views' scores fused by 'fusion'")
+    fusion: str = Field(description="how the view scores are fused: 'median' (default), 'mean' or 'max'")
+    tile_threshold: float | None = Field(
+        description="fused score at or above which the tile is rejected, chosen on the validation "
+        "split's physical tiles for the false-alarm budget (null: decided by the views' majority)"
+    )
+    defect_class: str | None = Field(
+        description="the defect class of the highest-scoring view judged defective, when the tile is "
+        "rejected; null otherwise or without a class head"
+    )
+    views: list[ViewOut] = Field(description="each photograph's answer, in the order sent")
+    model: str = Field(description="model store tag that produced this answer")
+    inference_ms: float = Field(ge=0.0, description="model time of all views together")
+
+
 class PngImage(bentoml.IODescriptor):
     """A PNG image (its own media type; documented as a binary string)."""
 
@@ -149,7 +217,7 @@ ERROR_RESPONSES: dict[int, str] = {
     504: "No answer within MT_TIMEOUT_S",
 }
 
-API_ROUTES = ("/segment", "/detect", "/overlay")
+API_ROUTES = ("/segment", "/detect", "/overlay", "/detect_tile")
 
 
 def _nullable_for_openapi_30(node: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The request body → the bytes of the one ``image`` file, or an ApiError saying what was wrong.
+"""The request body → the bytes of its ``image`` file(s), or an ApiError saying what was wrong.
 
 The body is read with a byte cap (a client that lies about, or omits, Content-Length is cut off as
 soon as the cap is passed) and parsed in memory with python-multipart's streaming parser, so no
@@ -8,6 +8,7 @@ temporary files are written and every malformed input ends in a 4xx we chose.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable
+from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
@@ -146,11 +147,23 @@ def _parse_parts(body: bytes, boundary: bytes) -> list[_Part]:
     return parts
 
 
+@dataclass(frozen=True)
+class FormImage:
+    data: bytes
+    filename: str | None  # as the client named the part's file (for its answer only, never a path)
+
+
 def image_from_form(body: bytes, content_type: str | None) -> bytes:
     """The bytes of the single ``image`` part of a multipart/form-data body."""
+    return images_from_form(body, content_type, 1)[0].data
+
+
+def images_from_form(body: bytes, content_type: str | None, max_images: int) -> list[FormImage]:
+    """The 1 to ``max_images`` ``image`` parts of a multipart/form-data body, in order."""
     check_content_type(content_type)
+    wanted = f"one '{FIELD}' file field" if max_images == 1 else f"1 to {max_images} '{FIELD}' file fields"
     if not body:
-        raise ApiError(400, f"empty request body: send multipart/form-data with one '{FIELD}' file field")
+        raise ApiError(400, f"empty request body: send multipart/form-data with {wanted}")
     _, params = parse_options_header(content_type or "")
     boundary = params.get(b"boundary")
     if not boundary:
@@ -179,6 +192,15 @@ def image_from_form(body: bytes, content_type: str | None) -> bytes:
         raise ApiError(
             400, f"unexpected form field(s) {', '.join(repr(n) for n in extra)}: only '{FIELD}' is accepted"
         )
-    if len(images) > 1:
-        raise ApiError(400, f"{len(images)} '{FIELD}' parts sent: send exactly one image")
-    return b"".join(images[0].data)
+    if len(images) > max_images:
+        if max_images == 1:
+            raise ApiError(400, f"{len(images)} '{FIELD}' parts sent: send exactly one image")
+        raise ApiError(
+            400, f"{len(images)} '{FIELD}' parts sent: send the 1 to {max_images} photographs of one tile"
+        )
+    return [FormImage(b"".join(part.data), _filename(part)) for part in images]
+
+
+def _filename(part: _Part) -> str | None:
+    name = part.disposition[1].get(b"filename")
+    return name.decode("utf-8", "replace")[:255] if name is not None else None

@@ -83,11 +83,8 @@ def export_int8(cfg: DictConfig, work: Path) -> dict:
         [tile],
         reps=int(p["speed_reps"]),
         max_false_alarm_rate=float(cfg.calibration.max_false_alarm_rate),
+        group_gap=cfg.data.split.get("group_gap"),
     )
-    own = report.get("own_calibration")
-    if own and not report["parity"]["holds_by_decisions"] and report["parity"]["holds_by_own_calibration"]:
-        # INT8 passes on its own calibration only: that calibration ships beside model.int8.onnx
-        write_json_atomic(work / BACKEND_CALIBRATION_FILE, own["backend_postprocess"], indent=2)
     settings = ModelSettings.load(work)
     return {
         "model": {
@@ -110,6 +107,38 @@ def export_int8(cfg: DictConfig, work: Path) -> dict:
     }
 
 
+def fp32_views(cfg: DictConfig, work: Path) -> dict:
+    """FP32's multi-view tile threshold on the validation split (when no INT8 report scored it)."""
+    from mtdefect.export import views_calibration
+    from mtdefect.inference import Predictor
+    from mtdefect.scoring import score_split
+
+    predictor = Predictor.from_dir(work, backend="onnx")
+    records = read_manifest(cfg.paths.manifest, int8_params(cfg)["parity_split"])
+    items = list(score_split(predictor, Path(cfg.paths.data_dir), records))
+    return views_calibration(
+        items,
+        predictor.settings.postprocess,
+        float(cfg.calibration.max_false_alarm_rate),
+        cfg.data.split.get("group_gap"),
+    )
+
+
+def backend_calibration(int8: dict | None, views: dict) -> dict:
+    """``backend_postprocess.json``: each backend's multi-view tile threshold (FP32's serves the
+    PyTorch backend too: the same network within 1e-4), and INT8's own decision threshold when INT8
+    passes on its own calibration only (``export.check_int8``)."""
+    fp32 = {"views_decision_threshold": views["onnx"]["views_decision_threshold"]}
+    calibration = {"onnx": fp32, "torch": dict(fp32)}
+    if int8 is not None:
+        fields = {"views_decision_threshold": views["onnx-int8"]["views_decision_threshold"]}
+        parity, own = int8["parity"], int8.get("own_calibration")
+        if own and not parity.get("holds_by_decisions", True) and parity.get("holds_by_own_calibration"):
+            fields = {**own["backend_postprocess"]["onnx-int8"], **fields}
+        calibration["onnx-int8"] = fields
+    return calibration
+
+
 def stage(cfg: DictConfig) -> None:
     model_dir, out_dir = Path(cfg.paths.model_dir), Path(cfg.paths.onnx_dir)
     work = out_dir.with_name(out_dir.name + ".tmp")
@@ -125,8 +154,9 @@ def stage(cfg: DictConfig) -> None:
     if int8_params(cfg)["enabled"]:
         int8 = export_int8(cfg, work)
         names.append(ONNX_INT8_FILE)
-        if (work / BACKEND_CALIBRATION_FILE).exists():
-            names.append(BACKEND_CALIBRATION_FILE)
+    views = int8["views"] if int8 else {"onnx": fp32_views(cfg, work)}
+    write_json_atomic(work / BACKEND_CALIBRATION_FILE, backend_calibration(int8, views), indent=2)
+    names.append(BACKEND_CALIBRATION_FILE)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (ONNX_INT8_FILE, BACKEND_CALIBRATION_FILE):
         (out_dir / stale).unlink(missing_ok=True)
@@ -136,8 +166,20 @@ def stage(cfg: DictConfig) -> None:
     reports = Path(cfg.paths.reports_dir)
     write_json_atomic(
         reports / INT8_REPORT,
-        int8 or {"enabled": False, "recommended_precision": "fp32", "reason": "export.int8.enabled is false"},
+        int8
+        or {
+            "enabled": False,
+            "recommended_precision": "fp32",
+            "reason": "export.int8.enabled is false",
+            "views": views,
+        },
         indent=2,
+    )
+    tiles = views["onnx"]
+    print(
+        f"export: multi-view tile threshold {tiles['views_decision_threshold']:.4f} ({tiles['fusion']} of "
+        f"{tiles['views_per_tile']} views; validation: {tiles['tiles']} tiles, recall {tiles['recall']:.3f} "
+        f"at {tiles['false_alarm_rate']:.3f} false alarms)"
     )
     print(
         f"export: {out_dir / ONNX_FILE}; max |Δp| {report['max_abs_prob_delta']:.2e} over "
