@@ -36,6 +36,7 @@ OPERATIONS = (
     "POST /segment",
     "POST /detect",
     "POST /overlay",
+    "POST /detect_tile",
     "GET /livez",
     "GET /readyz",
     "GET /healthz",
@@ -114,7 +115,7 @@ def images(draw) -> tuple[bytes, tuple[int, int]]:
     return buffer.getvalue(), (width, height)
 
 
-@pytest.mark.parametrize("label", ["POST /segment", "POST /detect", "POST /overlay"])
+@pytest.mark.parametrize("label", ["POST /segment", "POST /detect", "POST /overlay", "POST /detect_tile"])
 def test_fuzzed_valid_images_get_conforming_answers(api_schema, server, label):
     """Schemathesis cases whose ``image`` is a real image: 200, the documented content type and JSON
     schema, and a mask / overlay of the input's size."""
@@ -132,7 +133,10 @@ def test_fuzzed_valid_images_get_conforming_answers(api_schema, server, label):
     )
     def fuzz(case, upload):
         data, size = upload
-        case.body = {"image": data}  # replaced after generation: the case's metadata no longer describes it,
+        # /detect_tile: the same photograph twice, as two views of one tile
+        case.body = {
+            "image": [data, data] if label == "POST /detect_tile" else data
+        }  # replaced after generation: the case's metadata no longer describes it,
         # so the checks that judge by it (positive / negative data) would judge the wrong body
         response = case.call_and_validate(
             base_url=server.url,
@@ -143,6 +147,10 @@ def test_fuzzed_valid_images_get_conforming_answers(api_schema, server, label):
         assert response.status_code == 200, (label, size, response.status_code, response.text[:300])
         if label == "POST /detect":
             assert 0 <= response.json()["defect_area_fraction"] <= 1
+        elif label == "POST /detect_tile":
+            views = response.json()["views"]
+            assert [(v["width"], v["height"]) for v in views] == [size, size]
+            assert views[0]["score"] == views[1]["score"] == response.json()["score"]
         else:
             picture = Image.open(io.BytesIO(response.content))
             if label == "POST /segment":

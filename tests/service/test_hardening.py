@@ -40,9 +40,9 @@ from .svc_support import BENTOML, Server, encode, rgb, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
-ROUTES = ("/segment", "/detect", "/overlay")
+ROUTES = ("/segment", "/detect", "/overlay", "/detect_tile")
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
-DOCUMENTED_PATHS = {"/segment", "/detect", "/overlay", "/livez", "/readyz", "/healthz", "/metrics"}
+DOCUMENTED_PATHS = {"/segment", "/detect", "/overlay", "/detect_tile", "/livez", "/readyz", "/healthz", "/metrics"}
 
 
 # ====================================================================== the bad-input corpus
@@ -301,6 +301,11 @@ def answer_of(response: requests.Response, case: Case, route: str) -> str:
             x, y, w, h = region["bbox"]
             assert 0 <= x < x + w <= width and 0 <= y < y + h <= height
         return f"detect: defective={str(body['defective']).lower()}, {len(body['regions'])} region(s)"
+    if route == "/detect_tile":  # one view: the tile answer is that view's
+        body = response.json()
+        (view,) = body["views"]
+        assert (view["width"], view["height"]) == (width, height) and body["score"] == view["score"]
+        return f"tile: defective={str(body['defective']).lower()}, 1 view"
     picture = Image.open(io.BytesIO(response.content))
     if route == "/overlay":  # the input's width; a class legend strip may follow the image's rows
         assert picture.format == "PNG" and picture.width == width and picture.height >= height, picture.size

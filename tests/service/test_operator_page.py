@@ -124,7 +124,7 @@ def save_screenshot(browser, name: str, tmp_path: Path) -> None:
     browser.driver.execute_script("document.activeElement && document.activeElement.blur();")
     browser.driver.save_screenshot(str(tmp_path / name))
     target = os.environ.get("MT_SCREENSHOT_DIR")
-    if target and name == "operator_page.png":  # the one docs/API.md shows
+    if target and name in ("operator_page.png", "operator_page_tile.png"):  # the ones docs/API.md shows
         Path(target).mkdir(parents=True, exist_ok=True)
         browser.driver.save_screenshot(str(Path(target) / name))
 
@@ -240,6 +240,66 @@ def test_page_shows_what_detect_answers_and_stays_on_its_origin(server, chromium
     assert any(u.endswith("/ui/app.js") for u in urls) and any(u.endswith("/ui/style.css") for u in urls)
     assert chromium_tools.foreign(urls, server.url) == []
     assert chromium.console_errors() == []
+
+
+def test_photographs_of_one_tile_dropped_together_show_one_tile_decision(server, chromium, tmp_path):
+    """Three photographs dropped at once: the page asks /detect_tile once and shows its tile decision,
+    and one card per view with the view's own decision and its mask tinted on the photograph."""
+    views = [
+        (f"exp{i + 1}_num_{100 + 30 * i}.png", encode(tile(150, 180, seed=60 + i, blobs=i + 1)))
+        for i in range(3)
+    ]
+    chromium.driver.get(server.url + "/")
+    assert chromium.drop_files(views) == "done", chromium.driver.find_element("id", "error").text
+    files = [("image", (name, data, "application/octet-stream")) for name, data in views]
+    expected = server.post("/detect_tile", files=files).json()
+    d = chromium.driver
+    decision = d.find_element("id", "decision")
+    assert decision.get_attribute("data-value") == ("defective" if expected["defective"] else "clean")
+    assert decision.get_attribute("data-views") == "3" and "3 views, median" in decision.text
+    assert d.find_element("id", "score").text == f"{expected['score']:.3f}"
+    assert d.find_element("id", "defect-class").get_attribute("data-value") == (
+        expected["defect_class"] or ""
+    )
+    chromium.wait_for(
+        lambda: len(d.find_elements("css selector", "#views canvas[data-drawn='yes']")) == 3,
+        30,
+        "views drawn",
+    )
+    cards = d.find_elements("css selector", "#views .view-card")
+    assert [float(c.get_attribute("data-score")) for c in cards] == pytest.approx(
+        [v["score"] for v in expected["views"]], abs=1e-6
+    )
+    assert [c.get_attribute("data-defective") == "true" for c in cards] == [
+        v["defective"] for v in expected["views"]
+    ]
+    for card, view in zip(cards, expected["views"]):
+        canvas = card.find_element("css selector", "canvas")
+        size = d.execute_script("return [arguments[0].width, arguments[0].height];", canvas)
+        assert size == [view["width"], view["height"]]
+        tinted = int(canvas.get_attribute("data-tinted") or 0)
+        assert (tinted > 0) == bool(view["mask_png"]), (tinted, view["defective"])
+    assert d.find_element("id", "pictures").is_displayed() is False
+    rows = d.find_elements("css selector", "#regions tbody tr:not(.muted)")
+    assert len(rows) == sum(len(v["regions"]) for v in expected["views"])
+    assert any(v["mask_png"] for v in expected["views"]), "no view with a mask: the tint went untested"
+    save_screenshot(chromium, "operator_page_tile.png", tmp_path)
+    urls = chromium.requests()
+    assert sum(u.endswith("/detect_tile") for u in urls) == 1 and not any(u.endswith("/detect") for u in urls)
+    assert chromium_tools.foreign(urls, server.url) == [] and chromium.console_errors() == []
+
+    # seven files: refused on the page itself, nothing sent
+    chromium.forget_requests()
+    assert chromium.drop_files(views * 3) == "error"
+    assert "at most 6" in d.find_element("id", "error").text
+    assert not any(u.endswith("/detect_tile") for u in chromium.requests())
+
+    # one file again: the single-image view comes back
+    assert chromium.drop_files(views[:1]) == "done"
+    assert (
+        d.find_element("id", "pictures").is_displayed()
+        and not d.find_element("id", "views-section").is_displayed()
+    )
 
 
 CLASSIFIED_ANSWER = {  # the documented /detect answer of a model with a class head (docs/API.md)

@@ -23,7 +23,7 @@ from .svc_support import API_KEY, STRICT, encode, raw_connect, read_response, ti
 
 pytestmark = pytest.mark.slow
 
-ROUTES = ("/segment", "/detect", "/overlay")
+ROUTES = ("/segment", "/detect", "/overlay", "/detect_tile")
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_BYTES = int(STRICT["MT_MAX_BYTES"])
 

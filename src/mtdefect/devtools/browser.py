@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -166,20 +166,23 @@ class Chromium:
 
     def drop(self, name: str, data: bytes, timeout: float = 90.0) -> str:
         """Drop a file with these bytes on the drop zone (a synthetic drop event carrying a real File)."""
+        return self.drop_files([(name, data)], timeout)
+
+    def drop_files(self, files: Sequence[tuple[str, bytes]], timeout: float = 90.0) -> str:
+        """Drop these files together on the drop zone (one synthetic drop event carrying real Files)."""
         self.wait_for(lambda: self.state() != "busy", timeout, "page idle")
         self.driver.execute_script(
             """
-            const [name, bytes] = arguments;
+            const [files] = arguments;
             document.getElementById('app').dataset.state = 'submitting';
             const transfer = new DataTransfer();
-            transfer.items.add(new File([new Uint8Array(bytes)], name));
+            for (const [name, bytes] of files) transfer.items.add(new File([new Uint8Array(bytes)], name));
             const zone = document.getElementById('drop');
             const init = {dataTransfer: transfer, bubbles: true, cancelable: true};
             zone.dispatchEvent(new DragEvent('dragover', init));
             zone.dispatchEvent(new DragEvent('drop', init));
             """,
-            name,
-            list(data),
+            [[name, list(data)] for name, data in files],
         )
         self.wait_for(lambda: self.state() in ("done", "error"), timeout, "an answer on the page")
         return self.state()

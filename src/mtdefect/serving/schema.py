@@ -218,6 +218,8 @@ ERROR_RESPONSES: dict[int, str] = {
 }
 
 API_ROUTES = ("/segment", "/detect", "/overlay", "/detect_tile")
+# the routes answering JSON, and their answer's model (inlined in the OpenAPI document, nulls kept)
+JSON_ANSWERS: dict[str, type[BaseModel]] = {"/detect": DetectResult, "/detect_tile": TileResult}
 
 
 def _nullable_for_openapi_30(node: Any) -> Any:
@@ -252,11 +254,11 @@ def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
     return {key: _inline_refs(value, defs) for key, value in node.items()}
 
 
-def detect_response_schema() -> dict[str, Any]:
-    """``DetectResult`` as an inline OpenAPI 3.0 schema. BentoML flattens ``anyOf`` to its first
-    option, which turns every ``X | None`` field into a plain ``X``: a client validating against it
-    would reject ``"defect_class": null``. This keeps the null (as ``nullable``)."""
-    schema = DetectResult.model_json_schema()
+def detect_response_schema(model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """``DetectResult`` (or another JSON answer) as an inline OpenAPI 3.0 schema. BentoML flattens
+    ``anyOf`` to its first option, which turns every ``X | None`` field into a plain ``X``: a client
+    validating against it would reject ``"defect_class": null``. This keeps the null (as ``nullable``)."""
+    schema = (model or DetectResult).model_json_schema()
     defs = schema.pop("$defs", {})
     return _nullable_for_openapi_30(_inline_refs(schema, defs))
 
@@ -266,11 +268,12 @@ def with_error_responses(spec: dict[str, Any]) -> dict[str, Any]:
     answer documented (BentoML lists 200, 400, 404 and 500 only) and ``/detect``'s nullable fields
     kept nullable."""
     spec = _nullable_for_openapi_30(copy.deepcopy(spec))
-    detect_responses = spec.get("paths", {}).get("/detect", {}).get("post", {}).get("responses", {})
-    for status in (200, "200"):  # BentoML's asdict() keys statuses by int
-        content = detect_responses.get(status, {}).get("content", {})
-        if "application/json" in content:
-            content["application/json"]["schema"] = detect_response_schema()
+    for route, model in JSON_ANSWERS.items():
+        responses = spec.get("paths", {}).get(route, {}).get("post", {}).get("responses", {})
+        for status in (200, "200"):  # BentoML's asdict() keys statuses by int
+            content = responses.get(status, {}).get("content", {})
+            if "application/json" in content:
+                content["application/json"]["schema"] = detect_response_schema(model)
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas["Error"] = {
         "type": "object",

@@ -1,5 +1,6 @@
 // Operator page: one tile in, the service's answer out. Plain JS, no libraries, same-origin requests
-// only (POST /detect, POST /overlay, GET /readyz). The page's state is on <main data-state>:
+// only (POST /detect, POST /overlay, GET /readyz; POST /detect_tile when 2 to 6 photographs of one
+// tile are dropped together: one tile decision, each view drawn with its mask). The page's state is on <main data-state>:
 // idle | busy | done | error (the browser test waits on it).
 "use strict";
 
@@ -223,8 +224,152 @@ function render(result, roundTripMs) {
   $("result").hidden = false;
 }
 
+const MAX_VIEWS = 6; // photographs of one tile per request (the service's /detect_tile limit)
+
+async function postTile(files) {
+  const form = new FormData();
+  files.forEach((file, i) => form.append("image", file, file.name || "view" + (i + 1)));
+  return fetch("/detect_tile", { method: "POST", body: form, headers: authHeaders(), cache: "no-store" });
+}
+
+// A view's photograph with its defect mask tinted red, drawn on a canvas at the photograph's size.
+function drawView(canvas, file, maskBase64) {
+  const url = URL.createObjectURL(file);
+  const img = new Image();
+  img.onload = () => {
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(img, 0, 0);
+    URL.revokeObjectURL(url);
+    if (!maskBase64) { canvas.dataset.drawn = "yes"; return; }
+    const mask = new Image();
+    mask.onload = () => {
+      const off = document.createElement("canvas");
+      off.width = canvas.width;
+      off.height = canvas.height;
+      const octx = off.getContext("2d");
+      octx.drawImage(mask, 0, 0, canvas.width, canvas.height);
+      const m = octx.getImageData(0, 0, off.width, off.height).data;
+      const picture = ctx.getImageData(0, 0, canvas.width, canvas.height);
+      const p = picture.data;
+      let tinted = 0;
+      for (let k = 0; k < p.length; k += 4) {
+        if (m[k] > 127) {
+          p[k] = Math.round(0.45 * p[k] + 0.55 * 230);
+          p[k + 1] = Math.round(0.45 * p[k + 1] + 0.55 * 40);
+          p[k + 2] = Math.round(0.45 * p[k + 2] + 0.55 * 40);
+          tinted += 1;
+        }
+      }
+      ctx.putImageData(picture, 0, 0);
+      canvas.dataset.tinted = String(tinted);
+      canvas.dataset.drawn = "yes";
+    };
+    mask.onerror = () => { canvas.dataset.drawn = "yes"; };
+    mask.src = "data:image/png;base64," + maskBase64;
+  };
+  img.onerror = () => { URL.revokeObjectURL(url); canvas.dataset.drawn = "unsupported"; };
+  img.src = url;
+}
+
+function renderTile(result, files, roundTripMs) {
+  const views = Array.isArray(result.views) ? result.views : [];
+  // the decision and its score are the tile's; the class probabilities those of its loudest view
+  const loudest = views.reduce((best, v) => (best === null || v.score > best.score ? v : best), null) || {};
+  const regions = [];
+  views.forEach((v) => (Array.isArray(v.regions) ? v.regions : []).forEach((r) => regions.push(r)));
+  render({
+    defective: result.defective,
+    score: result.score,
+    decision_threshold: result.tile_threshold,
+    defect_class: result.defect_class,
+    class_scores: loudest.class_scores || {},
+    defect_area_fraction: null,
+    model: result.model,
+    inference_ms: result.inference_ms,
+    regions: regions,
+  }, roundTripMs);
+  const decision = $("decision");
+  decision.textContent = (result.defective ? "TILE DEFECTIVE · reject" : "TILE CLEAN · pass")
+    + " · " + views.length + " views, " + result.fusion + " score";
+  decision.dataset.views = String(views.length);
+  $("area").textContent = "see each view";
+  const strip = $("views");
+  strip.textContent = "";
+  views.forEach((v, i) => {
+    const card = document.createElement("figure");
+    card.className = "view-card " + (v.defective ? "is-defective" : "is-clean");
+    card.dataset.score = String(v.score);
+    card.dataset.defective = v.defective ? "true" : "false";
+    const canvas = document.createElement("canvas");
+    canvas.setAttribute("aria-label", "view " + (i + 1) + " with its defects tinted");
+    card.appendChild(canvas);
+    const caption = document.createElement("figcaption");
+    const verdict = document.createElement("span");
+    verdict.className = "verdict";
+    verdict.textContent = v.defective ? "defective" : "clean";
+    caption.append(verdict, document.createTextNode(" · score " + fmt(v.score, 3) + " · "
+      + (v.filename || "view " + (i + 1))));
+    card.appendChild(caption);
+    strip.appendChild(card);
+    drawView(canvas, files[v.index] || files[i], v.mask_png);
+  });
+}
+
+async function analyseTile(files) {
+  busy = true;
+  setState("busy");
+  clearError();
+  $("file-name").textContent = files.length + " photographs of one tile: " + files.map((f) => f.name).join(", ");
+  $("status").textContent = "asking the service for one tile decision…";
+  $("result").hidden = true;
+  $("pictures").hidden = true;
+  $("views").textContent = "";
+  $("views-section").hidden = false;
+  try {
+    const start = performance.now();
+    const answer = await postTile(files);
+    const roundTrip = performance.now() - start;
+    if (!answer.ok) {
+      const e = await readError(answer);
+      showError(e.title, e.detail);
+      if (answer.status === 401) $("api-key").focus();
+      $("status").textContent = "";
+      setState("error");
+      return;
+    }
+    renderTile(await answer.json(), files, roundTrip);
+    $("status").textContent = "";
+    setState("done");
+  } catch (err) {
+    showError("Cannot reach the service.", String(err && err.message ? err.message : err));
+    $("status").textContent = "";
+    setState("error");
+  } finally {
+    busy = false;
+    checkService();
+  }
+}
+
+// One file: /detect and /overlay; 2 to 6: one tile decision from /detect_tile.
+function analyseFiles(fileList) {
+  const files = Array.from(fileList || []);
+  if (!files.length || busy) return Promise.resolve();
+  if (files.length > MAX_VIEWS) {
+    clearError();
+    showError("Too many files: drop at most " + MAX_VIEWS + " photographs of one tile.",
+      files.length + " files were dropped.");
+    setState("error");
+    return Promise.resolve();
+  }
+  return files.length === 1 ? analyse(files[0]) : analyseTile(files);
+}
+
 async function analyse(file) {
   if (!file || busy) return;
+  $("pictures").hidden = false;
+  $("views-section").hidden = true;
   busy = true;
   setState("busy");
   clearError();
@@ -290,8 +435,7 @@ function init() {
   });
 
   input.addEventListener("change", () => {
-    const file = input.files && input.files[0];
-    analyse(file).finally(() => { input.value = ""; });
+    analyseFiles(input.files).finally(() => { input.value = ""; });
   });
   drop.addEventListener("keydown", (event) => {
     if (event.key === "Enter" || event.key === " ") {
@@ -311,8 +455,7 @@ function init() {
   drop.addEventListener("drop", (event) => {
     event.preventDefault();
     drop.classList.remove("over");
-    const file = event.dataTransfer && event.dataTransfer.files && event.dataTransfer.files[0];
-    analyse(file);
+    analyseFiles(event.dataTransfer && event.dataTransfer.files);
   });
   // A file dropped beside the drop zone must not make the browser navigate away from the page.
   window.addEventListener("dragover", (event) => event.preventDefault());
