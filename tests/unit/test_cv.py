@@ -388,6 +388,8 @@ def test_fused_decision_normalises_each_scorer_by_its_fold_clean_validation() ->
     assert result["anomaly"]["recall_at_1pct_fa"]["value"] == pytest.approx(0.5)
     assert result["fused"]["recall_at_1pct_fa"]["value"] == pytest.approx(1.0)
     assert result["fused"]["per_class_recall_at_1pct_fa"] == {"MT_Crack": 1.0}
+    assert result["fused_max"]["recall_at_1pct_fa"]["value"] == pytest.approx(1.0)  # either branch rejects
+    assert result["head_raw"]["recall_at_1pct_fa"]["value"] == pytest.approx(0.5)
 
 
 def test_leave_one_class_out_never_trains_on_the_class_it_scores(

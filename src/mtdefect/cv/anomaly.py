@@ -10,6 +10,7 @@ so the branch can be measured before any fold model exists).
 
     python -m mtdefect.cv.anomaly            # every fold of params.yaml's cv settings → reports/cv/anomaly/
     python -m mtdefect.cv.anomaly 0.05 0,1   # a 5 % bank, folds 0 and 1 only
+    python -m mtdefect.cv.anomaly 0.05 0,1,2,3,4 fold   # each fold's own trained encoder
 """
 
 from __future__ import annotations
@@ -93,29 +94,61 @@ def fold_scores(
     return rows
 
 
+def fold_encoder(model_dir: Path) -> tuple[torch.nn.Module, PreprocessSettings]:
+    """The trained encoder of a fold's model (``cv`` stage output) and the preprocessing it was
+    trained with: features the segmentation training shaped for this very texture."""
+    from mtdefect.inference import ModelSettings
+    from mtdefect.inference.predictor import load_torch_net
+
+    settings = ModelSettings.load(model_dir)
+    return load_torch_net(model_dir, settings, "cpu").encoder.eval(), settings.preprocess
+
+
+def needed_images(manifest: Path, free_class: str) -> list[str]:
+    """What a fold's bank and scoring read: clean training tiles, held-out images, clean val tiles."""
+    return [r.image for r in read_manifest(manifest) if r.class_name == free_class or r.split == "test"]
+
+
 def run(
     cfg: DictConfig,
     subsample: float = 0.05,
     encoder_name: str = "tf_efficientnet_lite0",
     folds: list[int] | None = None,
+    source: str = "imagenet",
 ) -> Path:
+    """``source``: ``imagenet`` (the packaged encoder, one feature pass for all folds) or ``fold``
+    (each fold's own trained encoder from ``cv.model_dir``/fold_k: features per fold)."""
     torch.manual_seed(0)
     c = cfg.cv
-    settings = PreprocessSettings(**dict(cfg.data.preprocess))
-    encoder = imagenet_encoder(encoder_name)
+    folds = list(range(c.k)) if folds is None else folds
     root = Path(cfg.paths.data_dir)
-    names = sorted(
-        {r.image for f in range(c.k) for r in read_manifest(fold_manifest_path(c.manifest_dir, f))}
-    )
-    started = time.perf_counter()
-    features = {
-        name: patch_features(encoder, decode_image((root / name).read_bytes(), UNLIMITED), settings)
-        for name in names
-    }
-    feature_seconds = time.perf_counter() - started
-    out_dir = Path(c.reports_dir) / "anomaly"
+
+    def extract(encoder: torch.nn.Module, settings: PreprocessSettings, names: list[str]) -> dict:
+        return {
+            name: patch_features(encoder, decode_image((root / name).read_bytes(), UNLIMITED), settings)
+            for name in names
+        }
+
+    features: dict[str, torch.Tensor] = {}
+    feature_seconds = 0.0
+    if source == "imagenet":
+        settings = PreprocessSettings(**dict(cfg.data.preprocess))
+        names = sorted(
+            {r.image for f in range(c.k) for r in read_manifest(fold_manifest_path(c.manifest_dir, f))}
+        )
+        started = time.perf_counter()
+        features = extract(imagenet_encoder(encoder_name), settings, names)
+        feature_seconds = time.perf_counter() - started
+    elif source != "fold":
+        raise ValueError(f"anomaly source must be 'imagenet' or 'fold', got {source!r}")
+    out_dir = Path(c.reports_dir) / ("anomaly" if source == "imagenet" else "anomaly_fold_encoder")
     for fold in folds:
         begun = time.perf_counter()
+        if source == "fold":
+            encoder, settings = fold_encoder(Path(c.model_dir) / f"fold_{fold}")
+            names = needed_images(fold_manifest_path(c.manifest_dir, fold), cfg.data.free_class)
+            features = extract(encoder, settings, names)
+            feature_seconds = time.perf_counter() - begun
         rows = fold_scores(
             features, fold_manifest_path(c.manifest_dir, fold), cfg.data.free_class, subsample, c.seed + fold
         )
@@ -123,10 +156,13 @@ def run(
             out_dir / f"fold_{fold}.json",
             {
                 "fold": fold,
-                "encoder": f"{encoder_name} (ImageNet, packaged)",
+                "encoder": f"{encoder_name} (ImageNet, packaged)"
+                if source == "imagenet"
+                else f"fold {fold}'s trained encoder",
                 "bank_subsample": subsample,
                 "seconds": round(time.perf_counter() - begun, 1),
-                "feature_seconds_all_images": round(feature_seconds, 1),
+                "feature_seconds": round(feature_seconds, 1),
+                "feature_images": len(features),
                 "rows": rows,
             },
             indent=1,
@@ -140,7 +176,8 @@ def main() -> None:
 
     subsample = float(sys.argv[1]) if len(sys.argv) > 1 else 0.05
     folds = [int(f) for f in sys.argv[2].split(",")] if len(sys.argv) > 2 else None
-    run_stage(lambda cfg: run(cfg, subsample, folds=folds), "cv anomaly")
+    source = sys.argv[3] if len(sys.argv) > 3 else "imagenet"
+    run_stage(lambda cfg: run(cfg, subsample, folds=folds, source=source), "cv anomaly")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import numpy as np
 
 from mtdefect import metrics
 from mtdefect.cv.pool import _interval, tile_ids
+from mtdefect.inference.multiview import fuse_view_scores
 
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "head": lambda s: np.log(np.clip(s, 1e-7, 1 - 1e-7) / (1 - np.clip(s, 1e-7, 1 - 1e-7))),
@@ -63,7 +64,7 @@ def scorer_summary(
         out[key] = _interval(statistic(everyone), low, high)
     names, inverse = np.unique(tiles, return_inverse=True)
     views = [np.flatnonzero(inverse == t) for t in range(len(names))]
-    tile_scores = np.array([np.median(scores[v]) for v in views])
+    tile_scores = np.array([fuse_view_scores(scores[v], "median") for v in views])
     tile_defective = np.array([defective[v[0]] for v in views])
     tile_groups = np.array([groups[v[0]] for v in views])
     all_tiles = np.arange(len(names))
@@ -113,6 +114,8 @@ def compare(
             index = folds == fold
             z[scorer][index] = normalised(scorer, raw[index], reference[fold][scorer])
     z["fused"] = z["head"] + z["anomaly"]
+    z["fused_max"] = np.maximum(z["head"], z["anomaly"])  # either branch alone may reject
+    z["head_raw"] = np.array([r["head"] for r in rows], dtype=np.float64)  # pooled without normalising
     classes = np.array([r["class"] for r in rows])
     defective = classes != free_class
     groups = np.array([r["group"] for r in rows])
@@ -122,7 +125,8 @@ def compare(
         "defective_images": int(defective.sum()),
         "tiles": len(set(tiles.tolist())),
         "normalisation": "per fold: robust z-score against the fold's clean validation images "
-        "(logit of the head's probability, log of the anomaly distance); fused = sum of the two",
+        "(logit of the head's probability, log of the anomaly distance); fused = sum of the two, "
+        "fused_max = the larger; head_raw = the head's probabilities pooled as they are",
     }
     for name, scores in z.items():
         result[name] = scorer_summary(
@@ -145,7 +149,7 @@ def main() -> None:
 
     def stage(cfg) -> None:
         paths = CvPaths.from_cfg(cfg)
-        anomaly_dir = Path(cfg.cv.reports_dir) / "anomaly"
+        anomaly_dir = Path(cfg.cv.reports_dir) / branch
         held_out, reference = [], {}
         for fold in folds or range(cfg.cv.k):
             result = json.loads(paths.rows(fold).read_text())
@@ -175,9 +179,10 @@ def main() -> None:
             int(cfg.cv.bootstrap),
             int(cfg.cv.seed),
         )
-        out = Path(cfg.cv.reports_dir) / "decision.json"
+        name = "decision.json" if branch == "anomaly" else f"decision_{branch}.json"
+        out = Path(cfg.cv.reports_dir) / name
         write_json_atomic(out, summary, indent=2)
-        for name in ("head", "anomaly", "fused"):
+        for name in ("head_raw", "head", "anomaly", "fused", "fused_max"):
             s = summary[name]
             print(
                 f"decision: {name}: AUROC {s['auroc']['value']} "
@@ -186,6 +191,7 @@ def main() -> None:
             )
 
     folds = [int(f) for f in sys.argv[1].split(",")] if len(sys.argv) > 1 else None
+    branch = sys.argv[2] if len(sys.argv) > 2 else "anomaly"  # or anomaly_fold_encoder
     run(stage, "cv decision")
 
 

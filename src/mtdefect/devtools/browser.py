@@ -202,15 +202,32 @@ def foreign(urls: Iterable[str], origin: str) -> list[str]:
 
 
 def screenshot(
-    url: str, image: Path, out: Path, width: int = 1280, height: int = 800, api_key: str | None = None
+    url: str,
+    image: Path | Sequence[Path],
+    out: Path,
+    width: int = 1280,
+    height: int = 800,
+    api_key: str | None = None,
 ) -> list[str]:
-    """Upload ``image`` on the operator page at ``url``; save a width x height screenshot to ``out``.
-    Returns the URLs the browser requested."""
+    """Upload ``image`` on the operator page at ``url`` (several images: dropped together, one tile
+    decision); save a width x height screenshot to ``out``. Returns the URLs the browser requested."""
+    images = [Path(image)] if isinstance(image, (str, Path)) else [Path(i) for i in image]
     with Chromium(width, height) as browser:
         browser.driver.get(url.rstrip("/") + "/")
         if api_key:
             browser.driver.find_element("id", "api-key").send_keys(api_key)
-        state = browser.upload(image)
+        if len(images) == 1:
+            state = browser.upload(images[0])
+        else:
+            state = browser.drop_files([(i.name, i.read_bytes()) for i in images])
+            browser.wait_for(
+                lambda: (
+                    len(browser.driver.find_elements("css selector", "#views canvas[data-drawn]"))
+                    == len(images)
+                ),
+                30,
+                "views drawn",
+            )
         browser.driver.execute_script("document.activeElement && document.activeElement.blur();")
         out.parent.mkdir(parents=True, exist_ok=True)
         browser.driver.save_screenshot(str(out))
@@ -222,7 +239,9 @@ def screenshot(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("url", help="the running service, e.g. http://localhost:3000")
-    parser.add_argument("image", type=Path, help="a tile image to upload")
+    parser.add_argument(
+        "image", type=Path, nargs="+", help="a tile image to upload (2 to 6: the photographs of one tile)"
+    )
     parser.add_argument("out", type=Path, help="where to write the PNG screenshot")
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=800)
