@@ -329,3 +329,32 @@ def test_the_service_auto_backend_follows_the_recorded_choice(int8_model, monkey
     assert ModelRuntime(ServeConfig(backend="onnx")).load().predictor.backend == "onnx"  # explicit wins
     monkeypatch.setattr(store, "recorded_backend", lambda tag: (None, None))  # older entry: as before
     assert ModelRuntime(ServeConfig()).load().predictor.backend == "onnx"
+
+
+def test_export_ships_each_backends_tile_threshold_and_int8s_own_decision_only_when_needed() -> None:
+    from mtdefect.stages.export import backend_calibration
+
+    views = {"onnx": {"views_decision_threshold": 0.81}, "onnx-int8": {"views_decision_threshold": 0.79}}
+    assert backend_calibration(None, {"onnx": views["onnx"]}) == {
+        "onnx": {"views_decision_threshold": 0.81},
+        "torch": {"views_decision_threshold": 0.81},
+    }
+    own = {"backend_postprocess": {"onnx-int8": {"decision_threshold": 0.77}}}
+    passes_both = {
+        "parity": {"holds_by_decisions": True, "holds_by_own_calibration": True},
+        "own_calibration": own,
+    }
+    assert backend_calibration(passes_both, views)["onnx-int8"] == {"views_decision_threshold": 0.79}
+    own_only = {
+        "parity": {"holds_by_decisions": False, "holds_by_own_calibration": True},
+        "own_calibration": own,
+    }
+    assert backend_calibration(own_only, views)["onnx-int8"] == {
+        "decision_threshold": 0.77,
+        "views_decision_threshold": 0.79,
+    }
+    neither = {
+        "parity": {"holds_by_decisions": False, "holds_by_own_calibration": False},
+        "own_calibration": own,
+    }
+    assert "decision_threshold" not in backend_calibration(neither, views)["onnx-int8"]

@@ -70,6 +70,8 @@ SERVING_ROOTS = (
     "pydantic",
     "python-multipart",
     "prometheus-client",
+    "httptools",  # not imported: uvicorn (BentoML's server) picks them up when installed
+    "uvloop",
 )
 # Imported only by the PyTorch backend (development); the image must not contain them.
 DEVELOPMENT_ONLY = ("torch", "torchvision", "safetensors", "segmentation-models-pytorch", "timm")
