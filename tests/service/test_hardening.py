@@ -42,7 +42,16 @@ pytestmark = pytest.mark.slow
 
 ROUTES = ("/segment", "/detect", "/overlay", "/detect_tile")
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
-DOCUMENTED_PATHS = {"/segment", "/detect", "/overlay", "/detect_tile", "/livez", "/readyz", "/healthz", "/metrics"}
+DOCUMENTED_PATHS = {
+    "/segment",
+    "/detect",
+    "/overlay",
+    "/detect_tile",
+    "/livez",
+    "/readyz",
+    "/healthz",
+    "/metrics",
+}
 
 
 # ====================================================================== the bad-input corpus
