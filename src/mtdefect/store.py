@@ -10,10 +10,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mtdefect.inference.settings import ONNX_FILE, ONNX_INT8_FILE, SETTINGS_FILE, WEIGHTS_FILE, ModelSettings
+from mtdefect.inference.settings import (
+    BACKEND_CALIBRATION_FILE,
+    ONNX_FILE,
+    ONNX_INT8_FILE,
+    SETTINGS_FILE,
+    WEIGHTS_FILE,
+    ModelSettings,
+)
 
 MODEL_NAME = "magnetic-tile-segmenter"
-MODEL_FILES = (SETTINGS_FILE, WEIGHTS_FILE, ONNX_FILE, ONNX_INT8_FILE)
+# Every file a model folder may hold; each backend's own calibration (the export stage's
+# backend_postprocess.json) travels with it, or INT8 would serve at FP32's thresholds.
+MODEL_FILES = (SETTINGS_FILE, WEIGHTS_FILE, ONNX_FILE, ONNX_INT8_FILE, BACKEND_CALIBRATION_FILE)
 
 
 def save_model_dir(
@@ -22,8 +31,8 @@ def save_model_dir(
     labels: dict[str, str] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> str:
-    """Copy a model folder (settings.json, weights.safetensors, model.onnx[, model.int8.onnx]) into a
-    new store entry.
+    """Copy a model folder (settings.json, weights.safetensors, model.onnx[, model.int8.onnx,
+    backend_postprocess.json]) into a new store entry.
 
     Returns the new tag. Every call makes a new version; BentoML never pickles anything here.
     """

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from mtdefect import store
 from mtdefect.inference import Predictor, decode_image
-from mtdefect.inference.settings import ONNX_FILE, SETTINGS_FILE, WEIGHTS_FILE
+from mtdefect.inference.settings import BACKEND_CALIBRATION_FILE, ONNX_FILE, SETTINGS_FILE, WEIGHTS_FILE
 from mtdefect.serving.config import ServeConfig
 from mtdefect.serving.runtime import ModelRuntime, ModelUnavailable
 
@@ -128,3 +128,19 @@ def test_test_time_flips_run_the_same_on_both_backends(copy_model_dir):
     eager = Predictor.from_dir(model_dir, backend="torch").probability(gray)
     np.testing.assert_allclose(onnx, eager, rtol=0, atol=1e-4)
     assert np.abs(onnx - plain).max() > 1e-3
+
+
+def test_the_store_carries_each_backends_calibration_into_the_served_settings(model_home, copy_model_dir):
+    """The export stage's backend_postprocess.json travels through the store: the service loads the
+    thresholds chosen for its backend, not the FP32 ones of settings.json (a store entry without it
+    served INT8 at FP32's decision and tile thresholds)."""
+    model_dir = copy_model_dir("calibrated")
+    base = json.loads((model_dir / SETTINGS_FILE).read_text())["postprocess"]
+    calibration = {"onnx": {"views_decision_threshold": 0.0314}, "torch": {"views_decision_threshold": 0.0314}}
+    (model_dir / BACKEND_CALIBRATION_FILE).write_text(json.dumps(calibration))
+    tag = store.save_model_dir(model_dir, name="calibrated")
+    stored = store.model_path(tag)
+    assert json.loads((stored / BACKEND_CALIBRATION_FILE).read_text()) == calibration
+    served = load(tag, "onnx").predictor.settings.postprocess
+    assert served.views_decision_threshold == 0.0314
+    assert served.decision_threshold == base["decision_threshold"]

@@ -88,9 +88,9 @@ def stage(cfg: DictConfig) -> None:
         int8 = Path(cfg.paths.onnx_dir) / ONNX_INT8_FILE
         if int8.exists():
             shutil.copy2(int8, bundle / ONNX_INT8_FILE)
-            calibration = Path(cfg.paths.onnx_dir) / BACKEND_CALIBRATION_FILE
-            if calibration.exists():  # INT8's own decision threshold (export stage)
-                shutil.copy2(calibration, bundle / BACKEND_CALIBRATION_FILE)
+        calibration = Path(cfg.paths.onnx_dir) / BACKEND_CALIBRATION_FILE
+        if calibration.exists():  # each backend's tile threshold, INT8's own decision threshold (export)
+            shutil.copy2(calibration, bundle / BACKEND_CALIBRATION_FILE)
         serving = serving_choice(Path(cfg.paths.reports_dir), int8.exists())
         tag = save_model_dir(
             bundle,
