@@ -390,6 +390,25 @@ def test_fused_decision_normalises_each_scorer_by_its_fold_clean_validation() ->
     assert result["fused"]["per_class_recall_at_1pct_fa"] == {"MT_Crack": 1.0}
     assert result["fused_max"]["recall_at_1pct_fa"]["value"] == pytest.approx(1.0)  # either branch rejects
     assert result["head_raw"]["recall_at_1pct_fa"]["value"] == pytest.approx(0.5)
+    assert result["fused_fitted"]["recall_at_1pct_fa"]["value"] == pytest.approx(1.0)
+
+
+def test_the_fitted_combiner_never_scores_a_fold_with_weights_that_saw_it() -> None:
+    """Cross-fitting: changing one fold's labels changes the other folds' scores, never its own."""
+    from mtdefect.cv.decision import cross_fitted, fit_logistic
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 2))
+    y = (x @ np.array([2.0, -1.0]) + 0.5 + rng.normal(scale=0.5, size=300)) > 0
+    w = fit_logistic(x, y, l2=0.0)
+    assert w[1] > 0 > w[2] and abs(w[1] / w[2] + 2) < 0.6  # recovers the direction
+    folds = np.repeat([0, 1, 2], 100)
+    before = cross_fitted(x, y, folds)
+    flipped = y.copy()
+    flipped[folds == 0] = ~flipped[folds == 0]
+    after = cross_fitted(x, flipped, folds)
+    np.testing.assert_array_equal(before[folds == 0], after[folds == 0])
+    assert not np.allclose(before[folds == 1], after[folds == 1])
 
 
 def test_leave_one_class_out_never_trains_on_the_class_it_scores(

@@ -5,8 +5,11 @@ anomaly branch: ``cv.anomaly``). Scores of different scorers live on different s
 normalised by the same fold's *clean validation* images (never the held-out fold): a robust z-score
 of a monotone transform (logit of the head's probability, log of the distance) against their median
 and MAD. ``fused`` is the sum of the two z-scores (equal weights: nothing is fitted on held-out
-labels). Per image and per physical tile (median of its views), pooled over the folds, with 95 %
-intervals by resampling tile groups.
+labels). ``fused_fitted`` is a logistic combination of the two z-scores **cross-fitted**: for each
+fold, fitted on the *other* folds' out-of-fold rows (scores of tiles their own models never saw, with
+their labels) and applied to this fold, so no image is scored by weights that saw its label. Per
+image and per physical tile (median of its views), pooled over the folds, with 95 % intervals by
+resampling tile groups.
 """
 
 from __future__ import annotations
@@ -35,6 +38,35 @@ def robust_z(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
 def normalised(scorer: str, held_out: np.ndarray, reference: np.ndarray) -> np.ndarray:
     transform = TRANSFORMS[scorer]
     return robust_z(transform(np.asarray(held_out, float)), transform(np.asarray(reference, float)))
+
+
+def fit_logistic(features: np.ndarray, labels: np.ndarray, l2: float = 1e-2, steps: int = 50) -> np.ndarray:
+    """Weights ``(bias, w_1 … w_k)`` of an L2-regularised logistic regression (Newton's method; the
+    bias is not penalised). Small and exact enough for a handful of scores; no extra dependency."""
+    x = np.column_stack([np.ones(len(features)), np.asarray(features, np.float64)])
+    y = np.asarray(labels, np.float64)
+    penalty = np.full(x.shape[1], l2)
+    penalty[0] = 0.0
+    w = np.zeros(x.shape[1])
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -30, 30)))
+        gradient = x.T @ (p - y) + penalty * w
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + np.diag(penalty) + 1e-9 * np.eye(x.shape[1])
+        step = np.linalg.solve(hessian, gradient)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return w
+
+
+def cross_fitted(features: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Each fold's rows scored by a logistic combination fitted on the other folds' rows only."""
+    scores = np.empty(len(features))
+    for fold in sorted(set(folds.tolist())):
+        index = folds == fold
+        w = fit_logistic(features[~index], labels[~index])
+        scores[index] = w[0] + features[index] @ w[1:]
+    return scores
 
 
 def scorer_summary(
@@ -118,6 +150,8 @@ def compare(
     z["head_raw"] = np.array([r["head"] for r in rows], dtype=np.float64)  # pooled without normalising
     classes = np.array([r["class"] for r in rows])
     defective = classes != free_class
+    if len(set(folds.tolist())) > 1:
+        z["fused_fitted"] = cross_fitted(np.column_stack([z["head"], z["anomaly"]]), defective, folds)
     groups = np.array([r["group"] for r in rows])
     tiles = np.array(tile_ids(rows, group_gap))
     result = {
@@ -126,7 +160,8 @@ def compare(
         "tiles": len(set(tiles.tolist())),
         "normalisation": "per fold: robust z-score against the fold's clean validation images "
         "(logit of the head's probability, log of the anomaly distance); fused = sum of the two, "
-        "fused_max = the larger; head_raw = the head's probabilities pooled as they are",
+        "fused_max = the larger; fused_fitted = a logistic combination of the two fitted on the "
+        "other folds' out-of-fold rows; head_raw = the head's probabilities pooled as they are",
     }
     for name, scores in z.items():
         result[name] = scorer_summary(
