@@ -136,7 +136,8 @@ def test_the_store_carries_each_backends_calibration_into_the_served_settings(mo
     served INT8 at FP32's decision and tile thresholds)."""
     model_dir = copy_model_dir("calibrated")
     base = json.loads((model_dir / SETTINGS_FILE).read_text())["postprocess"]
-    calibration = {"onnx": {"views_decision_threshold": 0.0314}, "torch": {"views_decision_threshold": 0.0314}}
+    tile = {"views_decision_threshold": 0.0314}
+    calibration = {"onnx": tile, "torch": tile}
     (model_dir / BACKEND_CALIBRATION_FILE).write_text(json.dumps(calibration))
     tag = store.save_model_dir(model_dir, name="calibrated")
     stored = store.model_path(tag)
