@@ -5,7 +5,8 @@ groups once and scores *both* runs on it, so the interval is that of the differe
 narrower than comparing two separate intervals, which ignore that both runs met the same tiles. A
 lever is kept when the interval of its gain lies above zero.
 
-    python -m mtdefect.cv.compare reports/cv/default_folds01 reports/cv/default_folds01_pad_zero out.json
+    python -m mtdefect.cv.compare reports/cv/session6_folds01 \
+        reports/cv/session6_folds01_rescored_pad_zero out.json
 """
 
 from __future__ import annotations

@@ -216,9 +216,12 @@ def main() -> None:
         )
         name = "decision.json" if branch == "anomaly" else f"decision_{branch}.json"
         out = Path(cfg.cv.reports_dir) / name
+        summary["anomaly_branch"] = branch
         write_json_atomic(out, summary, indent=2)
-        for name in ("head_raw", "head", "anomaly", "fused", "fused_max"):
-            s = summary[name]
+        for name in ("head_raw", "head", "anomaly", "fused", "fused_max", "fused_fitted"):
+            s = summary.get(name)
+            if s is None:
+                continue
             print(
                 f"decision: {name}: AUROC {s['auroc']['value']} "
                 f"recall@1%FA {s['recall_at_1pct_fa']['value']} "

@@ -33,6 +33,14 @@ def folds_label(summary: dict[str, Any]) -> str:
     return f"{len(pooled)} of {summary['k']}" if pooled and len(pooled) < summary["k"] else str(summary["k"])
 
 
+def pad_label(recipe: dict[str, Any]) -> str:
+    """The stride padding the held-out images were scored with (``edge`` for models saved before the
+    setting existed), and whether the fold models were trained with another one."""
+    trained = recipe.get("preprocess_pad") or "edge"
+    rescored = ((recipe.get("rescored_with") or {}).get("preprocess") or {}).get("pad")
+    return f"{rescored} (trained with {trained})" if rescored and rescored != trained else trained
+
+
 def cv_row(name: str, summary: dict[str, Any]) -> list[str]:
     recipe = summary.get("recipe") or {}
     per_class = summary.get("per_class_dice") or {}
@@ -41,7 +49,8 @@ def cv_row(name: str, summary: dict[str, Any]) -> list[str]:
     tile = ((summary.get("per_tile") or {}).get("median") or {}).get("tile_recall_at_1pct_fa")
     return [
         f"`{name}` ({recipe.get('encoder', '?')}, crop {recipe.get('crop_size', '?')}, "
-        f"scale {recipe.get('preprocess_scale', '?')}, seed {recipe.get('seed', '?')})",
+        f"scale {recipe.get('preprocess_scale', '?')}, pad {pad_label(recipe)}, "
+        f"seed {recipe.get('seed', '?')})",
         f"{folds_label(summary)} / {summary['images']} / {summary['groups']}",
         with_interval(summary.get("dice")),
         " / ".join(fmt((per_class.get(c) or {}).get("value"), 2) for c in CLASSES),
