@@ -42,7 +42,8 @@ def test_bento_references_the_stored_model(bento, model_home):
     info = yaml.safe_load((bento / "bento.yaml").read_text())
     assert [m["tag"] for m in info["models"]] == [model_home.tag]
     assert info["service"] == "service:MagneticTileService"
-    assert {r["route"] for r in info["schema"]["routes"]} == {"/segment", "/detect", "/detect_tile", "/overlay"}
+    routes = {r["route"] for r in info["schema"]["routes"]}
+    assert routes == {"/segment", "/detect", "/detect_tile", "/overlay"}
 
 
 def test_bento_packs_serving_code_only(bento):
