@@ -254,6 +254,8 @@ class MagneticTileService:
             defective=prediction.defective,
             score=round(prediction.score, 6),
             decision_threshold=self.runtime.decision_threshold,
+            mask_gate_threshold=self.runtime.mask_gate_threshold,
+            mask_gate_window=self.runtime.mask_gate_window,
             threshold=self.runtime.threshold,
             score_source=self.runtime.score_source,
             defect_area_fraction=round(prediction.defect_area_fraction, 8),

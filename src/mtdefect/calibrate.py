@@ -6,9 +6,12 @@ Decisions, made in order for each candidate set of test-time flips:
    that keeps false alarms on defect-free validation tiles within ``max_false_alarm_rate``; the
    source with the highest recall there wins (ties: higher AUROC, then the head, then the smaller
    window).
-2. The mask. With that decision applied, the pixel threshold and minimum region area with the best
-   ``mask_criterion`` win: ``mean_class_dice`` (default; each defect class weighs the same, so
-   settings that delete every blowhole lose) or ``dice`` (pooled; dominated by the big classes).
+2. The mask. The mask gate (which tiles judged clean still show their regions: none, or with
+   ``max_region_rate`` those whose decision score or windowed mask score reaches a level at most that
+   share of defect-free tiles reaches), the pixel threshold and minimum region area with the best
+   ``mask_criterion`` win: ``mean_class_dice``
+   (default; each defect class weighs the same, so settings that delete every blowhole lose) or
+   ``dice`` (pooled; dominated by the big classes).
 Then the flip set with the best recall, AUROC, criterion, and fewest flips wins, among the sets whose
 median per-image latency on validation (``Predictor.infer`` with the predictor calibration is given)
 is within ``max_latency_ms`` (None: no limit; the set with the fewest flips is always eligible).
@@ -28,7 +31,7 @@ import numpy as np
 from mtdefect import metrics
 from mtdefect.data.split import Record
 from mtdefect.inference import Predictor
-from mtdefect.inference.postprocess import tile_score
+from mtdefect.inference.postprocess import find_regions, gate_score, tile_score
 from mtdefect.inference.settings import PostprocessSettings
 from mtdefect.scoring import ScoredImage, score_split, split_metrics
 
@@ -129,6 +132,101 @@ def choose_views_threshold(
     }
 
 
+Gate = tuple[int | None, float]  # (mask_gate_window, mask_gate_threshold)
+
+
+def mask_gate_candidates(
+    items: Sequence[ScoredImage],
+    decision: PostprocessSettings,
+    max_region_rate: float,
+    score_windows: Sequence[int],
+) -> list[Gate]:
+    """The mask gates tried besides the decision's own (``PostprocessSettings.mask_gate_*``): for the
+    decision's score and for the mask's score over each window of ``score_windows``, the scores that a
+    quarter, half and all of ``max_region_rate`` of the defect-free validation tiles reach; and 0 (every
+    tile shows its regions: eligible only where the pixel threshold and area keep clean tiles clean)."""
+    clean = [item for item in items if item.record.class_name == decision.free_class]
+    gates: list[Gate] = []
+    for window in (None, *score_windows):
+        probe = replace(decision, mask_gate_window=window)
+        scores = [
+            gate_score(i.probability, probe, tile_score(i.probability, decision, i.class_scores))
+            for i in clean
+        ]
+        for fraction in (0.25, 0.5, 1.0):  # strictest first: ties go to the gate showing fewer tiles
+            gate = (window, budget_threshold(scores, max_region_rate * fraction))
+            if gate not in gates:
+                gates.append(gate)
+    return [*gates, (None, 0.0)] if (None, 0.0) not in gates else gates
+
+
+def _pixel_counts(item: ScoredImage, threshold: float, area: int) -> tuple[int, int, int, bool]:
+    mask = find_regions(item.probability, threshold, area)[0] > 0
+    tp = int(np.count_nonzero(mask & item.truth))
+    return tp, int(np.count_nonzero(mask)) - tp, int(np.count_nonzero(item.truth)) - tp, bool(mask.any())
+
+
+def gate_search(
+    items: Sequence[ScoredImage],
+    decision: PostprocessSettings,
+    thresholds: Sequence[float],
+    min_areas: Sequence[int],
+    max_region_rate: float,
+    score_windows: Sequence[int],
+) -> list[dict[str, Any]]:
+    """The mask criterion and the defect-free tiles' region rate of every gate × threshold × area,
+    from pixel counts computed once per threshold × area (the gate only hides or shows a tile's
+    regions); ``split_metrics`` gives the same numbers for any one of them, one by one."""
+    classes = np.array([item.record.class_name for item in items])
+    defective = classes != decision.free_class
+    scores = [tile_score(item.probability, decision, item.class_scores) for item in items]
+    judged = np.array(scores) >= decision.decision_threshold
+    truth = np.array([np.count_nonzero(item.truth) for item in items])
+    gate_scores = {
+        window: np.array(
+            [
+                gate_score(i.probability, replace(decision, mask_gate_window=window), s)
+                for i, s in zip(items, scores)
+            ]
+        )
+        for window in (None, *score_windows)
+    }
+    gates = mask_gate_candidates(items, decision, max_region_rate, score_windows)
+    rows = []
+    for threshold in thresholds:
+        for area in min_areas:
+            counts = np.array([_pixel_counts(item, float(threshold), int(area)) for item in items])
+            for window, gate in gates:
+                shown = judged | (gate_scores[window] >= gate)
+                tp, fp = np.where(shown, counts[:, 0], 0), np.where(shown, counts[:, 1], 0)
+                fn = np.where(shown, counts[:, 2], truth)
+                per_class = {
+                    c: metrics.PixelCounts(int(tp[k].sum()), int(fp[k].sum()), int(fn[k].sum())).dice
+                    for c in sorted(set(classes[defective]))
+                    for k in [classes == c]
+                }
+                pooled = metrics.PixelCounts(
+                    int(tp[defective].sum()), int(fp[defective].sum()), int(fn[defective].sum())
+                )
+                clean = ~defective
+                rows.append(
+                    {
+                        "mask_gate_window": window,
+                        "mask_gate_threshold": gate,
+                        "threshold": float(threshold),
+                        "min_region_area": int(area),
+                        "dice": pooled.dice,
+                        "mean_class_dice": float(np.mean(list(per_class.values())))
+                        if per_class
+                        else float("nan"),
+                        "clean_region_rate": float((shown & (counts[:, 3] > 0))[clean].mean())
+                        if clean.any()
+                        else 0.0,
+                    }
+                )
+    return rows
+
+
 def choose_postprocess(
     items: Sequence[ScoredImage],
     thresholds: Sequence[float],
@@ -137,10 +235,15 @@ def choose_postprocess(
     score_windows: Sequence[int],
     mask_criterion: str = "mean_class_dice",
     free_class: str = "MT_Free",
+    max_region_rate: float | None = None,
 ) -> tuple[PostprocessSettings, dict[str, Any]]:
     """Returns the chosen settings and a report: ``decision`` rows (one per score source), ``mask``
-    rows (one per threshold × area, from ``split_metrics``) and ``chosen`` (the winning mask row
-    with the decision's numbers, and ``objective`` = mean of the criterion and recall, for sweeps)."""
+    rows (one per threshold × area with the mask gated at the decision, from ``split_metrics``),
+    ``gates`` (with ``max_region_rate``: one per mask gate × threshold × area, ``gate_search``) and
+    ``chosen`` (the winning setting's ``split_metrics`` with the decision's numbers, and ``objective``
+    = mean of the criterion and recall, for sweeps). ``max_region_rate``: None gates the mask at the
+    decision (a tile judged clean shows no regions); a share: a mask gate may win instead, among the
+    settings where at most that share of the defect-free validation tiles shows any region."""
     if mask_criterion not in MASK_CRITERIA:
         raise ValueError(f"calibration.mask_criterion must be one of {MASK_CRITERIA}, got {mask_criterion!r}")
     decision, decision_rows = choose_decision(items, score_windows, max_false_alarm_rate, free_class)
@@ -159,18 +262,41 @@ def choose_postprocess(
             )
     best = max(mask_rows, key=lambda r: _finite(r[mask_criterion]))  # max keeps the first of equals
     settings = replace(decision, threshold=best["threshold"], min_region_area=best["min_region_area"])
+    gate_rows: list[dict[str, Any]] = []
+    if max_region_rate is not None and decision.decision_threshold is not None:
+        gate_rows = gate_search(items, decision, thresholds, min_areas, max_region_rate, score_windows)
+        eligible = [r for r in gate_rows if r["clean_region_rate"] <= max_region_rate + 1e-12]
+        gated = max(eligible, key=lambda r: _finite(r[mask_criterion]), default=None)
+        if gated is not None and _finite(gated[mask_criterion]) > _finite(best[mask_criterion]):
+            settings = replace(
+                decision,
+                threshold=gated["threshold"],
+                min_region_area=gated["min_region_area"],
+                mask_gate_threshold=gated["mask_gate_threshold"],
+                mask_gate_window=gated["mask_gate_window"],
+            )
+            result = split_metrics(items, settings)
+            best = {
+                "threshold": settings.threshold,
+                "min_region_area": settings.min_region_area,
+                **{k: v for k, v in result.items() if k not in ("detection",)},
+                **result["detection"],
+            }
     chosen = {
         **best,
         "score_source": decision.score_source,
         "score_window": decision.score_window,
         "decision_threshold": decision.decision_threshold,
+        "mask_gate_threshold": settings.mask_gate_threshold,
+        "mask_gate_window": settings.mask_gate_window,
         "mask_criterion": mask_criterion,
+        "max_region_rate": max_region_rate,
     }
     chosen["objective"] = 0.5 * (_finite(best[mask_criterion]) + _finite(best["recall"]))
     for row in mask_rows:  # the report keeps the grid's numbers; the confusion matrices only for the winner
         row.pop("confusion", None)
         row.pop("classification", None)
-    return settings, {"decision": decision_rows, "mask": mask_rows, "chosen": chosen}
+    return settings, {"decision": decision_rows, "mask": mask_rows, "gates": gate_rows, "chosen": chosen}
 
 
 def calibrate_on_validation(

@@ -78,6 +78,8 @@ def split_metrics(
     - ``dice``/``iou``: pooled over defective tiles, the decision applied (a tile judged clean shows
       an empty mask); ``dice_ungated``: the segmenter alone; ``per_class_dice`` and
       ``mean_class_dice`` (each defect class weighs the same: the small ones count);
+    - ``clean_region_rate``: the share of defect-free tiles that show any region (suspects included:
+      see ``PostprocessSettings.mask_gate_threshold``), when the split has defect-free tiles;
     - ``detection``: recall, false-alarm rate, AUROC of the tile score;
     - ``classification`` (models with a tile head): top-1 accuracy of the defect class on defective
       tiles, its per-class precision/recall and confusion matrix; ``confusion``: all tiles, the
@@ -85,7 +87,7 @@ def split_metrics(
     - ``per_image`` rows when asked (evaluation's plots)."""
     free = settings.free_class
     pooled, ungated, per_class = metrics.PixelCounts(), metrics.PixelCounts(), {}
-    scores, flagged, defective, rows = [], [], [], []
+    scores, flagged, defective, shown, rows = [], [], [], [], []
     actual, decided, top1_actual, top1 = [], [], [], []
     for item in items:
         name = item.record.class_name
@@ -99,6 +101,7 @@ def split_metrics(
             per_class.setdefault(name, metrics.PixelCounts()).add(answer.mask, item.truth)
         scores.append(answer.score)
         flagged.append(answer.defective)
+        shown.append(bool(answer.regions))
         defective.append(is_defective)
         if item.class_scores:
             actual.append(name)
@@ -132,6 +135,7 @@ def split_metrics(
     if not all(defective):
         free_flags = np.array(flagged)[~np.array(defective)]
         result["free_clean_rate"] = float(1.0 - free_flags.mean())
+        result["clean_region_rate"] = float(np.array(shown)[~np.array(defective)].mean())
     if actual:
         names = list(items[0].class_scores)
         defect_names = [c for c in names if c != free]

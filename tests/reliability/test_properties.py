@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mtdefect.inference import PostprocessSettings, Predictor, PreprocessSettings, decode_image, postprocess
-from mtdefect.inference.postprocess import find_regions, image_score, restore_probability
+from mtdefect.inference.postprocess import find_regions, image_score, restore_probability, shows_regions
 from mtdefect.inference.preprocess import preprocess
 from mtdefect.inference.settings import ModelSettings
 
@@ -260,8 +260,11 @@ def check_prediction(pred, shape: tuple[int, int], post: PostprocessSettings) ->
         assert pred.defective == bool(pred.regions)
     else:
         assert pred.defective == (pred.score >= post.decision_threshold)
-        if not pred.defective:
-            assert not on.any() and pred.regions == [], "a tile judged clean must show no defects"
+        passed = shows_regions(pred.probability, post, pred.score)
+        if pred.defective:
+            assert passed, "a rejected tile always shows its regions"
+        if not passed:
+            assert not on.any() and pred.regions == [], "a tile the mask gate stops must show no defects"
         else:  # the regions are exactly those of the mask alone
             expected_mask, _ = find_regions(pred.probability, post.threshold, post.min_region_area)
             assert np.array_equal(pred.mask, expected_mask)
@@ -269,7 +272,8 @@ def check_prediction(pred, shape: tuple[int, int], post: PostprocessSettings) ->
         assert sum(pred.class_scores.values()) == pytest.approx(1.0, abs=1e-6)
         defects = {k: v for k, v in pred.class_scores.items() if k != post.free_class}
         assert pred.defect_class == (max(defects, key=defects.get) if pred.defective else None)
-        assert all(r.class_name == pred.defect_class for r in pred.regions)
+        # regions shown carry the most probable defect class (suspects below the decision too)
+        assert all(r.class_name == max(defects, key=defects.get) for r in pred.regions)
     else:
         assert pred.defect_class is None
     for r in pred.regions:
@@ -336,10 +340,23 @@ DECISIONS = st.sampled_from([None, "mask", "head"])
     decision=DECISIONS,
     window=st.sampled_from([1, 5, 15]),
     decision_threshold=st.floats(0.0, 1.0),
+    gate=st.one_of(st.none(), st.floats(0.0, 1.0)),
+    gate_window=st.sampled_from([None, 5]),
     head=st.booleans(),
 )
 def test_bytes_to_answer_through_a_fake_runner(
-    case, long_side, kind, threshold, min_area, seed, decision, window, decision_threshold, head
+    case,
+    long_side,
+    kind,
+    threshold,
+    min_area,
+    seed,
+    decision,
+    window,
+    decision_threshold,
+    gate,
+    gate_window,
+    head,
 ) -> None:
     data, expected, *_ = case
     head = head or decision == "head"
@@ -349,6 +366,8 @@ def test_bytes_to_answer_through_a_fake_runner(
         score_window=window,
         score_source="head" if decision == "head" else "mask",
         decision_threshold=None if decision is None else decision_threshold,
+        mask_gate_threshold=gate,
+        mask_gate_window=gate_window,
     )
     prep = PreprocessSettings(long_side=long_side, stride=32)
     model = ModelSettings(net={}, preprocess=prep, postprocess=post, class_names=TILE_CLASSES if head else ())

@@ -22,7 +22,7 @@ from mtdefect import metrics
 from mtdefect.cv.pool import OutOfFold, _interval
 from mtdefect.fileio import write_json_atomic
 
-METRICS = ("dice", "auroc", "recall_at_1pct_fa", "class_top1", "border_fp_share")
+METRICS = ("dice", "auroc", "recall_at_1pct_fa", "class_top1", "border_fp_share", "clean_region_rate")
 
 
 def paired_difference(
@@ -40,6 +40,7 @@ def paired_difference(
         "recall_at_1pct_fa": lambda o, i: o.recall_at_fa(i),
         "class_top1": lambda o, i: o.class_top1(i),
         "border_fp_share": lambda o, i: o.border_share(i),
+        "clean_region_rate": lambda o, i: o.clean_region_rate(i),
     }
     everyone = np.arange(len(before))
     out = {}

@@ -60,6 +60,12 @@ class OutOfFold:
         keep = index[self.defective[index] & self.has_top1[index]]
         return float(self.top1_correct[keep].mean()) if keep.size else float("nan")
 
+    def clean_region_rate(self, index: np.ndarray) -> float:
+        """Share of defect-free images that show any region (every mask pixel of one is a false
+        positive): suspects below the reject decision included (``mask_gate_threshold``)."""
+        keep = index[~self.defective[index]]
+        return float((self.counts[keep, 1] > 0).mean()) if keep.size else float("nan")
+
     def border_share(self, index: np.ndarray) -> float:
         """Share of all false-positive mask pixels that lie in the 4 % border band."""
         fp, border = self.counts[index, 1].sum(), self.counts[index, 3].sum()
@@ -84,7 +90,8 @@ def pool(
 ) -> dict:
     """The cross-validation summary (see the module docstring): pooled ``dice``, ``per_class_dice``,
     ``auroc``, ``recall_at_1pct_fa``, ``class_top1``, the calibrated decision's recall and false-alarm
-    rate, the border band's share of false-positive pixels, each with its interval; ``per_tile``
+    rate, the border band's share of false-positive pixels, the share of defect-free images showing
+    any region (``clean_region_rate``), each with its interval; ``per_tile``
     (one decision per physical tile from its photographs, ``tile_level``); ``per_fold`` and the
     per-fold ``spread``."""
     oof = OutOfFold(rows, free_class)
@@ -124,6 +131,7 @@ def pool(
         "false_alarm_rate_at_decision": with_ci(decision_fa, 5),
         "class_top1": with_ci(oof.class_top1, 6),
         "border_fp_share": with_ci(oof.border_share, 7),
+        "clean_region_rate": with_ci(oof.clean_region_rate, 8),
     }
     summary["mean_class_dice"] = _mean([v["value"] for v in summary["per_class_dice"].values()])
     summary["per_tile"] = tile_level(rows, free_class, group_gap, n_resamples, seed, max_false_alarm_rate)
@@ -142,6 +150,7 @@ def pool(
                 "recall_at_decision": _finite(decided["recall"]),
                 "false_alarm_rate_at_decision": _finite(decided["false_alarm_rate"]),
                 "class_top1": _finite(oof.class_top1(index)),
+                "clean_region_rate": _finite(oof.clean_region_rate(index)),
                 "decision_threshold": (fold_thresholds or {}).get(int(fold)),
             }
         )

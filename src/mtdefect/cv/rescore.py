@@ -1,14 +1,16 @@
 """Judge an inference-only lever under cross-validation without training again.
 
 A lever that changes only how the service runs a trained network (the stride padding, test-time
-flips) does not need new fold models: each fold's model is run under the changed preprocessing,
-its decision and mask settings are calibrated again on the fold's own inner validation tiles
-(``calibrate.calibrate_on_validation``, as training does), and its held-out fold is scored through
-the service's path. The rows and the pooled summary go to ``<cv.reports_dir>/<name>/`` beside the
-recipe's own, so the two are compared with the same intervals. (The tile head keeps the refit it got
-in training; it is not refitted under the changed preprocessing.)
+flips, the calibration's choices such as the mask gate) does not need new fold models: each fold's
+model is run under the changed preprocessing, its decision and mask settings are calibrated again
+on the fold's own inner validation tiles (``calibrate.calibrate_on_validation``, as training does,
+under the changed calibration options), and its held-out fold is scored through the service's path.
+The rows and the pooled summary go to ``<cv.reports_dir>/<name>/`` beside the recipe's own, so the
+two are compared with the same intervals. (The tile head keeps the refit it got in training; it is
+not refitted under the changed preprocessing.)
 
     python -m mtdefect.cv.rescore pad_zero preprocess.pad=zero
+    python -m mtdefect.cv.rescore gate_at_decision calibration.max_region_rate=null
 """
 
 from __future__ import annotations
@@ -31,15 +33,21 @@ from mtdefect.inference import ModelSettings, Predictor
 from mtdefect.inference.predictor import load_torch_net, torch_runner
 from mtdefect.scoring import image_row, score_split
 
+OVERRIDE_GROUPS = ("preprocess", "calibration")
+
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``preprocess.pad=zero`` → {"preprocess": {"pad": "zero"}} (values parsed as JSON, else text)."""
+    """``preprocess.pad=zero`` → {"preprocess": {"pad": "zero"}} (values parsed as JSON, else text);
+    ``calibration.<field>=<value>`` replaces one of the config's calibration options."""
     out: dict[str, dict[str, Any]] = {}
     for pair in pairs:
         key, _, raw = pair.partition("=")
         group, _, field = key.partition(".")
-        if group not in ("preprocess",) or not field:
-            raise ValueError(f"unsupported override {pair!r}: only preprocess.<field>=<value>")
+        if group not in OVERRIDE_GROUPS or not field:
+            raise ValueError(
+                f"unsupported override {pair!r}: "
+                "only preprocess.<field>=<value> or calibration.<field>=<value>"
+            )
         try:
             value = json.loads(raw)
         except ValueError:
@@ -57,7 +65,7 @@ def rescore_fold(cfg: DictConfig, fold: int, overrides: dict[str, Any]) -> dict:
     runner = torch_runner(load_torch_net(model_dir, settings))
     predictor = Predictor(settings, runner, "torch-cpu")
     val = read_manifest(manifest, "val")
-    options = dict(cfg.get("calibration", {}))
+    options = {**dict(cfg.get("calibration", {})), **overrides.get("calibration", {})}
     flips, post, _ = calibrate_on_validation(predictor, cfg.paths.data_dir, val, options)
     settings = replace(settings, postprocess=post, test_time_flips=flips)
     predictor = Predictor(settings, runner, "torch-cpu")
@@ -99,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         args = args[:at] + args[at + 2 :]
     if len(args) < 2:
         print(
-            "usage: python -m mtdefect.cv.rescore NAME preprocess.<field>=<value> ... [--folds 0,1]",
+            "usage: python -m mtdefect.cv.rescore NAME preprocess.<field>=<value> "
+            "calibration.<field>=<value> ... [--folds 0,1]",
             file=sys.stderr,
         )
         sys.exit(2)

@@ -26,6 +26,7 @@ def recipe_of(cfg: DictConfig) -> dict:
         "max_epochs": cfg.trainer.get("max_epochs"),
         "preprocess_scale": cfg.data.preprocess.get("scale"),
         "preprocess_pad": cfg.data.preprocess.get("pad"),
+        "max_region_rate": (cfg.get("calibration") or {}).get("max_region_rate"),
         "seed": cfg.seed,
     }
 

@@ -41,6 +41,14 @@ def pad_label(recipe: dict[str, Any]) -> str:
     return f"{rescored} (trained with {trained})" if rescored and rescored != trained else trained
 
 
+def gate_label(recipe: dict[str, Any]) -> str:
+    """Where the mask is gated: at the reject decision (summaries written before the mask gate
+    existed, or ``max_region_rate`` null), or at a gate that at most that share of clean tiles passes."""
+    calibration = (recipe.get("rescored_with") or {}).get("calibration") or {}
+    rate = calibration.get("max_region_rate", recipe.get("max_region_rate"))
+    return "at decision" if rate is None else f"≤ {rate:g} clean"
+
+
 def cv_row(name: str, summary: dict[str, Any]) -> list[str]:
     recipe = summary.get("recipe") or {}
     per_class = summary.get("per_class_dice") or {}
@@ -50,7 +58,7 @@ def cv_row(name: str, summary: dict[str, Any]) -> list[str]:
     return [
         f"`{name}` ({recipe.get('encoder', '?')}, crop {recipe.get('crop_size', '?')}, "
         f"scale {recipe.get('preprocess_scale', '?')}, pad {pad_label(recipe)}, "
-        f"seed {recipe.get('seed', '?')})",
+        f"mask gate {gate_label(recipe)}, seed {recipe.get('seed', '?')})",
         f"{folds_label(summary)} / {summary['images']} / {summary['groups']}",
         with_interval(summary.get("dice")),
         " / ".join(fmt((per_class.get(c) or {}).get("value"), 2) for c in CLASSES),
@@ -60,6 +68,7 @@ def cv_row(name: str, summary: dict[str, Any]) -> list[str]:
         f"{fmt((summary.get('false_alarm_rate_at_decision') or {}).get('value'))}",
         with_interval(summary.get("class_top1")),
         with_interval(summary.get("border_fp_share")),
+        with_interval(summary.get("clean_region_rate")),
         with_interval(tile),
         f"{minutes:.0f} min" if minutes else "—",
     ]
@@ -80,6 +89,7 @@ def cv_table(root: Path) -> str:
         "recall @ each fold's decision (FA)",
         "class top-1",
         "FP pixels in border band",
+        "clean images showing regions",
         "per tile (median of its views): recall @ ≤ 1 % FA",
         "wall time per fold",
     ]

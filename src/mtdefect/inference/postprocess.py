@@ -128,24 +128,44 @@ def find_regions(probability: np.ndarray, threshold: float, min_area: int) -> tu
     return mask, regions
 
 
+def gate_score(probability: np.ndarray, settings: PostprocessSettings, score: float) -> float:
+    """The score the mask gate compares with ``mask_gate_threshold``: the decision's ``score``, or the
+    mask's windowed probability (``mask_gate_window``)."""
+    if settings.mask_gate_window is None:
+        return score
+    return image_score(probability, settings.mask_gate_window)
+
+
+def shows_regions(probability: np.ndarray, settings: PostprocessSettings, score: float) -> bool:
+    """Whether a tile shows its regions: always without a decision threshold, always when judged
+    defective, else when its gate score reaches ``mask_gate_threshold`` (None: never)."""
+    if settings.decision_threshold is None or score >= settings.decision_threshold:
+        return True
+    if settings.mask_gate_threshold is None:
+        return False
+    return gate_score(probability, settings, score) >= settings.mask_gate_threshold
+
+
 def postprocess(
     probability: np.ndarray, settings: PostprocessSettings, class_scores: Mapping[str, float] | None = None
 ) -> Prediction:
-    """Threshold, drop small regions, score the image, decide (see PostprocessSettings). With the
-    tile head's ``class_scores``, a tile judged defective gets the most probable defect class, and
-    its regions carry it."""
+    """Threshold, drop small regions, score the image, decide (see PostprocessSettings). A tile that
+    does not pass the mask gate (``shows_regions``) shows no regions. With the tile head's
+    ``class_scores``, a tile judged defective gets the most probable defect class, and the regions
+    shown carry that class."""
     mask, regions = find_regions(probability, settings.threshold, settings.min_region_area)
     score = tile_score(probability, settings, class_scores)
     if settings.decision_threshold is None:
         defective = bool(regions)
     else:
         defective = score >= settings.decision_threshold
-        if not defective and regions:  # a tile judged clean shows no defects
-            mask, regions = np.zeros_like(mask), []
+    if regions and not shows_regions(probability, settings, score):
+        mask, regions = np.zeros_like(mask), []
     scores = dict(class_scores or {})
     defect_class = defect_class_of(scores, settings.free_class) if defective else None
-    if defect_class is not None:
-        regions = [replace(r, class_name=defect_class, class_score=scores[defect_class]) for r in regions]
+    region_class = defect_class_of(scores, settings.free_class) if regions else None
+    if region_class is not None:
+        regions = [replace(r, class_name=region_class, class_score=scores[region_class]) for r in regions]
     return Prediction(
         probability=probability,
         mask=mask,

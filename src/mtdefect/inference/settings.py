@@ -83,6 +83,15 @@ class PostprocessSettings:
         ``min_region_area``. A number: a tile is defective when its score reaches it, and a tile
         judged clean reports no regions (an empty mask). Calibration sets it so the false-alarm
         rate on defect-free validation tiles stays within budget.
+    mask_gate_threshold / mask_gate_window: which tiles show their regions (their mask). A tile judged
+        defective always does. Gate None: no other tile does (a tile judged clean shows an empty
+        mask). A number: a tile judged clean whose gate score reaches it is not rejected, yet shows
+        where its likely defects are (suspect regions). The gate score is the decision's own score
+        (``mask_gate_window`` None) or the mask's highest mean probability over a
+        ``mask_gate_window``² window (a wide window asks for a solid defect, not a speck). Calibration
+        chooses both on validation for the best mask with at most ``calibration.max_region_rate`` of
+        the defect-free tiles showing any region (issue #20: gating masks at a 1 % false-alarm
+        decision deleted the masks of most defective tiles).
     score_source: where the image score comes from. ``mask``: the windowed probability above.
         ``head``: the tile head, 1 − P(``free_class``) (models with a tile-class head).
     free_class: the tile head's "no defect" class.
@@ -101,6 +110,8 @@ class PostprocessSettings:
     min_region_area: int = 0
     score_window: int = 1
     decision_threshold: float | None = None
+    mask_gate_threshold: float | None = None
+    mask_gate_window: int | None = None
     score_source: str = "mask"
     free_class: str = "MT_Free"
     view_fusion: str = "median"

@@ -77,6 +77,18 @@ class ModelRuntime:
         return None if value is None else float(value)
 
     @property
+    def mask_gate_threshold(self) -> float | None:
+        """The gate score from which a tile judged clean shows its regions (None: it never does)."""
+        assert self.predictor is not None
+        value = self.predictor.settings.postprocess.mask_gate_threshold
+        return None if value is None else float(value)
+
+    @property
+    def mask_gate_window(self) -> int | None:
+        assert self.predictor is not None
+        return self.predictor.settings.postprocess.mask_gate_window
+
+    @property
     def score_source(self) -> str:
         assert self.predictor is not None
         return self.predictor.settings.postprocess.score_source

@@ -99,7 +99,7 @@ class ImageAnswer(BaseModel):
 
     defective: bool = Field(
         description="the reject decision: score >= decision_threshold (models without a decision threshold: "
-        "at least one defect region was found); a tile judged clean has no regions"
+        "at least one defect region was found)"
     )
     score: float = Field(
         ge=0.0,
@@ -115,6 +115,18 @@ class ImageAnswer(BaseModel):
         description="score at or above which the tile is defective (chosen on validation to keep "
         "false alarms within budget); null for models that decide by regions",
     )
+    mask_gate_threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="a tile judged clean whose gate score (the score, or with mask_gate_window the mask's "
+        "highest mean probability over that window) reaches this is not rejected, yet shows its suspect "
+        "regions; null: a tile judged clean shows none. Chosen on validation for the best mask with at "
+        "most a set share of defect-free tiles showing regions",
+    )
+    mask_gate_window: int | None = Field(
+        default=None, ge=1, description="window (pixels) of the gate score; null: the gate compares the score"
+    )
     threshold: float = Field(
         ge=0.0, le=1.0, description="pixel probability at or above which a pixel is a defect"
     )
@@ -122,7 +134,8 @@ class ImageAnswer(BaseModel):
         ge=0.0, le=1.0, description="fraction of the image's pixels marked defect"
     )
     regions: list[RegionOut] = Field(
-        description="connected defect regions (8-connectivity) that passed the minimum area"
+        description="connected defect regions (8-connectivity) that passed the minimum area, on a tile "
+        "judged defective or passing the mask gate (else none)"
     )
     defect_class: str | None = Field(
         description="the most probable defect class (MT_Blowhole, MT_Break, MT_Crack, MT_Fray, MT_Uneven) "
