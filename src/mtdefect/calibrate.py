@@ -177,6 +177,8 @@ def gate_search(
     """The mask criterion and the defect-free tiles' region rate of every gate × threshold × area,
     from pixel counts computed once per threshold × area (the gate only hides or shows a tile's
     regions); ``split_metrics`` gives the same numbers for any one of them, one by one."""
+    if not items:
+        return []
     classes = np.array([item.record.class_name for item in items])
     defective = classes != decision.free_class
     scores = [tile_score(item.probability, decision, item.class_scores) for item in items]

@@ -27,6 +27,8 @@ DETECT_KEYS = {
     "score",
     "score_source",
     "decision_threshold",
+    "mask_gate_threshold",
+    "mask_gate_window",
     "threshold",
     "defect_area_fraction",
     "regions",

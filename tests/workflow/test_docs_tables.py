@@ -222,6 +222,7 @@ def test_cv_table_shows_each_recipe_with_intervals(tmp_path: Path) -> None:
         "false_alarm_rate_at_decision": {"value": 0.05, "ci_low": 0.03, "ci_high": 0.08},
         "class_top1": {"value": None, "ci_low": None, "ci_high": None},
         "border_fp_share": entry,
+        "clean_region_rate": {"value": 0.08, "ci_low": 0.05, "ci_high": 0.12},
         "recipe": {
             "encoder": "tf_efficientnet_lite0",
             "crop_size": 160,
@@ -233,7 +234,11 @@ def test_cv_table_shows_each_recipe_with_intervals(tmp_path: Path) -> None:
     }
     (tmp_path / "reports" / "cv" / "cpu_2h").mkdir(parents=True)
     (tmp_path / "reports" / "cv" / "metrics.json").write_text(json.dumps(summary))
-    rescored = {**summary["recipe"], "preprocess_pad": None, "rescored_with": {"preprocess": {"pad": "zero"}}}
+    rescored = {
+        **summary["recipe"],
+        "preprocess_pad": None,
+        "rescored_with": {"preprocess": {"pad": "zero"}, "calibration": {"max_region_rate": 0.05}},
+    }
     partial = {**summary, "folds_pooled": [0, 1], "recipe": rescored}
     (tmp_path / "reports" / "cv" / "cpu_2h" / "metrics.json").write_text(json.dumps(partial))
     body = cv_table(tmp_path)
@@ -241,4 +246,6 @@ def test_cv_table_shows_each_recipe_with_intervals(tmp_path: Path) -> None:
     assert [line.split("`")[1] for line in lines] == ["default", "cpu_2h"]
     assert "0.710 [0.65, 0.77]" in lines[0] and "— / — / 0.50 / — / —" in lines[0] and "10 min" in lines[0]
     assert "| 5 / 1097 / 227 |" in lines[0] and "| 2 of 5 / 1097 / 227 |" in lines[1]
-    assert "pad zero, seed 42" in lines[0] and "pad zero (trained with edge), seed 42" in lines[1]
+    assert "pad zero, mask gate at decision, seed 42" in lines[0]
+    assert "pad zero (trained with edge), mask gate ≤ 0.05 clean, seed 42" in lines[1]
+    assert "| 0.080 [0.05, 0.12] |" in lines[0]  # clean images showing regions
