@@ -116,7 +116,6 @@ class ImageAnswer(BaseModel):
         "false alarms within budget); null for models that decide by regions",
     )
     mask_gate_threshold: float | None = Field(
-        default=None,
         ge=0.0,
         le=1.0,
         description="a tile judged clean whose gate score (the score, or with mask_gate_window the mask's "
@@ -125,7 +124,7 @@ class ImageAnswer(BaseModel):
         "most a set share of defect-free tiles showing regions",
     )
     mask_gate_window: int | None = Field(
-        default=None, ge=1, description="window (pixels) of the gate score; null: the gate compares the score"
+        ge=1, description="window (pixels) of the gate score; null: the gate compares the score"
     )
     threshold: float = Field(
         ge=0.0, le=1.0, description="pixel probability at or above which a pixel is a defect"
