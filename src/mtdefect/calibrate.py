@@ -166,6 +166,17 @@ def _pixel_counts(item: ScoredImage, threshold: float, area: int) -> tuple[int, 
     return tp, int(np.count_nonzero(mask)) - tp, int(np.count_nonzero(item.truth)) - tp, bool(mask.any())
 
 
+def gated_settings(decision: PostprocessSettings, row: Mapping[str, Any]) -> PostprocessSettings:
+    """The decision's settings with one ``gate_search`` row's mask (threshold, area, gate) applied."""
+    return replace(
+        decision,
+        threshold=row["threshold"],
+        min_region_area=row["min_region_area"],
+        mask_gate_threshold=row["mask_gate_threshold"],
+        mask_gate_window=row["mask_gate_window"],
+    )
+
+
 def gate_search(
     items: Sequence[ScoredImage],
     decision: PostprocessSettings,
@@ -270,13 +281,7 @@ def choose_postprocess(
         eligible = [r for r in gate_rows if r["clean_region_rate"] <= max_region_rate + 1e-12]
         gated = max(eligible, key=lambda r: _finite(r[mask_criterion]), default=None)
         if gated is not None and _finite(gated[mask_criterion]) > _finite(best[mask_criterion]):
-            settings = replace(
-                decision,
-                threshold=gated["threshold"],
-                min_region_area=gated["min_region_area"],
-                mask_gate_threshold=gated["mask_gate_threshold"],
-                mask_gate_window=gated["mask_gate_window"],
-            )
+            settings = gated_settings(decision, gated)
             result = split_metrics(items, settings)
             best = {
                 "threshold": settings.threshold,

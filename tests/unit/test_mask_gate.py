@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mtdefect.calibrate import choose_postprocess, gate_search, mask_gate_candidates
+from mtdefect.calibrate import choose_postprocess, gate_search, gated_settings, mask_gate_candidates
 from mtdefect.cv.pool import OutOfFold, pool
 from mtdefect.cv.rescore import parse_overrides
 from mtdefect.data.split import Record
@@ -143,14 +143,7 @@ def test_the_gate_search_agrees_with_split_metrics_row_by_row() -> None:
     rows = gate_search(items, decision, (0.5, 0.7), (0, 40), 0.1, (1, 5))
     assert len({(r["mask_gate_window"], r["mask_gate_threshold"]) for r in rows}) >= 3
     for row in rows:
-        settings = replace(
-            decision,
-            threshold=row["threshold"],
-            min_region_area=row["min_region_area"],
-            mask_gate_threshold=row["mask_gate_threshold"],
-            mask_gate_window=row["mask_gate_window"],
-        )
-        expected = split_metrics(items, settings)
+        expected = split_metrics(items, gated_settings(decision, row))
         for key in ("dice", "mean_class_dice", "clean_region_rate"):
             assert row[key] == pytest.approx(expected[key], nan_ok=True), (key, row)
 
