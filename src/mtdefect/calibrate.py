@@ -9,9 +9,8 @@ Decisions, made in order for each candidate set of test-time flips:
 2. The mask. The mask gate (which tiles judged clean still show their regions: none, or with
    ``max_region_rate`` those whose decision score or windowed mask score reaches a level at most that
    share of defect-free tiles reaches), the pixel threshold and minimum region area with the best
-   ``mask_criterion`` win: ``mean_class_dice``
-   (default; each defect class weighs the same, so settings that delete every blowhole lose) or
-   ``dice`` (pooled; dominated by the big classes).
+   ``mask_criterion`` win: ``mean_class_dice`` (default; each defect class weighs the same, so
+   settings that delete every blowhole lose) or ``dice`` (pooled; dominated by the big classes).
 Then the flip set with the best recall, AUROC, criterion, and fewest flips wins, among the sets whose
 median per-image latency on validation (``Predictor.infer`` with the predictor calibration is given)
 is within ``max_latency_ms`` (None: no limit; the set with the fewest flips is always eligible).
@@ -31,7 +30,7 @@ import numpy as np
 from mtdefect import metrics
 from mtdefect.data.split import Record
 from mtdefect.inference import Predictor
-from mtdefect.inference.postprocess import find_regions, gate_score, tile_score
+from mtdefect.inference.postprocess import find_regions, gate_score, passes_gate, tile_score
 from mtdefect.inference.settings import PostprocessSettings
 from mtdefect.scoring import ScoredImage, score_split, split_metrics
 
@@ -136,23 +135,14 @@ Gate = tuple[int | None, float]  # (mask_gate_window, mask_gate_threshold)
 
 
 def mask_gate_candidates(
-    items: Sequence[ScoredImage],
-    decision: PostprocessSettings,
-    max_region_rate: float,
-    score_windows: Sequence[int],
+    clean_gate_scores: Mapping[int | None, Sequence[float]], max_region_rate: float
 ) -> list[Gate]:
-    """The mask gates tried besides the decision's own (``PostprocessSettings.mask_gate_*``): for the
-    decision's score and for the mask's score over each window of ``score_windows``, the scores that a
-    quarter, half and all of ``max_region_rate`` of the defect-free validation tiles reach; and 0 (every
-    tile shows its regions: eligible only where the pixel threshold and area keep clean tiles clean)."""
-    clean = [item for item in items if item.record.class_name == decision.free_class]
+    """The mask gates tried besides the decision's own (``PostprocessSettings.mask_gate_*``): for each
+    gate score (``gate_score`` of the defect-free validation tiles, per ``mask_gate_window``), the
+    levels that a quarter, half and all of ``max_region_rate`` of those tiles reach; and 0 (every tile
+    shows its regions: eligible only where the pixel threshold and area keep clean tiles clean)."""
     gates: list[Gate] = []
-    for window in (None, *score_windows):
-        probe = replace(decision, mask_gate_window=window)
-        scores = [
-            gate_score(i.probability, probe, tile_score(i.probability, decision, i.class_scores))
-            for i in clean
-        ]
+    for window, scores in clean_gate_scores.items():
         for fraction in (0.25, 0.5, 1.0):  # strictest first: ties go to the gate showing fewer tiles
             gate = (window, budget_threshold(scores, max_region_rate * fraction))
             if gate not in gates:
@@ -192,8 +182,7 @@ def gate_search(
         return []
     classes = np.array([item.record.class_name for item in items])
     defective = classes != decision.free_class
-    scores = [tile_score(item.probability, decision, item.class_scores) for item in items]
-    judged = np.array(scores) >= decision.decision_threshold
+    scores = np.array([tile_score(item.probability, decision, item.class_scores) for item in items])
     truth = np.array([np.count_nonzero(item.truth) for item in items])
     gate_scores = {
         window: np.array(
@@ -204,13 +193,14 @@ def gate_search(
         )
         for window in (None, *score_windows)
     }
-    gates = mask_gate_candidates(items, decision, max_region_rate, score_windows)
+    gates = mask_gate_candidates({w: g[~defective] for w, g in gate_scores.items()}, max_region_rate)
     rows = []
     for threshold in thresholds:
         for area in min_areas:
             counts = np.array([_pixel_counts(item, float(threshold), int(area)) for item in items])
             for window, gate in gates:
-                shown = judged | (gate_scores[window] >= gate)
+                gated = replace(decision, mask_gate_window=window, mask_gate_threshold=gate)
+                shown = passes_gate(scores, gate_scores[window], gated)
                 tp, fp = np.where(shown, counts[:, 0], 0), np.where(shown, counts[:, 1], 0)
                 fn = np.where(shown, counts[:, 2], truth)
                 per_class = {

@@ -13,7 +13,7 @@ from mtdefect.cv.rescore import parse_overrides
 from mtdefect.data.split import Record
 from mtdefect.docs_tables.cv import gate_label
 from mtdefect.inference import postprocess
-from mtdefect.inference.postprocess import gate_score, shows_regions
+from mtdefect.inference.postprocess import gate_score, passes_gate, shows_regions
 from mtdefect.inference.settings import ModelSettings, PostprocessSettings
 from mtdefect.scoring import ScoredImage, split_metrics
 
@@ -149,11 +149,29 @@ def test_the_gate_search_agrees_with_split_metrics_row_by_row() -> None:
 
 
 def test_gate_candidates() -> None:
-    items = validation_items()
-    decision = PostprocessSettings(threshold=0.5, decision_threshold=0.70001)
-    gates = mask_gate_candidates(items, decision, 0.2, (5,))
+    clean = {None: [0.9, 0.7, 0.5, 0.4] + [0.1] * 16, 5: [0.3] * 20}  # gate scores of 20 clean tiles
+    gates = mask_gate_candidates(clean, 0.2)
     assert gates[-1] == (None, 0.0) and len(set(gates)) == len(gates)
     assert {window for window, _ in gates} == {None, 5}
+    by_score = [g for w, g in gates if w is None and g > 0]  # strictest first: a quarter, half, all of 0.2
+    assert by_score == sorted(by_score, reverse=True) and len(by_score) == 3
+    assert [sum(s >= gate for s in clean[None]) for gate in by_score] == [1, 2, 4]
+    window_gates = [g for w, g in gates if w == 5]  # 20 tied scores: no level lets only a share through
+    assert len(window_gates) == 1 and not any(s >= window_gates[0] for s in clean[5])
+
+
+def test_the_gate_rule_is_one_function_for_tiles_and_arrays() -> None:
+    post = PostprocessSettings(decision_threshold=0.9, mask_gate_threshold=0.4)
+    scores, gates = np.array([0.95, 0.5, 0.5, 0.1]), np.array([0.0, 0.45, 0.3, 0.9])
+    assert passes_gate(scores, gates, post).tolist() == [True, True, False, True]
+    assert [passes_gate(s, g, post) for s, g in zip(scores, gates)] == [True, True, False, True]
+    assert passes_gate(scores, gates, replace(post, mask_gate_threshold=None)).tolist() == [
+        True,
+        False,
+        False,
+        False,
+    ]
+    assert passes_gate(scores, gates, PostprocessSettings()).tolist() == [True] * 4  # decided by regions
 
 
 def oof_rows() -> list[dict]:

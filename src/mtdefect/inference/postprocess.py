@@ -136,14 +136,24 @@ def gate_score(probability: np.ndarray, settings: PostprocessSettings, score: fl
     return image_score(probability, settings.mask_gate_window)
 
 
+def passes_gate(score, gate_value, settings: PostprocessSettings):
+    """The mask gate's rule, on one tile's numbers or on arrays of them: a tile shows its regions
+    always without a decision threshold, always when judged defective (``score`` reaches the decision
+    threshold), else when its gate score (``gate_value``, from ``gate_score``) reaches
+    ``mask_gate_threshold`` (None: never)."""
+    if settings.decision_threshold is None:
+        return np.ones_like(np.asarray(score), dtype=bool) if np.ndim(score) else True
+    passed = np.asarray(score) >= settings.decision_threshold
+    if settings.mask_gate_threshold is not None:
+        passed = passed | (np.asarray(gate_value) >= settings.mask_gate_threshold)
+    return passed if np.ndim(score) else bool(passed)
+
+
 def shows_regions(probability: np.ndarray, settings: PostprocessSettings, score: float) -> bool:
-    """Whether a tile shows its regions: always without a decision threshold, always when judged
-    defective, else when its gate score reaches ``mask_gate_threshold`` (None: never)."""
-    if settings.decision_threshold is None or score >= settings.decision_threshold:
-        return True
-    if settings.mask_gate_threshold is None:
-        return False
-    return gate_score(probability, settings, score) >= settings.mask_gate_threshold
+    """Whether one tile shows its regions (``passes_gate``)."""
+    if settings.decision_threshold is not None and score >= settings.decision_threshold:
+        return True  # judged defective: no gate score needed
+    return passes_gate(score, gate_score(probability, settings, score), settings)
 
 
 def postprocess(

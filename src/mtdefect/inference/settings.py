@@ -81,8 +81,8 @@ class PostprocessSettings:
         bright pixels a clean tile can have, so the score ranks tiles better.
     decision_threshold: None: a tile is defective when a region survives ``threshold`` and
         ``min_region_area``. A number: a tile is defective when its score reaches it, and a tile
-        judged clean reports no regions (an empty mask). Calibration sets it so the false-alarm
-        rate on defect-free validation tiles stays within budget.
+        judged clean reports no regions (an empty mask) unless it passes the mask gate below.
+        Calibration sets it so the false-alarm rate on defect-free validation tiles stays within budget.
     mask_gate_threshold / mask_gate_window: which tiles show their regions (their mask). A tile judged
         defective always does. Gate None: no other tile does (a tile judged clean shows an empty
         mask). A number: a tile judged clean whose gate score reaches it is not rejected, yet shows
