@@ -444,11 +444,59 @@ def test_leave_one_class_out_never_trains_on_the_class_it_scores(
             if r.split != "test" and r.class_name == "MT_Free"
         }
         assert free_test and not (free_test & free_train)
-    summary = json.loads((tmp_path / "reports" / "unseen.json").read_text())
-    assert sorted(summary) == defect_classes
-    assert all(
-        s["images"] == 5 * LIGHTINGS and 0.0 <= s["recall_at_1pct_fa"] <= 1.0 for s in summary.values()
+    report = json.loads((tmp_path / "reports" / "unseen.json").read_text())
+    assert report["recipe"]["encoder"] == cfg.model.encoder and report["max_false_alarm_rate"] == 0.01
+    summary = report["classes"]
+    assert (
+        sorted(summary) == defect_classes == sorted(j.removeprefix("unseen_") for j in report["job_seconds"])
     )
+    for s in summary.values():
+        assert s["images"] == 5 * LIGHTINGS and s["clean_tiles"] > 0
+        for key in ("recall_at_1pct_fa", "auroc", "tile_recall_at_1pct_fa"):
+            assert set(s[key]) == {"value", "ci_low", "ci_high"}, key
+        assert 0.0 <= s["recall_at_1pct_fa"]["value"] <= 1.0
+
+
+def test_left_out_summary_counts_tiles_and_bounds_recall_by_tile_groups() -> None:
+    """Recall at ≤ 1 % false alarms of a left-out class: every defective image above every clean one
+    gives 1.0 with an interval [1, 1]; a clean tile scoring above half the defective ones halves it
+    and the interval, drawn by tile group, brackets the value."""
+    from mtdefect.stages.unseen import left_out_summary
+
+    def rows(defective_scores: list[float], clean_scores: list[float]) -> list[dict]:
+        out = []
+        for i, score in enumerate(defective_scores):  # two lightings per tile
+            out.append(
+                {
+                    "class": "MT_Crack",
+                    "group": f"MT_Crack/{i // 2}",
+                    "image": f"MT_Crack/exp{i % 2 + 1}_num_{i // 2 * 1000 + i % 2 * 10}.jpg",
+                    "score": score,
+                    "defective": score > 0.5,
+                }
+            )
+        for i, score in enumerate(clean_scores):
+            out.append(
+                {
+                    "class": "MT_Free",
+                    "group": f"MT_Free/{i // 2}",
+                    "image": f"MT_Free/exp{i % 2 + 1}_num_{i // 2 * 1000 + i % 2 * 10}.jpg",
+                    "score": score,
+                    "defective": score > 0.5,
+                }
+            )
+        return out
+
+    perfect = left_out_summary(rows([0.9] * 8, [0.1] * 40), "MT_Crack", "MT_Free", 300, 0.01, 200)
+    assert perfect["images"] == 8 and perfect["clean_images"] == 40 and perfect["tiles"] == 4
+    assert perfect["clean_tiles"] == 20
+    assert perfect["recall_at_1pct_fa"] == {"value": 1.0, "ci_low": 1.0, "ci_high": 1.0}
+    assert perfect["recall_at_decision"] == 1.0 and perfect["false_alarm_rate_at_decision"] == 0.0
+    half = left_out_summary(
+        rows([0.9] * 4 + [0.3] * 4, [0.1] * 39 + [0.5]), "MT_Crack", "MT_Free", 300, 0.01, 200
+    )
+    r = half["recall_at_1pct_fa"]
+    assert r["value"] == 0.5 and r["ci_low"] <= 0.5 <= r["ci_high"] and r["ci_low"] < r["ci_high"]
 
 
 def test_paired_difference_is_zero_for_the_same_run_and_sees_a_real_gain() -> None:

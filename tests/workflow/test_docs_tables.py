@@ -249,3 +249,40 @@ def test_cv_table_shows_each_recipe_with_intervals(tmp_path: Path) -> None:
     assert "pad zero, mask gate at decision, seed 42" in lines[0]
     assert "pad zero (trained with edge), mask gate ≤ 0.05 clean, seed 42" in lines[1]
     assert "| 0.080 [0.05, 0.12] |" in lines[0]  # clean images showing regions
+
+
+def test_unseen_table_shows_each_class_left_out_against_the_target(tmp_path: Path) -> None:
+    from mtdefect.docs_tables.unseen import unseen_table
+
+    assert "No leave-one-class-out run" in unseen_table(tmp_path)
+
+    def entry(recall: float) -> dict:
+        return {
+            "images": 40,
+            "clean_images": 150,
+            "tiles": 8,
+            "clean_tiles": 27,
+            "recall_at_1pct_fa": {"value": recall, "ci_low": recall - 0.1, "ci_high": recall + 0.1},
+            "auroc": {"value": 0.9, "ci_low": 0.85, "ci_high": 0.95},
+            "tile_recall_at_1pct_fa": {"value": 0.5, "ci_low": 0.2, "ci_high": 0.8},
+            "recall_at_decision": 0.3,
+            "false_alarm_rate_at_decision": 0.02,
+        }
+
+    report = {
+        "recipe": {"encoder": "tf_efficientnet_lite0", "crop_size": 160, "max_epochs": 30, "seed": 42},
+        "max_false_alarm_rate": 0.01,
+        "job_seconds": {"unseen_MT_Crack": 1800.0, "unseen_MT_Fray": 2400.0},
+        "classes": {"MT_Fray": entry(0.75), "MT_Crack": entry(0.25)},
+    }
+    (tmp_path / "reports" / "cv").mkdir(parents=True)
+    (tmp_path / "reports" / "cv" / "unseen.json").write_text(json.dumps(report))
+    body = unseen_table(tmp_path)
+    rows = [line for line in body.splitlines() if line.startswith("| ") and not line.startswith("| class")]
+    assert [r.split(" | ")[0] for r in rows] == ["| Crack", "| Fray"]
+    assert "| 0.250 [0.15, 0.35] |" in rows[0] and rows[0].endswith("| missed |")
+    assert "| 0.750 [0.65, 0.85] |" in rows[1] and rows[1].endswith("| met |")
+    assert "| 40 (8 tiles) | 150 (27 tiles) |" in rows[0] and "| 0.300 @ 0.020 |" in rows[0]
+    assert "recall @ ≤ 1% FA" in body and "2 trainings, 30–40 min each" in body
+    readme = "x\n<!-- BEGIN unseen -->\nstale\n<!-- END unseen -->\n"
+    assert "| Fray |" in render(readme, tmp_path, required=())

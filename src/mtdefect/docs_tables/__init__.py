@@ -11,6 +11,7 @@ markers is left alone. One module per block, one small function per table:
 
 - ``results``     (README, ``results.py``): pipeline runs; which files feed which row: ``RESULT_ROWS``;
 - ``cv``          (README, ``cv.py``): grouped k-fold cross-validation, one row per recipe;
+- ``unseen``      (README, ``unseen.py``): leave one defect class out, one row per class;
 - ``performance`` (README, ``performance.py``): benchmark targets; ``PERFORMANCE_ROWS``;
 - ``lite0``       (docs/PERFORMANCE.md, ``lite0.py``): the current model's detail tables, ``SECTIONS``;
 - ``common.py``: formatting, the markdown table, reading a result and naming its model and load.
@@ -54,6 +55,7 @@ from mtdefect.docs_tables.lite0 import lite0_detail
 from mtdefect.docs_tables.performance import PERFORMANCE_ROWS, performance_table
 from mtdefect.docs_tables.results import RESULT_ROWS, results_table, save_seed
 from mtdefect.docs_tables.serving import serving_load_table
+from mtdefect.docs_tables.unseen import unseen_table
 from mtdefect.fileio import write_text_atomic
 
 __all__ = [
@@ -67,12 +69,14 @@ __all__ = [
     "render",
     "results_table",
     "save_seed",
+    "unseen_table",
 ]
 
 # block name -> the function that writes its body (the text between the markers)
 GENERATORS: dict[str, Callable[[Path], str]] = {
     "results": results_table,
     "cv": cv_table,
+    "unseen": unseen_table,  # optional: README shows it where its markers are
     "performance": performance_table,
     "lite0": lite0_detail,
     "serving_load": serving_load_table,  # docs/PERFORMANCE.md (issue #22)
