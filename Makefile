@@ -78,8 +78,12 @@ container: venv  ## build the service's container image (podman/buildah/docker, 
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m mtdefect.devtools.container build $(CONTAINER_ARGS)
 
 # Tests run many small CPU jobs side by side: one thread each is ~10x faster than two fighting on 2 cores.
+# Two workers (one per core of the reference 2-core machine), one thread each; a test file, and the
+# service folder with its shared servers, stays on one worker (tests/conftest.py). TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
 test: venv  ## the whole test suite (unit + integration + slow)
-	PATH=$(CURDIR)/$(BIN):$$PATH OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	PATH=$(CURDIR)/$(BIN):$$PATH OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
+	  -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 test-fast: venv  ## unit tests only
 	PATH=$(CURDIR)/$(BIN):$$PATH OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"

@@ -71,3 +71,13 @@ def head_model(per_image: bool = False, encoder: str = "tf_efficientnet_lite0") 
         postprocess=PostprocessSettings(score_source="head", decision_threshold=0.5),
     )
     return net_cfg, settings
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` (``make test``): tests of one file run on one worker, so
+    a module's fixtures are built once; the service tests share their session-wide servers and trained
+    model, so that whole folder is one group."""
+    for item in items:
+        path = Path(str(item.fspath)).resolve().relative_to(ROOT / "tests")
+        group = "service" if path.parts[0] == "service" else path.as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))
