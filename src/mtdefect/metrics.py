@@ -65,12 +65,20 @@ def _tensors(scores: np.ndarray, labels: np.ndarray):
 
 
 def binary_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve of scores in [0, 1] (ties count one half); NaN if a class is absent."""
+    """Area under the ROC curve (ties count one half); NaN if a class is absent.
+
+    Any real scores: AUROC depends only on their order, and scores outside [0, 1] (z-scores, distances,
+    logits) are replaced by their dense ranks scaled into [0, 1] first — exact, ties kept — because
+    torchmetrics would squash them through a sigmoid (saturating to ties) and ``_tensors`` clamps them."""
     from torchmetrics.functional.classification import binary_auroc as _auroc
 
     labels = np.asarray(labels).astype(bool)
     if labels.all() or not labels.any():
         return float("nan")
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.min() < 0.0 or scores.max() > 1.0:
+        _, ranks = np.unique(scores, return_inverse=True)
+        scores = ranks.reshape(scores.shape) / max(int(ranks.max()), 1)
     return float(_auroc(*_tensors(scores, labels)))
 
 

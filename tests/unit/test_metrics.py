@@ -94,6 +94,20 @@ def test_library_auroc_and_curves_agree_with_an_independent_implementation() -> 
             assert point["precision"] == pytest.approx(labels[flagged].mean())
 
 
+def test_auroc_of_scores_outside_0_1_is_the_rank_statistic() -> None:
+    """z-scores, distances and logits (the decision's scorers): clamping them to [0, 1] once made
+    every z above 1 a tie (AUROC 0.5 for distances); the area must depend on the order alone."""
+    assert auroc([-3.0, -2.0, 5.0, 7.0], [0, 1, 0, 1]) == pytest.approx(0.75)
+    assert auroc([45.7, 67.4, 58.1, 62.3], [0, 1, 1, 0]) == pytest.approx(0.75)  # distances > 1
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        labels = rng.random(80) < 0.4
+        labels[:2] = [True, False]
+        z = np.round(rng.normal(size=80) * 4 + 3 * labels, 1)  # ties included
+        assert auroc(z, labels) == pytest.approx(rank_statistic_auroc(z, labels), abs=1e-6)
+        assert auroc(z, labels) == pytest.approx(auroc(1 / (1 + np.exp(-z / 8)), labels), abs=1e-6)
+
+
 def test_detection_rates_by_hand() -> None:
     rates = detection_rates(np.array([1, 0, 1, 0, 0], bool), np.array([1, 1, 0, 0, 0], bool))
     assert rates == {"recall": 0.5, "false_alarm_rate": pytest.approx(1 / 3), "n_defective": 2, "n_free": 3}
