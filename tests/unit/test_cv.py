@@ -512,3 +512,29 @@ def test_paired_difference_is_zero_for_the_same_run_and_sees_a_real_gain() -> No
     assert gain["dice"]["value"] > 0 and gain["dice"]["ci_low"] > 0
     with pytest.raises(ValueError, match="same images"):
         paired_difference(before, before[1:], "MT_Free")
+
+
+def test_compare_cli_explains_a_wrong_folder_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder without ``folds/fold_*.json`` (the fold files themselves, one level too deep), or two
+    runs over different images: exit 1 with one line, and no half-written output."""
+    from mtdefect.cv.compare import main
+
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    for run, rows in ((run_a, rows_for([0.1, 0.2], [0.8])), (run_b, rows_for([0.1], [0.8]))):
+        (run / "folds").mkdir(parents=True)
+        (run / "folds" / "fold_0.json").write_text(json.dumps({"fold": 0, "rows": rows}))
+    out = tmp_path / "out.json"
+    for args, message in (
+        ([str(run_a / "folds"), str(run_b), str(out)], "no fold rows in"),
+        ([str(run_a), str(run_b), str(out)], "did not score the same images"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 1 and message in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+        assert not out.exists()
+    main([str(run_a), str(run_a), str(out)])
+    assert json.loads(out.read_text())["difference"]["dice"]["value"] == 0.0

@@ -60,9 +60,13 @@ def paired_difference(
 
 
 def fold_rows(run_dir: Path) -> list[dict]:
+    """Every out-of-fold row of a run folder (``RUN_DIR/folds/fold_*.json``, as the cv stage writes)."""
+    paths = sorted((run_dir / "folds").glob("fold_*.json"))
+    if not paths:
+        raise FileNotFoundError(f"no fold rows in {run_dir / 'folds'} (expected fold_<i>.json files)")
     return [
         {**row, "fold": result["fold"]}
-        for path in sorted((run_dir / "folds").glob("fold_*.json"))
+        for path in paths
         for result in [json.loads(path.read_text())]
         for row in result["rows"]
     ]
@@ -74,11 +78,12 @@ def main(argv: list[str] | None = None) -> None:
         print("usage: python -m mtdefect.cv.compare BEFORE_DIR AFTER_DIR OUT.json", file=sys.stderr)
         sys.exit(2)
     before, after, out = Path(args[0]), Path(args[1]), Path(args[2])
-    result = {
-        "before": str(before),
-        "after": str(after),
-        "difference": paired_difference(fold_rows(before), fold_rows(after), "MT_Free"),
-    }
+    try:
+        difference = paired_difference(fold_rows(before), fold_rows(after), "MT_Free")
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"cv compare: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    result = {"before": str(before), "after": str(after), "difference": difference}
     write_json_atomic(out, result, indent=2)
     for name, entry in result["difference"].items():
         change = f"{entry['value']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"

@@ -125,6 +125,58 @@ def scorer_summary(
     return out
 
 
+def fused_z_scores(rows: Sequence[dict], reference: dict) -> dict[str, np.ndarray]:
+    """Each scorer's raw score normalised by its job's clean validation scores (``reference[job]``),
+    and the two label-free fusions: ``fused`` (sum of the z-scores) and ``fused_max`` (the larger)."""
+    jobs = np.array([r["fold"] for r in rows], dtype=object)
+    z: dict[str, np.ndarray] = {}
+    for scorer in ("head", "anomaly"):
+        raw = np.array([r[scorer] for r in rows], dtype=np.float64)
+        z[scorer] = np.empty_like(raw)
+        for job in dict.fromkeys(jobs.tolist()):
+            index = jobs == job
+            z[scorer][index] = normalised(scorer, raw[index], reference[job][scorer])
+    z["fused"] = z["head"] + z["anomaly"]
+    z["fused_max"] = np.maximum(z["head"], z["anomaly"])  # either branch alone may reject
+    return z
+
+
+def left_out_compare(
+    held_out: Sequence[dict],
+    reference: dict[str, dict[str, np.ndarray]],
+    free_class: str,
+    group_gap: int | None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Leave one class out: per job (one left-out class against its held-out clean tiles), each
+    scorer — head, anomaly, and the label-free fusions — normalised by that job's clean validation
+    images. No combiner is fitted: a weight learned on the seen classes says nothing of an unseen one."""
+    rows = list(held_out)
+    z = fused_z_scores(rows, reference)
+    jobs = np.array([r["fold"] for r in rows], dtype=object)
+    classes = np.array([r["class"] for r in rows])
+    result: dict = {}
+    for job in dict.fromkeys(jobs.tolist()):
+        index = np.flatnonzero(jobs == job)
+        job_rows = [rows[i] for i in index]
+        left_out = sorted(set(classes[index].tolist()) - {free_class})
+        defective = classes[index] != free_class
+        groups = np.array([r["group"] for r in job_rows])
+        tiles = np.array(tile_ids(job_rows, group_gap))
+        result[",".join(left_out)] = {
+            "images": int(defective.sum()),
+            "clean_images": int((~defective).sum()),
+            **{
+                name: scorer_summary(
+                    scores[index], defective, classes[index], groups, tiles, free_class, n_resamples, seed
+                )
+                for name, scores in z.items()
+            },
+        }
+    return result
+
+
 def compare(
     held_out: Sequence[dict],
     reference: dict[int, dict[str, np.ndarray]],
@@ -138,15 +190,7 @@ def compare(
     of that fold's clean validation images. Returns each scorer's summary and the fused one's."""
     rows = list(held_out)
     folds = np.array([r["fold"] for r in rows])
-    z: dict[str, np.ndarray] = {}
-    for scorer in ("head", "anomaly"):
-        raw = np.array([r[scorer] for r in rows], dtype=np.float64)
-        z[scorer] = np.empty_like(raw)
-        for fold in sorted(set(folds.tolist())):
-            index = folds == fold
-            z[scorer][index] = normalised(scorer, raw[index], reference[fold][scorer])
-    z["fused"] = z["head"] + z["anomaly"]
-    z["fused_max"] = np.maximum(z["head"], z["anomaly"])  # either branch alone may reject
+    z = fused_z_scores(rows, reference)
     z["head_raw"] = np.array([r["head"] for r in rows], dtype=np.float64)  # pooled without normalising
     classes = np.array([r["class"] for r in rows])
     defective = classes != free_class
@@ -171,65 +215,75 @@ def compare(
 
 
 def main() -> None:
-    """``python -m mtdefect.cv.decision``: reports/cv/decision.json from the fold rows (head scores and
-    their clean-validation reference) and reports/cv/anomaly/ (``python -m mtdefect.cv.anomaly``)."""
+    """``python -m mtdefect.cv.decision [FOLDS] [BRANCH]``: reports/cv/decision.json from the fold rows
+    (head scores and their clean-validation reference) and reports/cv/BRANCH/ (``python -m
+    mtdefect.cv.anomaly``; default ``anomaly``) into ``decision_BRANCH.json``. A BRANCH ending in
+    ``_unseen`` (``cv.anomaly --unseen``) pairs with the leave-one-class-out rows instead: per left-out
+    class, each scorer and the label-free fusions (``left_out_compare``)."""
     import json
     import sys
     from pathlib import Path
 
     from mtdefect.cv.fold import CvPaths, score_reference
-    from mtdefect.data.folds import fold_manifest_path
+    from mtdefect.data.folds import fold_manifest_path, job_name
     from mtdefect.fileio import write_json_atomic
     from mtdefect.stages._common import run
 
     def stage(cfg) -> None:
+        unseen = branch.endswith("_unseen")
+        if unseen:
+            from mtdefect.stages.unseen import unseen_config
+
+            cfg = unseen_config(cfg)
         paths = CvPaths.from_cfg(cfg)
         anomaly_dir = Path(cfg.cv.reports_dir) / branch
+        if folds:
+            jobs: list = folds
+        elif unseen:
+            jobs = sorted(p.stem for p in anomaly_dir.glob("unseen_*.json"))
+        else:
+            jobs = list(range(cfg.cv.k))
         held_out, reference = [], {}
-        for fold in folds or range(cfg.cv.k):
-            result = json.loads(paths.rows(fold).read_text())
-            anomaly = json.loads((anomaly_dir / f"fold_{fold}.json").read_text())["rows"]
+        for job in jobs:
+            result = json.loads(paths.rows(job).read_text())
+            anomaly = json.loads((anomaly_dir / f"{job_name(job)}.json").read_text())["rows"]
             by_image = {r["image"]: r["anomaly"] for r in anomaly}
             head_reference = result.get("reference_scores")
             if head_reference is None:  # rows written before the reference was kept: score it now
                 head_reference = score_reference(
-                    paths.model_dir / f"fold_{fold}",
+                    paths.model_dir / job_name(job),
                     Path(cfg.paths.data_dir),
-                    fold_manifest_path(paths.manifest_dir, fold),
+                    fold_manifest_path(paths.manifest_dir, job),
                     cfg.data.free_class,
                 )
-            reference[fold] = {
+            reference[job] = {
                 "head": np.array(head_reference),
                 "anomaly": np.array([r["anomaly"] for r in anomaly if r["split"] == "val"]),
             }
             for row in result["rows"]:
-                held_out.append(
-                    {**row, "fold": fold, "head": row["score"], "anomaly": by_image[row["image"]]}
-                )
-        summary = compare(
-            held_out,
-            reference,
-            cfg.data.free_class,
-            cfg.data.split.get("group_gap"),
-            int(cfg.cv.bootstrap),
-            int(cfg.cv.seed),
-        )
+                held_out.append({**row, "fold": job, "head": row["score"], "anomaly": by_image[row["image"]]})
+        args = (held_out, reference, cfg.data.free_class, cfg.data.split.get("group_gap"))
+        args += (int(cfg.cv.bootstrap), int(cfg.cv.seed))
+        summary = left_out_compare(*args) if unseen else compare(*args)
         name = "decision.json" if branch == "anomaly" else f"decision_{branch}.json"
-        out = Path(cfg.cv.reports_dir) / name
         summary["anomaly_branch"] = branch
-        write_json_atomic(out, summary, indent=2)
-        for name in ("head_raw", "head", "anomaly", "fused", "fused_max", "fused_fitted"):
-            s = summary.get(name)
-            if s is None:
+        write_json_atomic(Path(cfg.cv.reports_dir) / name, summary, indent=2)
+        parts = summary.items() if unseen else [("all", summary)]
+        for part, block in parts:
+            if not isinstance(block, dict):
                 continue
-            print(
-                f"decision: {name}: AUROC {s['auroc']['value']} "
-                f"recall@1%FA {s['recall_at_1pct_fa']['value']} "
-                f"tile recall@1%FA {s['tile_recall_at_1pct_fa']['value']}"
-            )
+            for scorer in ("head_raw", "head", "anomaly", "fused", "fused_max", "fused_fitted"):
+                s = block.get(scorer)
+                if s is None:
+                    continue
+                print(
+                    f"decision: {part}: {scorer}: AUROC {s['auroc']['value']} "
+                    f"recall@1%FA {s['recall_at_1pct_fa']['value']} "
+                    f"tile recall@1%FA {s['tile_recall_at_1pct_fa']['value']}"
+                )
 
-    folds = [int(f) for f in sys.argv[1].split(",")] if len(sys.argv) > 1 else None
-    branch = sys.argv[2] if len(sys.argv) > 2 else "anomaly"  # or anomaly_fold_encoder
+    folds = [int(f) for f in sys.argv[1].split(",")] if len(sys.argv) > 1 and sys.argv[1] else None
+    branch = sys.argv[2] if len(sys.argv) > 2 else "anomaly"  # or anomaly_fold_encoder, …_unseen
     run(stage, "cv decision")
 
 
