@@ -237,6 +237,7 @@ def test_cv_table_shows_each_recipe_with_intervals(tmp_path: Path) -> None:
     rescored = {
         **summary["recipe"],
         "preprocess_pad": None,
+        "paste_p": 0.3,
         "rescored_with": {"preprocess": {"pad": "zero"}, "calibration": {"max_region_rate": 0.05}},
     }
     partial = {**summary, "folds_pooled": [0, 1], "recipe": rescored}
@@ -246,8 +247,8 @@ def test_cv_table_shows_each_recipe_with_intervals(tmp_path: Path) -> None:
     assert [line.split("`")[1] for line in lines] == ["default", "cpu_2h"]
     assert "0.710 [0.65, 0.77]" in lines[0] and "— / — / 0.50 / — / —" in lines[0] and "10 min" in lines[0]
     assert "| 5 / 1097 / 227 |" in lines[0] and "| 2 of 5 / 1097 / 227 |" in lines[1]
-    assert "pad zero, mask gate at decision, seed 42" in lines[0]
-    assert "pad zero (trained with edge), mask gate ≤ 0.05 clean, seed 42" in lines[1]
+    assert "pad zero, mask gate at decision, paste 0, seed 42" in lines[0]  # summaries before paste_p
+    assert "pad zero (trained with edge), mask gate ≤ 0.05 clean, paste 0.3, seed 42" in lines[1]
     assert "| 0.080 [0.05, 0.12] |" in lines[0]  # clean images showing regions
 
 

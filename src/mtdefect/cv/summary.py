@@ -27,6 +27,7 @@ def recipe_of(cfg: DictConfig) -> dict:
         "preprocess_scale": cfg.data.preprocess.get("scale"),
         "preprocess_pad": cfg.data.preprocess.get("pad"),
         "max_region_rate": (cfg.get("calibration") or {}).get("max_region_rate"),
+        "paste_p": float(cfg.data.module.get("paste_p") or 0.0),
         "seed": cfg.seed,
     }
 

@@ -58,7 +58,8 @@ def cv_row(name: str, summary: dict[str, Any]) -> list[str]:
     return [
         f"`{name}` ({recipe.get('encoder', '?')}, crop {recipe.get('crop_size', '?')}, "
         f"scale {recipe.get('preprocess_scale', '?')}, pad {pad_label(recipe)}, "
-        f"mask gate {gate_label(recipe)}, seed {recipe.get('seed', '?')})",
+        f"mask gate {gate_label(recipe)}, paste {recipe.get('paste_p') or 0:g}, "
+        f"seed {recipe.get('seed', '?')})",
         f"{folds_label(summary)} / {summary['images']} / {summary['groups']}",
         with_interval(summary.get("dice")),
         " / ".join(fmt((per_class.get(c) or {}).get("value"), 2) for c in CLASSES),
