@@ -56,12 +56,15 @@ def iou(prediction: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _tensors(scores: np.ndarray, labels: np.ndarray):
+    """Scores as torchmetrics reads probabilities. Scores outside [0, 1] are refused, not clamped: a
+    clamp ties every score beyond the range (it once flattened the decision's z-scores), and
+    torchmetrics would take them for logits. ``binary_auroc`` ranks such scores first."""
     import torch
 
-    return (
-        torch.as_tensor(np.asarray(scores, dtype=np.float64)).clamp(0.0, 1.0),
-        torch.as_tensor(np.asarray(labels).astype(bool)).long(),
-    )
+    values = np.asarray(scores, dtype=np.float64)
+    if values.size and (values.min() < 0.0 or values.max() > 1.0):
+        raise ValueError(f"scores must lie in [0, 1] for ROC/PR curves, got [{values.min()}, {values.max()}]")
+    return torch.as_tensor(values), torch.as_tensor(np.asarray(labels).astype(bool)).long()
 
 
 def binary_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -69,7 +72,7 @@ def binary_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
     Any real scores: AUROC depends only on their order, and scores outside [0, 1] (z-scores, distances,
     logits) are replaced by their dense ranks scaled into [0, 1] first — exact, ties kept — because
-    torchmetrics would squash them through a sigmoid (saturating to ties) and ``_tensors`` clamps them."""
+    torchmetrics would squash them through a sigmoid (saturating to ties)."""
     from torchmetrics.functional.classification import binary_auroc as _auroc
 
     labels = np.asarray(labels).astype(bool)

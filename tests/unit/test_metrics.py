@@ -108,6 +108,13 @@ def test_auroc_of_scores_outside_0_1_is_the_rank_statistic() -> None:
         assert auroc(z, labels) == pytest.approx(auroc(1 / (1 + np.exp(-z / 8)), labels), abs=1e-6)
 
 
+def test_curves_refuse_scores_outside_0_1_instead_of_clamping_them() -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        roc_curve(np.array([-2.0, 0.5, 3.0]), np.array([0, 1, 1]))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        precision_recall_curve(np.array([0.2, 1.5]), np.array([0, 1]))
+
+
 def test_detection_rates_by_hand() -> None:
     rates = detection_rates(np.array([1, 0, 1, 0, 0], bool), np.array([1, 1, 0, 0, 0], bool))
     assert rates == {"recall": 0.5, "false_alarm_rate": pytest.approx(1 / 3), "n_defective": 2, "n_free": 3}
