@@ -205,6 +205,24 @@ def test_cross_validation_end_to_end(
             assert entry["ci_low"] <= entry["ci_high"]
     assert (tmp_path / "reports" / "plots" / "roc.json").exists()
 
+    # cv.mask_fusion: one forward pass gives the head's and the mask's scores; the one the fold's
+    # decision uses is the score its rows hold, and the clean validation images come with them
+    from mtdefect.cv.mask_fusion import score_fold
+    from mtdefect.inference import ModelSettings
+
+    post = ModelSettings.load(tmp_path / "models" / "fold_0").postprocess
+    manifest = tmp_path / "cv" / "fold_0.csv"
+    scored = score_fold(
+        tmp_path / "models" / "fold_0", lit_dataset, manifest, "MT_Free", 300, [post.score_window]
+    )
+    decided = {r["image"]: r["score"] for r in rows if r["fold"] == 0}
+    key = "head" if post.score_source == "head" else f"mask{post.score_window}"
+    held = {r["image"]: r["scores"][key] for r in scored if r["split"] == "test"}
+    assert held.keys() == decided.keys()
+    assert all(held[image] == pytest.approx(decided[image], abs=1e-6) for image in held)
+    clean_val = [r.image for r in read_manifest(manifest, "val") if r.class_name == "MT_Free"]
+    assert sorted(r["image"] for r in scored if r["split"] == "val") == sorted(clean_val)
+
     assert pending(cfg, [0, 1, 2]) == []
 
     # an inference-only lever judged on the same fold models: recalibrated on each inner val
