@@ -20,7 +20,7 @@ RESULT_ROWS: list[dict[str, str]] = [
     {
         "kind": "baseline",
         "run": "**CPU default** (`dvc exp run`), seed {seed}",
-        "hardware": "2-core AMD EPYC (AVX512-BF16), no GPU",
+        "hardware": "2-core Intel Xeon (AVX512-BF16, AMX), no GPU; other work ran alongside",
         "metrics": "reports/metrics.json",
         "validation": "reports/validation.json",
         "params": "params.yaml",
@@ -28,20 +28,20 @@ RESULT_ROWS: list[dict[str, str]] = [
     {
         "kind": "seeds",
         "run": "CPU default, **{n} seeds ({seeds}): mean ± std**",
-        "hardware": "same (trained two at a time, one thread each)",
+        "hardware": "2-core AMD EPYC (AVX512-BF16), no GPU (trained two at a time, one thread each)",
         "glob": "reports/seeds/*.json",
     },
     {
         "kind": "seeds",
         "run": "**`experiment=cpu_2h`**, seed {seeds}",
-        "hardware": "same (one thread, beside the default's seeds)",
+        "hardware": "2-core AMD EPYC (one thread, beside the default's seeds)",
         "glob": "reports/experiments/cpu_2h/*.json",
     },
     {
         "kind": "seeds",
         "run": "CPU default on the old image-by-image split (the same tile under another light in train "
         "and test; replaced by the tile-grouped split), {n} seeds ({seeds})",
-        "hardware": "same",
+        "hardware": "2-core AMD EPYC",
         "glob": "reports/seeds_image_split/*.json",
     },
 ]
