@@ -285,5 +285,9 @@ def test_unseen_table_shows_each_class_left_out_against_the_target(tmp_path: Pat
     assert "| 0.750 [0.65, 0.85] |" in rows[1] and rows[1].endswith("| met |")
     assert "| 40 (8 tiles) | 150 (27 tiles) |" in rows[0] and "| 0.300 @ 0.020 |" in rows[0]
     assert "recall @ ≤ 1% FA" in body and "2 trainings, 30–40 min each" in body
+    assert "30 epochs, paste 0, seed 42" in body  # a run from before the recipe recorded paste_p
+    report["recipe"]["paste_p"] = 0.3
+    (tmp_path / "reports" / "cv" / "unseen.json").write_text(json.dumps(report))
+    assert "30 epochs, paste 0.3, seed 42" in unseen_table(tmp_path)
     readme = "x\n<!-- BEGIN unseen -->\nstale\n<!-- END unseen -->\n"
     assert "| Fray |" in render(readme, tmp_path, required=())

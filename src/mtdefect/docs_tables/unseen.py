@@ -50,7 +50,8 @@ def unseen_table(root: Path) -> str:
     lines.append("")
     lines.append(
         f"Recipe: {recipe.get('encoder', '?')}, crop {recipe.get('crop_size', '?')}, "
-        f"{recipe.get('max_epochs', '?')} epochs, seed {recipe.get('seed', '?')}; "
+        f"{recipe.get('max_epochs', '?')} epochs, paste {recipe.get('paste_p') or 0:g}, "
+        f"seed {recipe.get('seed', '?')}; "
         f"{len(minutes)} trainings"
         + (f", {min(minutes):.0f}–{max(minutes):.0f} min each" if minutes else "")
         + ". 95 % intervals resample whole tile groups."
