@@ -4,8 +4,11 @@ Decisions, made in order for each candidate set of test-time flips:
 1. The tile decision. Each score source — the tile head (1 − P(free), models with a head) and the
    mask's windowed probability for each ``score_windows`` entry — gets the lowest decision threshold
    that keeps false alarms on defect-free validation tiles within ``max_false_alarm_rate``; the
-   source with the highest recall there wins (ties: higher AUROC, then the head, then the smaller
-   window).
+   source with the best ``decision_criterion`` wins: ``recall`` there (ties: higher AUROC, then the
+   head, then the smaller window), or ``auroc`` (ties: recall, the head, the smaller window). The
+   recall at a 1 % budget is set by the one or two strangest of ~100 clean validation tiles, so it
+   can crown a source that ranks the tiles worse; AUROC uses every tile (docs/MODEL_QUALITY.md,
+   session 10).
 2. The mask. The mask gate (which tiles judged clean still show their regions: none, or with
    ``max_region_rate`` those whose decision score or windowed mask score reaches a level at most that
    share of defect-free tiles reaches), the pixel threshold and minimum region area with the best
@@ -35,6 +38,7 @@ from mtdefect.inference.settings import PostprocessSettings
 from mtdefect.scoring import ScoredImage, score_split, split_metrics
 
 MASK_CRITERIA = ("mean_class_dice", "dice")
+DECISION_CRITERIA = ("recall", "auroc")
 
 
 def budget_threshold(free_scores: Sequence[float], max_false_alarm_rate: float) -> float:
@@ -58,8 +62,13 @@ def choose_decision(
     score_windows: Sequence[int],
     max_false_alarm_rate: float,
     free_class: str = "MT_Free",
+    criterion: str = "recall",
 ) -> tuple[PostprocessSettings, list[dict[str, Any]]]:
     """The score source and decision threshold (step 1 of the module docstring), and one row per source."""
+    if criterion not in DECISION_CRITERIA:
+        raise ValueError(
+            f"calibration.decision_criterion must be one of {DECISION_CRITERIA}, got {criterion!r}"
+        )
     labels = np.array([item.record.class_name != free_class for item in items], dtype=bool)
     candidates = (
         [PostprocessSettings(score_source="head", free_class=free_class)]
@@ -82,10 +91,14 @@ def choose_decision(
                 "auroc": metrics.binary_auroc(scores, labels),
             }
         )
-    best = max(
-        rows,
-        key=lambda r: (r["recall"], _finite(r["auroc"]), r["score_source"] == "head", -r["score_window"]),
-    )
+
+    def rank(r: dict[str, Any]) -> tuple:
+        head, window = r["score_source"] == "head", -r["score_window"]
+        if criterion == "auroc":
+            return (_finite(r["auroc"]), r["recall"], head, window)
+        return (r["recall"], _finite(r["auroc"]), head, window)
+
+    best = max(rows, key=rank)
     settings = PostprocessSettings(
         score_source=best["score_source"],
         score_window=best["score_window"],
@@ -239,6 +252,7 @@ def choose_postprocess(
     mask_criterion: str = "mean_class_dice",
     free_class: str = "MT_Free",
     max_region_rate: float | None = None,
+    decision_criterion: str = "recall",
 ) -> tuple[PostprocessSettings, dict[str, Any]]:
     """Returns the chosen settings and a report: ``decision`` rows (one per score source), ``mask``
     rows (one per threshold × area with the mask gated at the decision, from ``split_metrics``),
@@ -249,7 +263,9 @@ def choose_postprocess(
     settings where at most that share of the defect-free validation tiles shows any region."""
     if mask_criterion not in MASK_CRITERIA:
         raise ValueError(f"calibration.mask_criterion must be one of {MASK_CRITERIA}, got {mask_criterion!r}")
-    decision, decision_rows = choose_decision(items, score_windows, max_false_alarm_rate, free_class)
+    decision, decision_rows = choose_decision(
+        items, score_windows, max_false_alarm_rate, free_class, decision_criterion
+    )
     mask_rows = []
     for threshold in thresholds:
         for area in min_areas:
@@ -288,6 +304,7 @@ def choose_postprocess(
         "mask_gate_window": settings.mask_gate_window,
         "mask_criterion": mask_criterion,
         "max_region_rate": max_region_rate,
+        "decision_criterion": decision_criterion,
     }
     chosen["objective"] = 0.5 * (_finite(best[mask_criterion]) + _finite(best["recall"]))
     for row in mask_rows:  # the report keeps the grid's numbers; the confusion matrices only for the winner

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,42 @@ def test_calibration_prefers_the_score_window_that_ignores_specks() -> None:
             assert np.array_equal(prediction.mask > 0, truth_mask)
         else:
             assert not prediction.mask.any() and prediction.regions == []  # 0.99 ≥ 0.5, yet judged clean
+
+
+def with_head(scored: ScoredImage, defect: float) -> ScoredImage:
+    """The tile head's answer added: P(MT_Crack) = ``defect``."""
+    return replace(scored, class_scores={"MT_Free": 1 - defect, "MT_Crack": defect, "MT_Break": 0.0})
+
+
+def test_decision_criterion_auroc_keeps_the_source_that_ranks_every_tile() -> None:
+    """The head ranks 19 of 20 defective tiles above every clean one but one clean tile outscores them
+    all, so at a zero budget it flags nothing; the mask's speck score flags 2 defective tiles and
+    ranks the rest among the clean ones. ``recall`` crowns the mask, ``auroc`` keeps the head."""
+    rng = np.random.default_rng(0)
+    truth = np.zeros((16, 16), bool)
+    truth[4:8, 4:8] = True
+    items = []
+    for i in range(20):
+        prob = np.full((16, 16), 0.1 + 0.01 * i)
+        prob[5, 5] = 0.95 if i < 2 else 0.3 + 0.02 * rng.random()
+        head = (
+            0.99 if i == 0 else 0.6 + 0.01 * i
+        )  # tile 0 is the only one the head misses below the clean max
+        items.append(with_head(item("MT_Crack", truth, prob), head))
+    for i in range(20):
+        prob = np.full((16, 16), 0.1)
+        prob[8, 8] = 0.3 + 0.02 * rng.random()
+        head = 0.995 if i == 0 else 0.05 + 0.01 * i  # one clean tile the head finds strange
+        items.append(with_head(item("MT_Free", np.zeros((16, 16), bool), prob), head))
+    common = dict(thresholds=(0.5,), min_areas=(0,), max_false_alarm_rate=0.0, score_windows=(1,))
+    by_recall, report = choose_postprocess(items, **common)
+    rows = {r["score_source"]: r for r in report["decision"]}
+    assert rows["mask"]["recall"] > rows["head"]["recall"] and rows["head"]["auroc"] > rows["mask"]["auroc"]
+    assert by_recall.score_source == "mask" and report["chosen"]["decision_criterion"] == "recall"
+    by_auroc, report = choose_postprocess(items, decision_criterion="auroc", **common)
+    assert by_auroc.score_source == "head" and report["chosen"]["decision_criterion"] == "auroc"
+    with pytest.raises(ValueError, match="decision_criterion"):
+        choose_postprocess(items, decision_criterion="f1", **common)
 
 
 def test_calibration_counts_missed_tiles_as_empty_masks() -> None:
