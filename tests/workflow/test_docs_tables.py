@@ -250,6 +250,19 @@ def test_cv_table_shows_each_recipe_with_intervals(tmp_path: Path) -> None:
     assert "pad zero, mask gate at decision, paste 0, seed 42" in lines[0]  # summaries before paste_p
     assert "pad zero (trained with edge), mask gate ≤ 0.05 clean, paste 0.3, seed 42" in lines[1]
     assert "| 0.080 [0.05, 0.12] |" in lines[0]  # clean images showing regions
+    photometric = {**summary["recipe"], "paste_p": 0.3, "gamma": 0.3, "illumination": 0.5}
+    photometric["decision_criterion"] = "auroc"
+    (tmp_path / "reports" / "cv" / "cpu_2h" / "metrics.json").write_text(
+        json.dumps({**summary, "recipe": photometric})
+    )
+    line = [line for line in cv_table(tmp_path).splitlines() if line.startswith("| `cpu_2h`")][0]
+    assert "paste 0.3, photometric gamma 0.3 / ramp 0.5, decision source by AUROC, seed 42" in line
+    head_only = {**summary["recipe"], "rescored_with": {"calibration": {"score_windows": []}}}
+    (tmp_path / "reports" / "cv" / "cpu_2h" / "metrics.json").write_text(
+        json.dumps({**summary, "recipe": head_only})
+    )
+    line = [line for line in cv_table(tmp_path).splitlines() if line.startswith("| `cpu_2h`")][0]
+    assert "paste 0, decision by the head only, seed 42" in line
 
 
 def test_unseen_table_shows_each_class_left_out_against_the_target(tmp_path: Path) -> None:

@@ -28,6 +28,9 @@ def recipe_of(cfg: DictConfig) -> dict:
         "preprocess_pad": cfg.data.preprocess.get("pad"),
         "max_region_rate": (cfg.get("calibration") or {}).get("max_region_rate"),
         "paste_p": float(cfg.data.module.get("paste_p") or 0.0),
+        "gamma": float(cfg.data.module.get("gamma") or 0.0),
+        "illumination": float(cfg.data.module.get("illumination") or 0.0),
+        "decision_criterion": (cfg.get("calibration") or {}).get("decision_criterion", "recall"),
         "seed": cfg.seed,
     }
 

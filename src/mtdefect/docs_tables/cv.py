@@ -49,6 +49,22 @@ def gate_label(recipe: dict[str, Any]) -> str:
     return "at decision" if rate is None else f"≤ {rate:g} clean"
 
 
+def extras_label(recipe: dict[str, Any]) -> str:
+    """What a recipe adds beyond the columns every row names: photometric augmentation, and a decision
+    source picked otherwise than by validation recall (by AUROC, or the head alone)."""
+    parts = []
+    if recipe.get("gamma") or recipe.get("illumination"):
+        parts.append(
+            f"photometric gamma {recipe.get('gamma') or 0:g} / ramp {recipe.get('illumination') or 0:g}"
+        )
+    calibration = (recipe.get("rescored_with") or {}).get("calibration") or {}
+    if calibration.get("score_windows") == []:
+        parts.append("decision by the head only")
+    elif calibration.get("decision_criterion", recipe.get("decision_criterion")) == "auroc":
+        parts.append("decision source by AUROC")
+    return "".join(f", {part}" for part in parts)
+
+
 def cv_row(name: str, summary: dict[str, Any]) -> list[str]:
     recipe = summary.get("recipe") or {}
     per_class = summary.get("per_class_dice") or {}
@@ -58,7 +74,7 @@ def cv_row(name: str, summary: dict[str, Any]) -> list[str]:
     return [
         f"`{name}` ({recipe.get('encoder', '?')}, crop {recipe.get('crop_size', '?')}, "
         f"scale {recipe.get('preprocess_scale', '?')}, pad {pad_label(recipe)}, "
-        f"mask gate {gate_label(recipe)}, paste {recipe.get('paste_p') or 0:g}, "
+        f"mask gate {gate_label(recipe)}, paste {recipe.get('paste_p') or 0:g}{extras_label(recipe)}, "
         f"seed {recipe.get('seed', '?')})",
         f"{folds_label(summary)} / {summary['images']} / {summary['groups']}",
         with_interval(summary.get("dice")),
