@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from mtdefect.data.dataset import TileDataset, render_crops
 from mtdefect.data.paste import DefectBank, paste_defects
+from mtdefect.data.photometric import photometric
 from mtdefect.data.split import read_manifest
 from mtdefect.inference.settings import PreprocessSettings
 
@@ -41,6 +42,8 @@ class TileDataModule(pl.LightningDataModule):
         free_class: str = "MT_Free",
         paste_p: float = 0.0,
         paste_scale: tuple[float, float] | list[float] = (0.75, 1.25),
+        gamma: float = 0.0,
+        illumination: float = 0.0,
     ) -> None:
         super().__init__()
         self.dataset_dir = Path(dataset_dir)
@@ -64,6 +67,12 @@ class TileDataModule(pl.LightningDataModule):
         self.paste_p = float(paste_p)
         self.paste_scale = (float(paste_scale[0]), float(paste_scale[1]))
         self._bank: DefectBank | None = None
+        # photometric augmentation (mtdefect.data.photometric): another lighting's gamma curve and a
+        # brightness ramp across the crop; 0 turns each off
+        if gamma < 0 or illumination < 0:
+            raise ValueError(f"gamma and illumination must be >= 0, got {gamma} and {illumination}")
+        self.gamma = float(gamma)
+        self.illumination = float(illumination)
         self.train_set: TileDataset | None = None
         self.val_set: TileDataset | None = None
         # training tiles, their masks, (mean, std) and class index per tile, on the model's device
@@ -180,6 +189,13 @@ class TileDataModule(pl.LightningDataModule):
             rendered = paste_defects(
                 rendered, clean_tiles[batch["index"]], self.defect_bank(), self.paste_p, self.paste_scale
             )
+        if self.gamma > 0 or self.illumination > 0:
+            if self.preprocess.per_image:
+                crop_stats = stats[batch["index"]]
+            else:
+                fixed = torch.tensor([self.preprocess.mean, self.preprocess.std], device=device)
+                crop_stats = fixed.expand(len(batch["index"]), 2)
+            rendered["image"] = photometric(rendered["image"], crop_stats, self.gamma, self.illumination)
         return rendered
 
     def defect_bank(self) -> DefectBank:
