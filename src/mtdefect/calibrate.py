@@ -4,11 +4,12 @@ Decisions, made in order for each candidate set of test-time flips:
 1. The tile decision. Each score source — the tile head (1 − P(free), models with a head) and the
    mask's windowed probability for each ``score_windows`` entry — gets the lowest decision threshold
    that keeps false alarms on defect-free validation tiles within ``max_false_alarm_rate``; the
-   source with the best ``decision_criterion`` wins: ``recall`` there (ties: higher AUROC, then the
-   head, then the smaller window), or ``auroc`` (ties: recall, the head, the smaller window). The
-   recall at a 1 % budget is set by the one or two strangest of ~100 clean validation tiles, so it
-   can crown a source that ranks the tiles worse; AUROC uses every tile (docs/MODEL_QUALITY.md,
-   session 10).
+   source the ``decision_criterion`` names wins: ``head`` (the tile head whenever the model has one;
+   else as ``recall``), ``recall`` there (ties: higher AUROC, then the head, then the smaller window),
+   or ``auroc`` (ties: recall, the head, the smaller window). The recall at a 1 % budget is set by the
+   one or two strangest of ~100 clean validation tiles, and under five-fold CV it crowned a mask score
+   where the head rejected more held-out defects in three of four folds (docs/MODEL_QUALITY.md,
+   session 10); the windows still serve the mask gate.
 2. The mask. The mask gate (which tiles judged clean still show their regions: none, or with
    ``max_region_rate`` those whose decision score or windowed mask score reaches a level at most that
    share of defect-free tiles reaches), the pixel threshold and minimum region area with the best
@@ -38,7 +39,7 @@ from mtdefect.inference.settings import PostprocessSettings
 from mtdefect.scoring import ScoredImage, score_split, split_metrics
 
 MASK_CRITERIA = ("mean_class_dice", "dice")
-DECISION_CRITERIA = ("recall", "auroc")
+DECISION_CRITERIA = ("head", "recall", "auroc")
 
 
 def budget_threshold(free_scores: Sequence[float], max_false_alarm_rate: float) -> float:
@@ -94,6 +95,8 @@ def choose_decision(
 
     def rank(r: dict[str, Any]) -> tuple:
         head, window = r["score_source"] == "head", -r["score_window"]
+        if criterion == "head":
+            return (head, r["recall"], _finite(r["auroc"]), window)
         if criterion == "auroc":
             return (_finite(r["auroc"]), r["recall"], head, window)
         return (r["recall"], _finite(r["auroc"]), head, window)

@@ -92,6 +92,11 @@ def test_decision_criterion_auroc_keeps_the_source_that_ranks_every_tile() -> No
     assert by_recall.score_source == "mask" and report["chosen"]["decision_criterion"] == "recall"
     by_auroc, report = choose_postprocess(items, decision_criterion="auroc", **common)
     assert by_auroc.score_source == "head" and report["chosen"]["decision_criterion"] == "auroc"
+    by_head, report = choose_postprocess(items, decision_criterion="head", **common)
+    assert by_head.score_source == "head" and by_head.decision_threshold == by_auroc.decision_threshold
+    flipped = [with_head(i, 1 - i.class_scores["MT_Crack"]) for i in items]  # a head that ranks backwards
+    assert choose_postprocess(flipped, decision_criterion="head", **common)[0].score_source == "head"
+    assert choose_postprocess(flipped, decision_criterion="auroc", **common)[0].score_source == "mask"
     with pytest.raises(ValueError, match="decision_criterion"):
         choose_postprocess(items, decision_criterion="f1", **common)
 
