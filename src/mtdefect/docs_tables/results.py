@@ -20,7 +20,7 @@ RESULT_ROWS: list[dict[str, str]] = [
     {
         "kind": "baseline",
         "run": "**CPU default** (`dvc exp run`), seed {seed}",
-        "hardware": "2-core Intel Xeon (AVX512-BF16, AMX), no GPU; other work ran alongside",
+        "hardware": "2-core Intel Xeon (AVX512-BF16, AMX), no GPU",
         "metrics": "reports/metrics.json",
         "validation": "reports/validation.json",
         "params": "params.yaml",
