@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from mtdefect import metrics
-from mtdefect.cv.pool import _interval, tile_ids
+from mtdefect.cv.pool import _interval, tile_detector, tile_ids
 from mtdefect.inference.multiview import fuse_view_scores
 
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -99,19 +99,8 @@ def scorer_summary(
     tile_scores = np.array([fuse_view_scores(scores[v], "median") for v in views])
     tile_defective = np.array([defective[v[0]] for v in views])
     tile_groups = np.array([groups[v[0]] for v in views])
-    all_tiles = np.arange(len(names))
-
-    def tile_recall(index: np.ndarray) -> float:
-        return metrics.recall_at_false_alarm_rate(tile_scores[index], tile_defective[index], max_rate)[
-            "recall"
-        ]
-
-    def tile_auroc(index: np.ndarray) -> float:
-        return metrics.binary_auroc(tile_scores[index], tile_defective[index])
-
-    for key, statistic, offset in (("tile_auroc", tile_auroc, 3), ("tile_recall_at_1pct_fa", tile_recall, 4)):
-        low, high = metrics.group_bootstrap(tile_groups, statistic, n_resamples, seed + offset)
-        out[key] = _interval(statistic(all_tiles), low, high)
+    keys = ("tile_auroc", "tile_recall_at_1pct_fa")
+    out |= tile_detector(tile_scores, tile_defective, tile_groups, n_resamples, seed + 3, max_rate, keys)
     free = ~defective
     out["per_class_recall_at_1pct_fa"] = {
         c: round(

@@ -170,6 +170,47 @@ def tile_ids(rows: Sequence[dict], group_gap: int | None) -> list[str]:
     return tile_names([(r["class"], r["image"]) for r in rows], group_gap)
 
 
+def tile_views(
+    rows: Sequence[dict], free_class: str, group_gap: int | None
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The rows of each physical tile (``tile_ids``), and per tile whether it is defective and its
+    tile group (what intervals resample)."""
+    names, inverse = np.unique(np.array(tile_ids(rows, group_gap)), return_inverse=True)
+    views = [np.flatnonzero(inverse == t) for t in range(len(names))]
+    defective = np.array([rows[v[0]]["class"] != free_class for v in views])
+    groups = np.array([rows[v[0]]["group"] for v in views])
+    return views, defective, groups
+
+
+def tile_detector(
+    scores: np.ndarray,
+    defective: np.ndarray,
+    groups: np.ndarray,
+    n_resamples: int,
+    seed: int,
+    max_false_alarm_rate: float = 0.01,
+    keys: tuple[str, str] = ("auroc", "tile_recall_at_1pct_fa"),
+) -> dict:
+    """One score per tile judged as a tile detector: AUROC and recall with at most
+    ``max_false_alarm_rate`` of the clean tiles rejected, each with its interval by tile group
+    (resampled with ``seed`` and ``seed + 1``)."""
+
+    def auroc(index: np.ndarray) -> float:
+        return metrics.binary_auroc(scores[index], defective[index])
+
+    def recall(index: np.ndarray) -> float:
+        return metrics.recall_at_false_alarm_rate(scores[index], defective[index], max_false_alarm_rate)[
+            "recall"
+        ]
+
+    everyone = np.arange(len(scores))
+    entry = {}
+    for key, statistic, offset in ((keys[0], auroc, 0), (keys[1], recall, 1)):
+        low, high = metrics.group_bootstrap(groups, statistic, n_resamples, seed + offset)
+        entry[key] = _interval(statistic(everyone), low, high)
+    return entry
+
+
 def tile_level(
     rows: Sequence[dict],
     free_class: str,
@@ -179,36 +220,17 @@ def tile_level(
     max_false_alarm_rate: float = 0.01,
 ) -> dict:
     """One decision per physical tile from all its photographs: each fusion of the view scores
-    (median, mean, max) scored as a tile detector — AUROC and recall with at most
-    ``max_false_alarm_rate`` of the clean tiles rejected — with intervals by resampling tile groups."""
-    tiles = np.array(tile_ids(rows, group_gap))
-    names, inverse = np.unique(tiles, return_inverse=True)
+    (median, mean, max) scored as a tile detector (``tile_detector``)."""
+    views, defective, groups = tile_views(rows, free_class, group_gap)
     scores = np.array([r["score"] for r in rows], dtype=np.float64)
-    views = [np.flatnonzero(inverse == t) for t in range(len(names))]
-    defective = np.array([rows[v[0]]["class"] != free_class for v in views])
-    groups = np.array([rows[v[0]]["group"] for v in views])
     result: dict = {
-        "tiles": len(names),
+        "tiles": len(views),
         "defective_tiles": int(defective.sum()),
         "views_per_tile": round(float(np.mean([len(v) for v in views])), 3),
     }
     for fusion in VIEW_FUSIONS:  # the service's own fusions (inference.multiview)
         fused = np.array([fuse_view_scores(scores[v], fusion) for v in views])
-
-        def auroc(index: np.ndarray, fused=fused) -> float:
-            return metrics.binary_auroc(fused[index], defective[index])
-
-        def recall(index: np.ndarray, fused=fused) -> float:
-            return metrics.recall_at_false_alarm_rate(fused[index], defective[index], max_false_alarm_rate)[
-                "recall"
-            ]
-
-        everyone = np.arange(len(names))
-        entry = {}
-        for key, statistic, offset in (("auroc", auroc, 20), ("tile_recall_at_1pct_fa", recall, 21)):
-            low, high = metrics.group_bootstrap(groups, statistic, n_resamples, seed + offset)
-            entry[key] = _interval(statistic(everyone), low, high)
-        result[fusion] = entry
+        result[fusion] = tile_detector(fused, defective, groups, n_resamples, seed + 20, max_false_alarm_rate)
     return result
 
 

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mtdefect import metrics
 from mtdefect.cv.decision import cross_fitted, normalised
-from mtdefect.cv.pool import _interval, tile_ids
+from mtdefect.cv.pool import tile_detector, tile_views
 from mtdefect.inference.multiview import VIEW_FUSIONS
 
 CANDIDATES: dict[str, Callable[[np.ndarray], float]] = {
@@ -50,36 +49,22 @@ def compare_fusions(
     score on the pooled scale). Each fusion's tile AUROC and recall at ≤ ``max_rate`` of clean tiles
     rejected, with 95 % intervals by tile group."""
     z = np.array([r["z"] for r in rows], dtype=np.float64)
-    names, inverse = np.unique(np.array(tile_ids(rows, group_gap)), return_inverse=True)
-    views = [np.flatnonzero(inverse == t) for t in range(len(names))]
-    defective = np.array([rows[v[0]]["class"] != free_class for v in views])
-    groups = np.array([rows[v[0]]["group"] for v in views])
+    views, defective, groups = tile_views(rows, free_class, group_gap)
     folds = np.array([rows[v[0]]["fold"] for v in views])
     fused = {name: np.array([f(z[v]) for v in views]) for name, f in {**VIEW_FUSIONS, **CANDIDATES}.items()}
     if len(set(folds.tolist())) > 1:
         features = np.array([view_statistics(z[v]) for v in views])
         fused["fitted"] = cross_fitted(features, defective, folds)
-    result: dict = {
-        "tiles": len(names),
+    keys = ("tile_auroc", "tile_recall_at_1pct_fa")
+    return {
+        "tiles": len(views),
         "defective_tiles": int(defective.sum()),
         "served": list(VIEW_FUSIONS),
-        "fusions": {},
+        "fusions": {
+            name: tile_detector(scores, defective, groups, n_resamples, seed + 1, max_rate, keys)
+            for name, scores in fused.items()
+        },
     }
-    everyone = np.arange(len(names))
-    for name, scores in fused.items():
-
-        def auroc(index: np.ndarray, scores=scores) -> float:
-            return metrics.binary_auroc(scores[index], defective[index])
-
-        def recall(index: np.ndarray, scores=scores) -> float:
-            return metrics.recall_at_false_alarm_rate(scores[index], defective[index], max_rate)["recall"]
-
-        entry = {}
-        for key, statistic, offset in (("tile_auroc", auroc, 1), ("tile_recall_at_1pct_fa", recall, 2)):
-            low, high = metrics.group_bootstrap(groups, statistic, n_resamples, seed + offset)
-            entry[key] = _interval(statistic(everyone), low, high)
-        result["fusions"][name] = entry
-    return result
 
 
 def pooled_rows(rows_dir: Path, k: int) -> list[dict]:
