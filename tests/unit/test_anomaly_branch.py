@@ -8,7 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtdefect.cv.anomaly import main, nearest_distance, output_dir, patch_features
+from mtdefect.cv.anomaly import (
+    fit_gaussian,
+    global_features,
+    mahalanobis,
+    main,
+    nearest_distance,
+    output_dir,
+    patch_features,
+)
 from mtdefect.cv.decision import left_out_compare
 from mtdefect.inference import PreprocessSettings
 
@@ -63,13 +71,50 @@ def test_a_dark_rim_outranks_a_defect_only_with_the_border_kept() -> None:
     assert score(rimmed, 0) > score(rimmed, 1) > score(rimmed, 2) > score(rimmed, 3)
 
 
+def test_global_features_summarise_the_valid_area_of_each_coarse_map() -> None:
+    """Mean, spread and maximum per channel of every map of stride ≥ 4 (here 8 and 16, two channels
+    each): 12 numbers whatever the tile's size; the stride-1 map is left out, and the padding that
+    brings an 80-row tile to the network's stride (96 rows) never enters the summary."""
+    rng = np.random.default_rng(3)
+    encoder = PoolingEncoder()
+    gray = texture(rng, 80, 128)
+    features = global_features(encoder, gray, SETTINGS)
+    assert features.shape == (12,)
+    assert global_features(encoder, texture(rng, 160, 64), SETTINGS).shape == (12,)
+    normalised = (gray / 255.0 - SETTINGS.mean) / SETTINGS.std
+    assert float(features[0]) == pytest.approx(normalised.mean(), rel=1e-4)  # stride 8, channel 0: mean
+    assert float(features[4]) == pytest.approx(normalised.reshape(10, 8, 16, 8).mean((1, 3)).max(), rel=1e-4)
+
+
+def test_the_gaussian_scores_a_spotted_tile_above_every_clean_one() -> None:
+    """Fitted on clean tiles only, the Mahalanobis distance of a tile with a bright spot exceeds
+    that of every unseen clean tile; a perfectly typical tile (the mean) scores zero."""
+    rng = np.random.default_rng(4)
+    encoder = PoolingEncoder()
+    clean = np.stack([global_features(encoder, texture(rng), SETTINGS).numpy() for _ in range(40)])
+    mean, precision = fit_gaussian(clean)
+    assert mahalanobis(mean, mean, precision) == pytest.approx(0.0, abs=1e-9)
+    spotted = texture(rng)
+    spotted[40:56, 56:72] = 250
+    spot_score = mahalanobis(global_features(encoder, spotted, SETTINGS).numpy(), mean, precision)
+    unseen = [
+        mahalanobis(global_features(encoder, texture(rng), SETTINGS).numpy(), mean, precision)
+        for _ in range(20)
+    ]
+    assert spot_score > 3 * max(unseen)
+
+
 def test_each_variant_writes_its_own_folder(tmp_path) -> None:
     assert output_dir(tmp_path, "imagenet") == tmp_path / "anomaly"
+    assert output_dir(tmp_path, "imagenet", pooling="global") == tmp_path / "anomaly_global"
+    assert output_dir(tmp_path, "fold", pooling="global") == tmp_path / "anomaly_global_fold_encoder"
     assert output_dir(tmp_path, "fold", 2) == tmp_path / "anomaly_fold_encoder_border2"
     assert output_dir(tmp_path, "imagenet", 2, unseen=True) == tmp_path / "anomaly_border2_unseen"
 
 
-@pytest.mark.parametrize("argv", [["--border", "-1"], ["0"], ["0.05", "0", "hub"]])
+@pytest.mark.parametrize(
+    "argv", [["--border", "-1"], ["0"], ["0.05", "0", "hub"], ["--global", "--border", "2"]]
+)
 def test_bad_arguments_get_a_usage_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

@@ -13,6 +13,13 @@ so the branch can be measured before any fold model exists).
     python -m mtdefect.cv.anomaly 0.05 0,1,2,3,4 fold   # each fold's own trained encoder
     python -m mtdefect.cv.anomaly --border 2            # 2 edge patches left out → anomaly_border2/
     python -m mtdefect.cv.anomaly --border 2 --unseen   # leave-one-class-out jobs → …_unseen/
+    python -m mtdefect.cv.anomaly --global              # whole-tile Gaussian → anomaly_global/
+
+``--global`` swaps the patch bank for one Gaussian of whole-tile features (after Rippel et al., 2020):
+each map of stride ≥ 4, over the tile's valid area, summarised by its per-channel mean, standard
+deviation and maximum; fitted (shrunk covariance) on the fold's clean training tiles; an image's score
+is its Mahalanobis distance. A tile is judged as a whole, so an odd rim patch weighs little against
+what the whole tile looks like.
 
 ``--border N`` leaves the outermost N stride-8 patches of the tile's valid area out of the bank and
 of the score: a tile's dark rim and the padding beyond it are where clean tiles look least alike, so
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +75,42 @@ def patch_features(
     return inner.flatten(1).T.contiguous()
 
 
+@torch.no_grad()
+def global_features(encoder: torch.nn.Module, gray: np.ndarray, settings: PreprocessSettings) -> torch.Tensor:
+    """(3 · channels,) float32: each encoder map of stride ≥ 4, over the valid (unpadded) area, as its
+    per-channel mean, standard deviation and maximum (the maximum is what a small defect moves)."""
+    batch, geometry = preprocess(gray, settings)
+    height = batch.shape[-2]
+    parts = []
+    for feature_map in encoder(torch.from_numpy(batch)):
+        stride = height // feature_map.shape[-2]
+        if stride < 4:
+            continue
+        valid_h, valid_w = -(-geometry.scaled[0] // stride), -(-geometry.scaled[1] // stride)
+        values = feature_map[0, :, :valid_h, :valid_w].flatten(1)
+        spread = values.std(1) if values.shape[1] > 1 else torch.zeros(values.shape[0])
+        parts += [values.mean(1), spread, values.amax(1)]
+    return torch.cat(parts).float()
+
+
+GAUSSIAN_SHRINKAGE = 0.1  # share of the identity in the standardised covariance (0.01-0.7 measured alike)
+
+
+def fit_gaussian(samples: np.ndarray, shrinkage: float = GAUSSIAN_SHRINKAGE) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, precision) of standardised ``samples`` (rows), the covariance shrunk toward the identity
+    so that a few hundred tiles can fit ~1,500 dimensions; the precision is mapped back to raw units."""
+    mean = samples.mean(0)
+    scale = samples.std(0) + 1e-6
+    covariance = np.atleast_2d(np.cov((samples - mean) / scale, rowvar=False))
+    precision = np.linalg.inv((1 - shrinkage) * covariance + shrinkage * np.eye(len(covariance)))
+    return mean, precision / scale[:, None] / scale[None, :]
+
+
+def mahalanobis(values: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> float:
+    centred = np.asarray(values, np.float64) - mean
+    return float(np.sqrt(max(centred @ precision @ centred, 0.0)))
+
+
 def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """Each query's Euclidean distance to its nearest bank row."""
     best = torch.full((queries.shape[0],), float("inf"))
@@ -82,28 +126,35 @@ def fold_scores(
     subsample: float,
     seed: int,
 ) -> list[dict]:
-    """Bank from the fold's defect-free ``train`` tiles; score its ``test`` images and its clean
-    ``val`` images."""
+    """Bank (patch features) or Gaussian (whole-tile features, 1-D) from the fold's defect-free
+    ``train`` tiles; score its ``test`` images and its clean ``val`` images."""
     records = read_manifest(manifest)
     clean_train = [r.image for r in records if r.split == "train" and r.class_name == free_class]
+    if features[clean_train[0]].ndim == 1:  # whole-tile features: one Gaussian
+        mean, precision = fit_gaussian(np.stack([features[name].numpy() for name in clean_train]))
+        return scored_rows(records, free_class, lambda f: mahalanobis(f.numpy(), mean, precision), features)
     pooled = torch.cat([features[name] for name in clean_train])
     generator = torch.Generator().manual_seed(seed)
     keep = torch.randperm(pooled.shape[0], generator=generator)[: max(1, int(pooled.shape[0] * subsample))]
     bank = pooled[keep]
-    rows = []
-    for record in records:
-        if record.split == "train" or (record.split == "val" and record.class_name != free_class):
-            continue  # held-out images, and the clean validation tiles the fusion normalises by
-        distance = nearest_distance(features[record.image], bank)
-        rows.append(
-            {
-                "image": record.image,
-                "class": record.class_name,
-                "split": record.split,
-                "anomaly": float(distance.max()),
-            }
-        )
-    return rows
+    return scored_rows(records, free_class, lambda f: float(nearest_distance(f, bank).max()), features)
+
+
+def scored_rows(
+    records: list, free_class: str, score: Callable[[torch.Tensor], float], features: dict[str, torch.Tensor]
+) -> list[dict]:
+    """One row per held-out image and per clean validation image (the reference the fusion
+    normalises by); training images are never scored."""
+    return [
+        {
+            "image": record.image,
+            "class": record.class_name,
+            "split": record.split,
+            "anomaly": score(features[record.image]),
+        }
+        for record in records
+        if record.split == "test" or (record.split == "val" and record.class_name == free_class)
+    ]
 
 
 def fold_encoder(model_dir: Path) -> tuple[torch.nn.Module, PreprocessSettings]:
@@ -121,9 +172,12 @@ def needed_images(manifest: Path, free_class: str) -> list[str]:
     return [r.image for r in read_manifest(manifest) if r.class_name == free_class or r.split == "test"]
 
 
-def output_dir(reports_dir: str | Path, source: str, border: int = 0, unseen: bool = False) -> Path:
-    """``reports/cv/anomaly[_fold_encoder][_border<N>][_unseen]``: one folder per variant of the branch."""
-    name = "anomaly" if source == "imagenet" else "anomaly_fold_encoder"
+def output_dir(
+    reports_dir: str | Path, source: str, border: int = 0, unseen: bool = False, pooling: str = "patch"
+) -> Path:
+    """``reports/cv/anomaly[_global][_fold_encoder][_border<N>][_unseen]``: one folder per variant."""
+    name = "anomaly" + ("_global" if pooling == "global" else "")
+    name += "" if source == "imagenet" else "_fold_encoder"
     return Path(reports_dir) / (name + (f"_border{border}" if border else "") + ("_unseen" if unseen else ""))
 
 
@@ -135,6 +189,7 @@ def run(
     source: str = "imagenet",
     border: int = 0,
     unseen: bool = False,
+    pooling: str = "patch",
 ) -> Path:
     """``source``: ``imagenet`` (the packaged encoder, one feature pass for all jobs) or ``fold``
     (each job's own trained encoder from its model folder: features per job). ``unseen``: the
@@ -155,13 +210,16 @@ def run(
         jobs = list(range(c.k)) if folds is None else list(folds)
     root = Path(cfg.paths.data_dir)
 
+    if pooling not in ("patch", "global"):
+        raise ValueError(f"anomaly pooling must be 'patch' or 'global', got {pooling!r}")
+
     def extract(encoder: torch.nn.Module, settings: PreprocessSettings, names: list[str]) -> dict:
-        return {
-            name: patch_features(
-                encoder, decode_image((root / name).read_bytes(), UNLIMITED), settings, border
-            )
-            for name in names
-        }
+        def one(gray: np.ndarray) -> torch.Tensor:
+            if pooling == "global":
+                return global_features(encoder, gray, settings)
+            return patch_features(encoder, gray, settings, border)
+
+        return {name: one(decode_image((root / name).read_bytes(), UNLIMITED)) for name in names}
 
     features: dict[str, torch.Tensor] = {}
     feature_seconds = 0.0
@@ -175,7 +233,7 @@ def run(
         feature_seconds = time.perf_counter() - started
     elif source != "fold":
         raise ValueError(f"anomaly source must be 'imagenet' or 'fold', got {source!r}")
-    out_dir = output_dir(c.reports_dir, source, border, unseen)
+    out_dir = output_dir(c.reports_dir, source, border, unseen, pooling)
     for index, job in enumerate(jobs):
         begun = time.perf_counter()
         name = job_name(job)
@@ -195,8 +253,9 @@ def run(
                 "encoder": f"{encoder_name} (ImageNet, packaged)"
                 if source == "imagenet"
                 else f"{name}'s trained encoder",
-                "bank_subsample": subsample,
-                "border_patches": border,
+                "pooling": pooling,
+                "bank_subsample": subsample if pooling == "patch" else None,
+                "border_patches": border if pooling == "patch" else None,
                 "seconds": round(time.perf_counter() - begun, 1),
                 "feature_seconds": round(feature_seconds, 1),
                 "feature_images": len(features),
@@ -219,13 +278,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("source", nargs="?", default="imagenet", choices=("imagenet", "fold"))
     parser.add_argument("--border", type=int, default=0, help="patches left out along each edge")
     parser.add_argument("--unseen", action="store_true", help="the leave-one-class-out jobs")
+    parser.add_argument(
+        "--global",
+        dest="pooling",
+        action="store_const",
+        const="global",
+        default="patch",
+        help="one Gaussian of whole-tile features instead of a patch bank",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.border < 0 or not 0 < args.subsample <= 1:
         parser.error("--border must be ≥ 0 and the subsample in (0, 1]")
+    if args.pooling == "global" and args.border:
+        parser.error("--border applies to the patch bank, not to --global")
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     run_stage(
         lambda cfg: run(
-            cfg, args.subsample, folds=folds, source=args.source, border=args.border, unseen=args.unseen
+            cfg,
+            args.subsample,
+            folds=folds,
+            source=args.source,
+            border=args.border,
+            unseen=args.unseen,
+            pooling=args.pooling,
         ),
         "cv anomaly",
     )
