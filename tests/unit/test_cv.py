@@ -409,6 +409,12 @@ def test_fused_decision_normalises_each_scorer_by_its_fold_clean_validation() ->
     assert result["fused_max"]["recall_at_1pct_fa"]["value"] == pytest.approx(1.0)  # either branch rejects
     assert result["head_raw"]["recall_at_1pct_fa"]["value"] == pytest.approx(0.5)
     assert result["fused_fitted"]["recall_at_1pct_fa"]["value"] == pytest.approx(1.0)
+    gain = result["gain_over_head"]  # paired: the same images, each resample scoring both
+    assert gain["fused_max"]["recall_at_1pct_fa"]["value"] == pytest.approx(0.5)
+    assert gain["fused_max"]["recall_at_1pct_fa"]["ci_low"] > 0  # the fusion's gain is real
+    assert gain["anomaly"]["recall_at_1pct_fa"]["value"] == pytest.approx(0.0)
+    assert gain["fused"]["tile_recall_at_1pct_fa"]["value"] == pytest.approx(0.5)  # one view per tile
+    assert gain["fused"]["auroc"]["value"] > 0
 
 
 def test_the_fitted_combiner_never_scores_a_fold_with_weights_that_saw_it() -> None:

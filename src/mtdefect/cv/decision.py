@@ -114,6 +114,56 @@ def scorer_summary(
     return out
 
 
+def paired_gain(
+    baseline: np.ndarray,
+    other: np.ndarray,
+    defective: np.ndarray,
+    groups: np.ndarray,
+    tiles: np.ndarray,
+    n_resamples: int,
+    seed: int,
+    max_rate: float = 0.01,
+) -> dict:
+    """``other − baseline`` on the same images: AUROC and recall at ≤ ``max_rate`` false alarms per
+    image, and recall per tile (median of its views), each resample drawing whole tile groups and
+    scoring *both* scorers on them, so the interval is that of the gain itself."""
+    names, inverse = np.unique(tiles, return_inverse=True)
+    views = [np.flatnonzero(inverse == t) for t in range(len(names))]
+    per_tile = {
+        name: np.array([fuse_view_scores(scores[v], "median") for v in views])
+        for name, scores in (("baseline", baseline), ("other", other))
+    }
+    tile_defective = np.array([defective[v[0]] for v in views])
+    tile_groups = np.array([groups[v[0]] for v in views])
+
+    def recall(scores: np.ndarray, truth: np.ndarray, index: np.ndarray) -> float:
+        return metrics.recall_at_false_alarm_rate(scores[index], truth[index], max_rate)["recall"]
+
+    statistics = {
+        "auroc": (
+            groups,
+            lambda i: (
+                metrics.binary_auroc(other[i], defective[i]) - metrics.binary_auroc(baseline[i], defective[i])
+            ),
+        ),
+        "recall_at_1pct_fa": (
+            groups,
+            lambda i: recall(other, defective, i) - recall(baseline, defective, i),
+        ),
+        "tile_recall_at_1pct_fa": (
+            tile_groups,
+            lambda i: (
+                recall(per_tile["other"], tile_defective, i) - recall(per_tile["baseline"], tile_defective, i)
+            ),
+        ),
+    }
+    out = {}
+    for offset, (key, (resampled, statistic)) in enumerate(statistics.items()):
+        low, high = metrics.group_bootstrap(resampled, statistic, n_resamples, seed + offset)
+        out[key] = _interval(statistic(np.arange(len(resampled))), low, high)
+    return out
+
+
 def fused_z_scores(rows: Sequence[dict], reference: dict) -> dict[str, np.ndarray]:
     """Each scorer's raw score normalised by its job's clean validation scores (``reference[job]``),
     and the two label-free fusions: ``fused`` (sum of the z-scores) and ``fused_max`` (the larger)."""
@@ -200,6 +250,11 @@ def compare(
         result[name] = scorer_summary(
             scores, defective, classes, groups, tiles, free_class, n_resamples, seed
         )
+    result["gain_over_head"] = {
+        name: paired_gain(z["head"], z[name], defective, groups, tiles, n_resamples, seed)
+        for name in ("anomaly", "fused", "fused_max", "fused_fitted")
+        if name in z
+    }
     return result
 
 
@@ -269,6 +324,13 @@ def main() -> None:
                     f"decision: {part}: {scorer}: AUROC {s['auroc']['value']} "
                     f"recall@1%FA {s['recall_at_1pct_fa']['value']} "
                     f"tile recall@1%FA {s['tile_recall_at_1pct_fa']['value']}"
+                )
+            for scorer, gain in block.get("gain_over_head", {}).items():
+                image, tile = gain["recall_at_1pct_fa"], gain["tile_recall_at_1pct_fa"]
+                print(
+                    f"decision: {part}: {scorer} − head: recall@1%FA {image['value']:+.3f} "
+                    f"[{image['ci_low']:+.3f}, {image['ci_high']:+.3f}], tile "
+                    f"{tile['value']:+.3f} [{tile['ci_low']:+.3f}, {tile['ci_high']:+.3f}]"
                 )
 
     folds = [int(f) for f in sys.argv[1].split(",")] if len(sys.argv) > 1 and sys.argv[1] else None
