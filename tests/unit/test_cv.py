@@ -480,6 +480,18 @@ def test_leave_one_class_out_never_trains_on_the_class_it_scores(
             assert set(s[key]) == {"value", "ci_low", "ci_high"}, key
         assert 0.0 <= s["recall_at_1pct_fa"]["value"] <= 1.0
 
+    # `cv.jobs` > 1 starts each job as `python -m mtdefect.cv.fold unseen_<class>` on params.yaml:
+    # that entry point must find the job under cv.unseen.*, not the folds' folders (it did not)
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("a finished leave-one-class-out job was trained again")
+
+    monkeypatch.setattr("mtdefect.stages._common.load_params", lambda *_: cfg)
+    monkeypatch.setattr("mtdefect.train.train", no_training)
+    cv_fold.main(["unseen_MT_Crack"])  # finished: found in cv.unseen.rows_dir, not recomputed
+    assert cv_fold.job_config(cfg, 2) is cfg
+    unseen_paths = cv_fold.CvPaths.from_cfg(cv_fold.job_config(cfg, "unseen_MT_Crack"))
+    assert unseen_paths.manifest_dir == tmp_path / "unseen"
+
 
 def test_left_out_summary_counts_tiles_and_bounds_recall_by_tile_groups() -> None:
     """Recall at ≤ 1 % false alarms of a left-out class: every defective image above every clean one

@@ -268,7 +268,7 @@ def main() -> None:
     import sys
     from pathlib import Path
 
-    from mtdefect.cv.fold import CvPaths, score_reference
+    from mtdefect.cv.fold import CvPaths, score_reference, unseen_config
     from mtdefect.data.folds import fold_manifest_path, job_name
     from mtdefect.fileio import write_json_atomic
     from mtdefect.stages._common import run
@@ -276,8 +276,6 @@ def main() -> None:
     def stage(cfg) -> None:
         unseen = branch.endswith("_unseen")
         if unseen:
-            from mtdefect.stages.unseen import unseen_config
-
             cfg = unseen_config(cfg)
         paths = CvPaths.from_cfg(cfg)
         anomaly_dir = Path(cfg.cv.reports_dir) / branch

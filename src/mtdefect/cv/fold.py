@@ -41,6 +41,22 @@ class CvPaths:
         return self.rows_dir / f"{job_name(fold)}.json"
 
 
+def unseen_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the cross-validation folders swapped for the leave-one-class-out ones (``cv.unseen``)."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    with open_dict(out):
+        for key in ("manifest_dir", "model_dir", "checkpoint_dir", "rows_dir"):
+            out.cv[key] = out.cv.unseen[key]
+    return out
+
+
+def job_config(cfg: DictConfig, job: int | str) -> DictConfig:
+    """The config a job runs under: a fold (an int) under ``cv.*``; a leave-one-class-out job
+    (``unseen_<class>``) under ``cv.unseen.*``, whether the unseen stage runs it in-process or
+    ``cv.jobs`` > 1 starts it as ``python -m mtdefect.cv.fold unseen_<class>``."""
+    return unseen_config(cfg) if isinstance(job, str) and job.startswith("unseen_") else cfg
+
+
 def fold_config(cfg: DictConfig, fold: int | str, paths: CvPaths) -> DictConfig:
     """``cfg`` (params.yaml, already resolved) pointed at fold ``fold``: its manifest, model and
     checkpoint folders; no experiment logger (one DVCLive folder per fold would fight over the
@@ -190,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) != 1 or not (args[0].isdigit() or args[0].startswith("unseen_")):
         print("usage: python -m mtdefect.cv.fold FOLD|unseen_<class>", file=sys.stderr)
         sys.exit(2)
-    run(lambda cfg: run_fold(cfg, int(args[0]) if args[0].isdigit() else args[0]), f"cv fold {args[0]}")
+    job: int | str = int(args[0]) if args[0].isdigit() else args[0]
+    run(lambda cfg: run_fold(job_config(cfg, job), job), f"cv fold {args[0]}")
 
 
 if __name__ == "__main__":

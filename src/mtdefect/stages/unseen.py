@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
 from mtdefect import metrics
-from mtdefect.cv.fold import CvPaths
+from mtdefect.cv.fold import CvPaths, unseen_config
 from mtdefect.cv.jobs import run_folds
 from mtdefect.cv.pool import _interval, tile_level
 from mtdefect.cv.summary import recipe_of
@@ -67,15 +67,6 @@ def left_out_summary(
         "recall_at_decision": round(decided["recall"], 6),
         "false_alarm_rate_at_decision": round(decided["false_alarm_rate"], 6),
     }
-
-
-def unseen_config(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with the cross-validation folders swapped for the leave-one-class-out ones (``cv.unseen``)."""
-    out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    with open_dict(out):
-        for key in ("manifest_dir", "model_dir", "checkpoint_dir", "rows_dir"):
-            out.cv[key] = out.cv.unseen[key]
-    return out
 
 
 def stage(cfg: DictConfig) -> None:
