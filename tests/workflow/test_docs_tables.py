@@ -263,6 +263,19 @@ def test_cv_table_shows_each_recipe_with_intervals(tmp_path: Path) -> None:
     )
     line = [line for line in cv_table(tmp_path).splitlines() if line.startswith("| `cpu_2h`")][0]
     assert "paste 0, decision by the head only, seed 42" in line
+    head_rule = {**summary["recipe"], "paste_p": 0.3, "decision_criterion": "head"}
+    (tmp_path / "reports" / "cv" / "cpu_2h" / "metrics.json").write_text(
+        json.dumps({**summary, "recipe": head_rule})
+    )
+    line = [line for line in cv_table(tmp_path).splitlines() if line.startswith("| `cpu_2h`")][0]
+    assert "paste 0.3, decision by the head, seed 42" in line
+    flips = {"calibration": {"test_time_flips": [["horizontal", "vertical"]]}}
+    flipped = {**head_rule, "rescored_with": flips}
+    (tmp_path / "reports" / "cv" / "cpu_2h" / "metrics.json").write_text(
+        json.dumps({**summary, "recipe": flipped})
+    )
+    line = [line for line in cv_table(tmp_path).splitlines() if line.startswith("| `cpu_2h`")][0]
+    assert "decision by the head, test-time flips horizontal+vertical, seed 42" in line
 
 
 def test_unseen_table_shows_each_class_left_out_against_the_target(tmp_path: Path) -> None:

@@ -50,18 +50,26 @@ def gate_label(recipe: dict[str, Any]) -> str:
 
 
 def extras_label(recipe: dict[str, Any]) -> str:
-    """What a recipe adds beyond the columns every row names: photometric augmentation, and a decision
-    source picked otherwise than by validation recall (by AUROC, or the head alone)."""
+    """What a recipe adds beyond the columns every row names: photometric augmentation, test-time
+    flips forced by a rescore, and a decision source picked otherwise than by validation recall (by
+    AUROC, or the head whenever the model has one; summaries without the key predate the choice and
+    used validation recall)."""
     parts = []
     if recipe.get("gamma") or recipe.get("illumination"):
         parts.append(
             f"photometric gamma {recipe.get('gamma') or 0:g} / ramp {recipe.get('illumination') or 0:g}"
         )
     calibration = (recipe.get("rescored_with") or {}).get("calibration") or {}
+    criterion = calibration.get("decision_criterion", recipe.get("decision_criterion"))
     if calibration.get("score_windows") == []:
         parts.append("decision by the head only")
-    elif calibration.get("decision_criterion", recipe.get("decision_criterion")) == "auroc":
+    elif criterion == "auroc":
         parts.append("decision source by AUROC")
+    elif criterion == "head":
+        parts.append("decision by the head")
+    flip_sets = [flips for flips in calibration.get("test_time_flips") or [] if flips]
+    if flip_sets:
+        parts.append("test-time flips " + " or ".join("+".join(flips) for flips in flip_sets))
     return "".join(f", {part}" for part in parts)
 
 
