@@ -310,6 +310,8 @@ def test_pool_sums_pixels_and_resamples_whole_groups() -> None:
     assert summary["recall_at_decision"]["value"] == pytest.approx(3 / 4)
     assert summary["false_alarm_rate_at_decision"]["value"] == pytest.approx(1 / 4)
     assert summary["spread"]["dice"]["min"] <= summary["spread"]["dice"]["max"]
+    # per fold and class: fold 0 holds two Crack images (3 tp, 1 fp, 1 fn each)
+    assert [f["per_class_dice"] for f in summary["per_fold"]] == [{"MT_Crack": 0.75}] * 2
     # one group holding everything: every resample is the same set, the interval collapses
     same = rows_for([0.1, 0.9], [0.8, 0.2], ["T/1", "T/1"], ["T/1", "T/1"])
     one = pool(same, "MT_Free", n_resamples=50)

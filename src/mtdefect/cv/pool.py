@@ -145,6 +145,8 @@ def pool(
                 "images": int(index.size),
                 "groups": len(set(oof.groups[index].tolist())),
                 "dice": _finite(oof.dice(index)),
+                # which fold's tiles of which class are hard (pooled Dice is dominated by large regions)
+                "per_class_dice": {c: _finite(oof.dice(index, c)) for c in defect_classes},
                 "auroc": _finite(oof.auroc(index)),
                 "recall_at_1pct_fa": _finite(fa_recall(index)),
                 "recall_at_decision": _finite(decided["recall"]),
