@@ -1,0 +1,161 @@
+"""Defects on the tile's rim: how much of each class lies in the border band, and how it is found there.
+
+The border band (``metrics.border_band``: 4 % of each side, 15 % of the area) is where clean tiles
+differ most (dark rims, chamfers) and where issue #20 asks for few false-positive pixels. Some defects
+live there: a Break is a chipped edge. This splits each class's out-of-fold photographs into *rim*
+ones (more than half of their defect pixels inside the band) and the rest, and gives for each part the
+Dice, the recall at each fold's own decision, and the recall at ≤ 1 % false alarms on the decision's
+per-fold z scale (``cv.decision``; all clean photographs as the negatives), with 95 % intervals by
+tile group. A lever that quiets the rim is then judged on the defects it could hide as well.
+
+    python -m mtdefect.cv.rim_defects                     # reports/cv/folds → reports/cv/rim_defects.json
+    python -m mtdefect.cv.rim_defects reports/cv/paste_0/folds out.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mtdefect import metrics
+from mtdefect.cv.pool import _interval
+from mtdefect.fileio import write_json_atomic
+
+RIM_SHARE = 0.5  # a photograph is a rim one when more than this share of its defect pixels is in the band
+
+
+def band_pixels(mask: np.ndarray) -> tuple[int, int]:
+    """(defect pixels inside the border band, all defect pixels) of a boolean mask."""
+    return int(np.count_nonzero(mask & metrics.border_band(mask.shape))), int(np.count_nonzero(mask))
+
+
+def summarise(
+    rows: Sequence[dict],
+    pixels: Mapping[str, tuple[int, int]],
+    free_class: str,
+    max_rate: float = 0.01,
+    n_resamples: int = 1000,
+) -> dict:
+    """Per defect class (and ``all`` of them pooled): its share of defect pixels in the band, and for
+    its rim and interior photographs the Dice, recall at decision and recall at ≤ ``max_rate`` false
+    alarms (rows carry ``z`` as ``false_alarms.head_z_rows`` gives it; ``pixels`` maps image →
+    ``band_pixels``)."""
+    rows = list(rows)
+    z = np.array([r["z"] for r in rows])
+    defective = np.array([r["class"] != free_class for r in rows])
+    groups = [r["group"] for r in rows]
+    clean = np.flatnonzero(~defective)
+
+    def part(index: np.ndarray) -> dict:
+        if not index.size:
+            return {
+                "images": 0,
+                "tiles": 0,
+                "dice": None,
+                "recall_at_decision": None,
+                "recall_at_1pct_fa": None,
+            }
+
+        def dice(i: np.ndarray) -> float:
+            tp, fp, fn = (sum(rows[j][k] for j in i) for k in ("tp", "fp", "fn"))
+            return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+
+        def at_budget(i: np.ndarray) -> float:
+            return metrics.recall_at_false_alarm_rate(z[i], defective[i], max_rate)["recall"]
+
+        with_clean = np.concatenate([index, clean])
+        sub = [groups[j] for j in with_clean]
+        return {
+            "images": int(index.size),
+            "tiles": len({groups[j] for j in index}),
+            "dice": _interval(
+                dice(index),
+                *metrics.group_bootstrap([groups[j] for j in index], lambda i: dice(index[i]), n_resamples),
+            ),
+            "recall_at_decision": round(float(np.mean([rows[j]["defective"] for j in index])), 6),
+            "recall_at_1pct_fa": _interval(
+                at_budget(with_clean),
+                *metrics.group_bootstrap(sub, lambda i: at_budget(with_clean[i]), n_resamples, 1),
+            ),
+        }
+
+    out = {}
+    for cls in sorted({r["class"] for r in rows} - {free_class}) + ["all"]:
+        index = np.array(
+            [j for j, r in enumerate(rows) if r["class"] == cls or (cls == "all" and defective[j])], dtype=int
+        )
+        inside, total = (sum(pixels[rows[j]["image"]][k] for j in index) for k in (0, 1))
+        rim = np.array([j for j in index if _rim(pixels[rows[j]["image"]])], dtype=int)
+        interior = np.setdiff1d(index, rim)
+        out[cls] = {
+            "images": int(index.size),
+            "defect_pixels_in_band": round(inside / total, 6) if total else None,
+            "rim": part(rim),
+            "interior": part(interior),
+        }
+    return {
+        "band": "4 % of each side (15 % of the area), metrics.border_band",
+        "rim_photograph": f"more than {RIM_SHARE:.0%} of its defect pixels in the band",
+        "max_false_alarm_rate": max_rate,
+        "classes": out,
+    }
+
+
+def _rim(counts: tuple[int, int]) -> bool:
+    inside, total = counts
+    return total > 0 and inside > RIM_SHARE * total
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from mtdefect.cv.false_alarms import head_z_rows
+    from mtdefect.scoring import read_truth
+    from mtdefect.stages._common import run
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mtdefect.cv.rim_defects", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("rows_dir", nargs="?", default=None, help="fold_<i>.json rows (default: cv.rows_dir)")
+    parser.add_argument(
+        "out", nargs="?", default=None, help="output JSON (default: <cv.reports_dir>/rim_defects.json)"
+    )
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    def stage(cfg) -> None:
+        rows_dir = Path(args.rows_dir or cfg.cv.rows_dir)
+        files = sorted(rows_dir.glob("fold_*.json"))
+        if not files:
+            raise FileNotFoundError(f"no fold_<i>.json rows in {rows_dir}: run the cv stage first")
+        results = [json.loads(f.read_text()) for f in files]
+        if any("reference_scores" not in r for r in results):
+            raise ValueError(f"{rows_dir}: rows written before the clean validation reference was kept")
+        rows = head_z_rows(results)
+        data = Path(cfg.paths.data_dir)
+        pixels = {
+            r["image"]: band_pixels(read_truth(data / Path(r["image"]).with_suffix(".png")))
+            for r in rows
+            if r["class"] != cfg.data.free_class
+        }
+        summary = summarise(rows, pixels, cfg.data.free_class, float(cfg.calibration.max_false_alarm_rate))
+        summary["rows"] = str(rows_dir)
+        out = Path(args.out or Path(cfg.cv.reports_dir) / "rim_defects.json")
+        write_json_atomic(out, summary, indent=2)
+        for cls, s in summary["classes"].items():
+            rim, interior = s["rim"], s["interior"]
+            print(
+                f"rim defects: {cls}: {s['defect_pixels_in_band']:.2f} of defect pixels in the band; "
+                f"rim {rim['images']} photographs: Dice {rim['dice']['value']}, recall@1%FA "
+                f"{rim['recall_at_1pct_fa']['value']}; interior {interior['images']}: Dice "
+                f"{interior['dice']['value']}, recall@1%FA {interior['recall_at_1pct_fa']['value']}"
+            )
+
+    run(stage, "cv rim defects")
+
+
+if __name__ == "__main__":
+    main()
