@@ -14,6 +14,7 @@ decide that; the project's metrics never drop them.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -91,29 +92,38 @@ def audit(
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    from mtdefect.stages._common import run
-
-    parser = argparse.ArgumentParser(
-        prog="python -m mtdefect.cv.false_alarms", description=__doc__.split("\n")[0]
-    )
+def rows_arguments(prog: str, description: str, out_name: str, argv: list[str] | None) -> argparse.Namespace:
+    """``[ROWS_DIR] [OUT]``, as every out-of-fold audit takes them (defaults: ``cv.rows_dir`` and
+    ``<cv.reports_dir>/<out_name>``)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("rows_dir", nargs="?", default=None, help="fold_<i>.json rows (default: cv.rows_dir)")
     parser.add_argument(
-        "out", nargs="?", default=None, help="output JSON (default: <cv.reports_dir>/false_alarms.json)"
+        "out", nargs="?", default=None, help=f"output JSON (default: <cv.reports_dir>/{out_name})"
     )
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+
+def z_rows_from(rows_dir: Path) -> list[dict]:
+    """Every held-out row of ``rows_dir/fold_*.json`` with its per-fold z (``head_z_rows``)."""
+    files = sorted(rows_dir.glob("fold_*.json"))
+    if not files:
+        raise FileNotFoundError(f"no fold_<i>.json rows in {rows_dir}: run the cv stage first")
+    results = [json.loads(f.read_text()) for f in files]
+    if any("reference_scores" not in r for r in results):
+        raise ValueError(f"{rows_dir}: rows written before the clean validation reference was kept")
+    return head_z_rows(results)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from mtdefect.stages._common import run
+
+    args = rows_arguments(
+        "python -m mtdefect.cv.false_alarms", __doc__.split("\n")[0], "false_alarms.json", argv
+    )
 
     def stage(cfg) -> None:
         rows_dir = Path(args.rows_dir or cfg.cv.rows_dir)
-        files = sorted(rows_dir.glob("fold_*.json"))
-        if not files:
-            raise FileNotFoundError(f"no fold_<i>.json rows in {rows_dir}: run the cv stage first")
-        results = [json.loads(f.read_text()) for f in files]
-        if any("reference_scores" not in r for r in results):
-            raise ValueError(f"{rows_dir}: rows written before the clean validation reference was kept")
-        summary = audit(head_z_rows(results), cfg.data.free_class, cfg.data.split.get("group_gap"))
+        summary = audit(z_rows_from(rows_dir), cfg.data.free_class, cfg.data.split.get("group_gap"))
         summary["rows"] = str(rows_dir)
         out = Path(args.out or Path(cfg.cv.reports_dir) / "false_alarms.json")
         write_json_atomic(out, summary, indent=2)

@@ -14,8 +14,6 @@ tile group. A lever that quiets the rim is then judged on the defects it could h
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -111,30 +109,17 @@ def _rim(counts: tuple[int, int]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    from mtdefect.cv.false_alarms import head_z_rows
+    from mtdefect.cv.false_alarms import rows_arguments, z_rows_from
     from mtdefect.scoring import read_truth
     from mtdefect.stages._common import run
 
-    parser = argparse.ArgumentParser(
-        prog="python -m mtdefect.cv.rim_defects", description=__doc__.split("\n")[0]
+    args = rows_arguments(
+        "python -m mtdefect.cv.rim_defects", __doc__.split("\n")[0], "rim_defects.json", argv
     )
-    parser.add_argument("rows_dir", nargs="?", default=None, help="fold_<i>.json rows (default: cv.rows_dir)")
-    parser.add_argument(
-        "out", nargs="?", default=None, help="output JSON (default: <cv.reports_dir>/rim_defects.json)"
-    )
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     def stage(cfg) -> None:
         rows_dir = Path(args.rows_dir or cfg.cv.rows_dir)
-        files = sorted(rows_dir.glob("fold_*.json"))
-        if not files:
-            raise FileNotFoundError(f"no fold_<i>.json rows in {rows_dir}: run the cv stage first")
-        results = [json.loads(f.read_text()) for f in files]
-        if any("reference_scores" not in r for r in results):
-            raise ValueError(f"{rows_dir}: rows written before the clean validation reference was kept")
-        rows = head_z_rows(results)
+        rows = z_rows_from(rows_dir)
         data = Path(cfg.paths.data_dir)
         pixels = {
             r["image"]: band_pixels(read_truth(data / Path(r["image"]).with_suffix(".png")))
@@ -145,13 +130,16 @@ def main(argv: list[str] | None = None) -> None:
         summary["rows"] = str(rows_dir)
         out = Path(args.out or Path(cfg.cv.reports_dir) / "rim_defects.json")
         write_json_atomic(out, summary, indent=2)
+        def value(entry: dict | None) -> float | None:
+            return entry and entry["value"]
+
         for cls, s in summary["classes"].items():
             rim, interior = s["rim"], s["interior"]
             print(
-                f"rim defects: {cls}: {s['defect_pixels_in_band']:.2f} of defect pixels in the band; "
-                f"rim {rim['images']} photographs: Dice {rim['dice']['value']}, recall@1%FA "
-                f"{rim['recall_at_1pct_fa']['value']}; interior {interior['images']}: Dice "
-                f"{interior['dice']['value']}, recall@1%FA {interior['recall_at_1pct_fa']['value']}"
+                f"rim defects: {cls}: {s['defect_pixels_in_band']} of defect pixels in the band; "
+                f"rim {rim['images']} photographs: Dice {value(rim['dice'])}, recall@1%FA "
+                f"{value(rim['recall_at_1pct_fa'])}; interior {interior['images']}: Dice "
+                f"{value(interior['dice'])}, recall@1%FA {value(interior['recall_at_1pct_fa'])}"
             )
 
     run(stage, "cv rim defects")
