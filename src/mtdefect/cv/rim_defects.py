@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         summary["rows"] = str(rows_dir)
         out = Path(args.out or Path(cfg.cv.reports_dir) / "rim_defects.json")
         write_json_atomic(out, summary, indent=2)
+
         def value(entry: dict | None) -> float | None:
             return entry and entry["value"]
 
