@@ -576,3 +576,10 @@ def test_compare_cli_explains_a_wrong_folder_in_one_line(
         assert not out.exists()
     main([str(run_a), str(run_a), str(out)])
     assert json.loads(out.read_text())["difference"]["dice"]["value"] == 0.0
+    # a lever tried on fold 1 only is paired with fold 1 of the baseline, and says so
+    (run_a / "folds" / "fold_1.json").write_text(json.dumps({"fold": 1, "rows": rows_for([0.3], [0.9])}))
+    (run_b / "folds" / "fold_0.json").unlink()
+    (run_b / "folds" / "fold_1.json").write_text(json.dumps({"fold": 1, "rows": rows_for([0.3], [0.6])}))
+    main([str(run_a), str(run_b), str(out)])
+    result = json.loads(out.read_text())
+    assert result["folds"] == [1] and result["difference"]["dice"]["value"] == 0.0

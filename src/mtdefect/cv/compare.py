@@ -7,6 +7,9 @@ lever is kept when the interval of its gain lies above zero.
 
     python -m mtdefect.cv.compare reports/cv/session6_folds01 \
         reports/cv/session6_folds01_rescored_pad_zero out.json
+
+Where AFTER holds only some of BEFORE's folds (a lever tried on a few folds first), BEFORE is paired
+on those folds alone; the output names them (``folds``).
 """
 
 from __future__ import annotations
@@ -79,11 +82,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     before, after, out = Path(args[0]), Path(args[1]), Path(args[2])
     try:
-        difference = paired_difference(fold_rows(before), fold_rows(after), "MT_Free")
+        before_rows, after_rows = fold_rows(before), fold_rows(after)
+        folds = sorted({r["fold"] for r in after_rows})
+        if set(folds) < {r["fold"] for r in before_rows}:  # a lever run on some folds: pair those
+            before_rows = [r for r in before_rows if r["fold"] in folds]
+        difference = paired_difference(before_rows, after_rows, "MT_Free")
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"cv compare: error: {exc}", file=sys.stderr)
         sys.exit(1)
-    result = {"before": str(before), "after": str(after), "difference": difference}
+    result = {"before": str(before), "after": str(after), "folds": folds, "difference": difference}
     write_json_atomic(out, result, indent=2)
     for name, entry in result["difference"].items():
         change = f"{entry['value']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"
