@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mtdefect import metrics
-from mtdefect.cv.pool import _interval
+from mtdefect.cv.pool import OutOfFold, _interval
 from mtdefect.fileio import write_json_atomic
 
 RIM_SHARE = 0.5  # a photograph is a rim one when more than this share of its defect pixels is in the band
@@ -47,6 +47,7 @@ def summarise(
     defective = np.array([r["class"] != free_class for r in rows])
     groups = [r["group"] for r in rows]
     clean = np.flatnonzero(~defective)
+    oof = OutOfFold(rows, free_class)  # the pooled summary's pixel counts and Dice
 
     def part(index: np.ndarray) -> dict:
         if not index.size:
@@ -58,10 +59,6 @@ def summarise(
                 "recall_at_1pct_fa": None,
             }
 
-        def dice(i: np.ndarray) -> float:
-            tp, fp, fn = (sum(rows[j][k] for j in i) for k in ("tp", "fp", "fn"))
-            return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
-
         def at_budget(i: np.ndarray) -> float:
             return metrics.recall_at_false_alarm_rate(z[i], defective[i], max_rate)["recall"]
 
@@ -71,8 +68,10 @@ def summarise(
             "images": int(index.size),
             "tiles": len({groups[j] for j in index}),
             "dice": _interval(
-                dice(index),
-                *metrics.group_bootstrap([groups[j] for j in index], lambda i: dice(index[i]), n_resamples),
+                oof.dice(index),
+                *metrics.group_bootstrap(
+                    [groups[j] for j in index], lambda i: oof.dice(index[i]), n_resamples
+                ),
             ),
             "recall_at_decision": round(float(np.mean([rows[j]["defective"] for j in index])), 6),
             "recall_at_1pct_fa": _interval(
