@@ -48,3 +48,31 @@ def test_rim_and_interior_photographs_are_scored_apart() -> None:
         "recall_at_decision": None,
         "recall_at_1pct_fa": None,
     }
+
+
+def test_the_class_matched_gap_removes_the_class_mix() -> None:
+    """Rim photographs mostly of a weak class: pooled, the rim looks far worse; within each class, rim
+    and interior are found alike, so the class-matched gap is zero."""
+    clean = [{"image": f"f{i}", "class": "MT_Free", "group": f"F/{i}", "z": float(i)} for i in range(100)]
+    clean = [{**r, "tp": 0, "fp": 0, "fn": 0} for r in clean]
+    strong = [  # Uneven: Dice 0.8 on the rim and inside alike; weak Break: Dice 0.2 on both
+        {"image": f"u{i}", "class": "MT_Uneven", "group": f"U/{i}", "z": 200.0, "tp": 8, "fp": 2, "fn": 2}
+        for i in range(4)
+    ]
+    weak = [
+        {"image": f"b{i}", "class": "MT_Break", "group": f"B/{i}", "z": 200.0, "tp": 2, "fp": 8, "fn": 8}
+        for i in range(4)
+    ]
+    rows = [
+        {**r, "defective": r["z"] > 98, "fold": 0, "fp_border": 0, "score": r["z"]}
+        for r in clean + strong + weak
+    ]
+    rim = {"u0", "b0", "b1", "b2"}  # one Uneven and three Break photographs on the rim
+    pixels = {r["image"]: ((9, 10) if r["image"] in rim else (0, 10)) for r in strong + weak}
+    summary = summarise(rows, pixels, "MT_Free", 0.01, n_resamples=50)
+    pooled = summary["classes"]["all"]
+    assert pooled["rim"]["dice"]["value"] == pytest.approx(2 * 14 / (2 * 14 + 26 + 26))  # 0.35
+    assert pooled["interior"]["dice"]["value"] == pytest.approx(2 * 26 / (2 * 26 + 14 + 14))  # 0.65
+    gap = pooled["class_matched_rim_gap"]
+    assert gap["dice"]["value"] == pytest.approx(0.0) and gap["recall_at_1pct_fa"]["value"] == 0.0
+    assert "class_matched_rim_gap" not in summary["classes"]["MT_Break"]
