@@ -583,3 +583,31 @@ def test_compare_cli_explains_a_wrong_folder_in_one_line(
     main([str(run_a), str(run_b), str(out)])
     result = json.loads(out.read_text())
     assert result["folds"] == [1] and result["difference"]["dice"]["value"] == 0.0
+
+
+def test_compare_pools_a_lever_tried_under_several_seeds(tmp_path: Path) -> None:
+    """Two (baseline, lever) pairs, one per seed: the rows of both seeds are pooled on each side (every
+    image once per seed, its tile group kept), so a lever that helps under one seed only shows half
+    the gain it shows there alone."""
+    from mtdefect.cv.compare import main, paired_runs
+
+    base = rows_for([0.1, 0.2, 0.3], [0.8, 0.7])
+    better = [dict(r, tp=r["tp"] + 2, fn=max(r["fn"] - 2, 0)) for r in base]
+    runs = {}
+    for name, rows in (("base42", base), ("lever42", better), ("base43", base), ("lever43", base)):
+        runs[name] = tmp_path / name
+        (runs[name] / "folds").mkdir(parents=True)
+        (runs[name] / "folds" / "fold_0.json").write_text(json.dumps({"fold": 0, "rows": rows}))
+    before, after, folds = paired_runs([(runs["base42"], runs["lever42"]), (runs["base43"], runs["lever43"])])
+    assert folds == [0] and len(before) == len(after) == 2 * len(base)
+    assert {r["image"] for r in before} == {f"{r['image']}#{k}" for r in base for k in (0, 1)}
+    assert sorted(r["group"] for r in before) == sorted(2 * [r["group"] for r in base])
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    main([str(runs["base42"]), str(runs["lever42"]), str(one)])
+    main([str(runs["base42"]), str(runs["lever42"]), str(runs["base43"]), str(runs["lever43"]), str(two)])
+    alone, pooled = (json.loads(p.read_text()) for p in (one, two))
+    assert "pairs" not in alone and len(pooled["pairs"]) == 2
+    assert 0 < pooled["difference"]["dice"]["value"] < alone["difference"]["dice"]["value"]
+    with pytest.raises(SystemExit) as exit_info:  # an unpaired folder: usage, exit 2
+        main([str(runs["base42"]), str(runs["lever42"]), str(runs["base43"]), str(two)])
+    assert exit_info.value.code == 2

@@ -10,6 +10,14 @@ lever is kept when the interval of its gain lies above zero.
 
 Where AFTER holds only some of BEFORE's folds (a lever tried on a few folds first), BEFORE is paired
 on those folds alone; the output names them (``folds``).
+
+A lever tried under several seeds gives one pair per seed (the baseline and the lever, same seed):
+
+    python -m mtdefect.cv.compare reports/cv reports/cv/ema reports/cv/seed_43 reports/cv/ema_seed_43 out.json
+
+The pairs' rows are pooled as one run each side (every image once per seed) and the resamples draw a
+tile group with all its rows in every seed, so the interval holds the training noise of the seeds
+given as well as the tiles'; ``pairs`` names them.
 """
 
 from __future__ import annotations
@@ -75,22 +83,45 @@ def fold_rows(run_dir: Path) -> list[dict]:
     ]
 
 
+def paired_runs(pairs: Sequence[tuple[Path, Path]]) -> tuple[list[dict], list[dict], list[int]]:
+    """Each (BEFORE, AFTER) pair's rows, AFTER's folds only, pooled over the pairs; with more than one
+    pair every image is named once per pair (``image#<pair>``) while its tile group is kept."""
+    before_all: list[dict] = []
+    after_all: list[dict] = []
+    folds: set[int] = set()
+    for number, (before, after) in enumerate(pairs):
+        before_rows, after_rows = fold_rows(before), fold_rows(after)
+        held = {r["fold"] for r in after_rows}
+        before_rows = [r for r in before_rows if r["fold"] in held]  # a lever run on some folds: pair those
+        if len(pairs) > 1:
+            before_rows, after_rows = (
+                [{**r, "image": f"{r['image']}#{number}"} for r in rows] for rows in (before_rows, after_rows)
+            )
+        before_all += before_rows
+        after_all += after_rows
+        folds |= held
+    return before_all, after_all, sorted(folds)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3:
-        print("usage: python -m mtdefect.cv.compare BEFORE_DIR AFTER_DIR OUT.json", file=sys.stderr)
+    if len(args) < 3 or len(args) % 2 == 0:
+        print(
+            "usage: python -m mtdefect.cv.compare BEFORE_DIR AFTER_DIR [BEFORE_DIR AFTER_DIR ...] OUT.json",
+            file=sys.stderr,
+        )
         sys.exit(2)
-    before, after, out = Path(args[0]), Path(args[1]), Path(args[2])
+    dirs, out = [Path(a) for a in args[:-1]], Path(args[-1])
+    pairs = list(zip(dirs[::2], dirs[1::2], strict=True))
     try:
-        before_rows, after_rows = fold_rows(before), fold_rows(after)
-        folds = sorted({r["fold"] for r in after_rows})
-        if set(folds) < {r["fold"] for r in before_rows}:  # a lever run on some folds: pair those
-            before_rows = [r for r in before_rows if r["fold"] in folds]
+        before_rows, after_rows, folds = paired_runs(pairs)
         difference = paired_difference(before_rows, after_rows, "MT_Free")
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"cv compare: error: {exc}", file=sys.stderr)
         sys.exit(1)
-    result = {"before": str(before), "after": str(after), "folds": folds, "difference": difference}
+    result = {"before": str(pairs[0][0]), "after": str(pairs[0][1]), "folds": folds, "difference": difference}
+    if len(pairs) > 1:
+        result["pairs"] = [[str(b), str(a)] for b, a in pairs]
     write_json_atomic(out, result, indent=2)
     for name, entry in result["difference"].items():
         change = f"{entry['value']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"
