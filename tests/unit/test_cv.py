@@ -611,3 +611,20 @@ def test_compare_pools_a_lever_tried_under_several_seeds(tmp_path: Path) -> None
     with pytest.raises(SystemExit) as exit_info:  # an unpaired folder: usage, exit 2
         main([str(runs["base42"]), str(runs["lever42"]), str(runs["base43"]), str(two)])
     assert exit_info.value.code == 2
+
+
+def test_the_recipe_records_an_ema_of_the_weights() -> None:
+    from omegaconf import OmegaConf
+
+    from mtdefect.cv.summary import weight_averaging
+
+    checkpoint = {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint", "monitor": "val/dice"}
+    plain = OmegaConf.create({"callbacks": {"model_checkpoint": checkpoint}})
+    assert weight_averaging(plain) is None and weight_averaging(OmegaConf.create({})) is None
+    ema = {
+        "_target_": "lightning.pytorch.callbacks.EMAWeightAveraging",
+        "decay": 0.995,
+        "update_starting_at_step": 600,
+    }
+    with_ema = OmegaConf.create({"callbacks": {"model_checkpoint": checkpoint, "ema": ema}})
+    assert weight_averaging(with_ema) == {"decay": 0.995, "start_step": 600}

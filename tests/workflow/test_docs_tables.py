@@ -276,6 +276,12 @@ def test_cv_table_shows_each_recipe_with_intervals(tmp_path: Path) -> None:
     )
     line = [line for line in cv_table(tmp_path).splitlines() if line.startswith("| `cpu_2h`")][0]
     assert "decision by the head, test-time flips horizontal+vertical, seed 42" in line
+    ema = {**head_rule, "weight_averaging": {"decay": 0.995, "start_step": 600}, "seed": 43}
+    (tmp_path / "reports" / "cv" / "cpu_2h" / "metrics.json").write_text(
+        json.dumps({**summary, "recipe": ema})
+    )
+    line = [line for line in cv_table(tmp_path).splitlines() if line.startswith("| `cpu_2h`")][0]
+    assert "decision by the head, EMA 0.995 from step 600, seed 43" in line
 
 
 def test_unseen_table_shows_each_class_left_out_against_the_target(tmp_path: Path) -> None:

@@ -31,8 +31,17 @@ def recipe_of(cfg: DictConfig) -> dict:
         "gamma": float(cfg.data.module.get("gamma") or 0.0),
         "illumination": float(cfg.data.module.get("illumination") or 0.0),
         "decision_criterion": (cfg.get("calibration") or {}).get("decision_criterion", "recall"),
+        "weight_averaging": weight_averaging(cfg),
         "seed": cfg.seed,
     }
+
+
+def weight_averaging(cfg: DictConfig) -> dict | None:
+    """The EMA of the weights the recipe trains with (``callbacks=ema``), or None."""
+    for callback in (cfg.get("callbacks") or {}).values():
+        if str((callback or {}).get("_target_", "")).endswith("EMAWeightAveraging"):
+            return {"decay": callback.get("decay"), "start_step": callback.get("update_starting_at_step")}
+    return None
 
 
 def summarize(cfg: DictConfig, results: Sequence[dict], out_dir: Path, **recipe_extra) -> dict:

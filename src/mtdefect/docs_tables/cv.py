@@ -51,9 +51,9 @@ def gate_label(recipe: dict[str, Any]) -> str:
 
 def extras_label(recipe: dict[str, Any]) -> str:
     """What a recipe adds beyond the columns every row names: photometric augmentation, test-time
-    flips forced by a rescore, and a decision source picked otherwise than by validation recall (by
-    AUROC, or the head whenever the model has one; summaries without the key predate the choice and
-    used validation recall)."""
+    flips forced by a rescore, an EMA of the weights, and a decision source picked otherwise than by
+    validation recall (by AUROC, or the head whenever the model has one; summaries without the key
+    predate the choice and used validation recall)."""
     parts = []
     if recipe.get("gamma") or recipe.get("illumination"):
         parts.append(
@@ -67,6 +67,9 @@ def extras_label(recipe: dict[str, Any]) -> str:
         parts.append("decision source by AUROC")
     elif criterion == "head":
         parts.append("decision by the head")
+    averaging = recipe.get("weight_averaging")
+    if averaging:
+        parts.append(f"EMA {averaging['decay']:g} from step {averaging.get('start_step') or 0}")
     flip_sets = [flips for flips in calibration.get("test_time_flips") or [] if flips]
     if flip_sets:
         parts.append("test-time flips " + " or ".join("+".join(flips) for flips in flip_sets))
