@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from mtdefect import metrics
-from mtdefect.cv.pool import _interval, tile_detector, tile_ids
+from mtdefect.cv.pool import _interval, pooling_arguments, tile_detector, tile_ids
 from mtdefect.inference.multiview import fuse_view_scores
 
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -304,8 +304,7 @@ def main() -> None:
             }
             for row in result["rows"]:
                 held_out.append({**row, "fold": job, "head": row["score"], "anomaly": by_image[row["image"]]})
-        args = (held_out, reference, cfg.data.free_class, cfg.data.split.get("group_gap"))
-        args += (int(cfg.cv.bootstrap), int(cfg.cv.seed))
+        args = (held_out, reference, *pooling_arguments(cfg))
         summary = left_out_compare(*args) if unseen else compare(*args)
         name = "decision.json" if branch == "anomaly" else f"decision_{branch}.json"
         summary["anomaly_branch"] = branch

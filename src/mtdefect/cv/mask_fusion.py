@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mtdefect.cv.decision import cross_fitted, normalised, scorer_summary
-from mtdefect.cv.pool import tile_ids
+from mtdefect.cv.pool import pooling_arguments, tile_ids
 
 WINDOWS = (1, 5, 9, 15, 25)
 
@@ -147,8 +147,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             rows += [{**r, "fold": fold} for r in scored]
             print(f"mask fusion: fold {fold} scored ({len(scored)} images)")
-        gap, n_resamples, seed = cfg.data.split.get("group_gap"), int(cfg.cv.bootstrap), int(cfg.cv.seed)
-        summary = compare_scorers(rows, cfg.data.free_class, gap, n_resamples, seed)
+        summary = compare_scorers(rows, *pooling_arguments(cfg))
         summary["models"] = str(models)
         out = Path(args.out or Path(cfg.cv.reports_dir) / "mask_fusion.json")
         write_json_atomic(out, summary, indent=2)

@@ -164,6 +164,12 @@ def pool(
     return summary
 
 
+def pooling_arguments(cfg) -> tuple[str, int | None, int, int]:
+    """What every out-of-fold comparison takes from params.yaml: the free class, the split's
+    ``group_gap`` (physical tiles), the bootstrap's resample count and its seed."""
+    return cfg.data.free_class, cfg.data.split.get("group_gap"), int(cfg.cv.bootstrap), int(cfg.cv.seed)
+
+
 def tile_ids(rows: Sequence[dict], group_gap: int | None) -> list[str]:
     """The physical tile of each row (``split.tile_names``: a group split where the lighting index
     starts again), named ``<class>/<group>.<k>``."""

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mtdefect.cv.decision import TRANSFORMS, paired_gain, robust_z, scorer_summary
-from mtdefect.cv.pool import tile_ids
+from mtdefect.cv.pool import pooling_arguments, tile_ids
 from mtdefect.fileio import write_json_atomic
 
 
@@ -122,13 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         results = [[json.loads((run / f"fold_{f}.json").read_text()) for f in folds] for run in runs]
         if any("reference_scores" not in r for per_run in results for r in per_run):
             raise ValueError("rows written before the clean validation reference was kept")
-        summary = compare_runs(
-            results,
-            cfg.data.free_class,
-            cfg.data.split.get("group_gap"),
-            int(cfg.cv.bootstrap),
-            int(cfg.cv.seed),
-        )
+        summary = compare_runs(results, *pooling_arguments(cfg))
         summary = {"runs": [str(r) for r in runs], "folds": folds, **summary}
         out = Path(args.out or Path(cfg.cv.reports_dir) / "seed_ensemble.json")
         write_json_atomic(out, summary, indent=2)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mtdefect.cv.decision import cross_fitted, normalised
-from mtdefect.cv.pool import tile_detector, tile_views
+from mtdefect.cv.pool import pooling_arguments, tile_detector, tile_views
 from mtdefect.inference.multiview import VIEW_FUSIONS
 
 CANDIDATES: dict[str, Callable[[np.ndarray], float]] = {
@@ -98,13 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         if not rows_dir.is_dir():
             raise FileNotFoundError(f"no fold rows folder {rows_dir} (run the cv stage first)")
         rows = pooled_rows(rows_dir, int(cfg.cv.k))
-        summary = compare_fusions(
-            rows,
-            cfg.data.free_class,
-            cfg.data.split.get("group_gap"),
-            int(cfg.cv.bootstrap),
-            int(cfg.cv.seed),
-        )
+        summary = compare_fusions(rows, *pooling_arguments(cfg))
         summary["rows"] = str(rows_dir)
         out = Path(args.out or Path(cfg.cv.reports_dir) / "view_fusion.json")
         write_json_atomic(out, summary, indent=2)
