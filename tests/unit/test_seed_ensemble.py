@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtdefect.cv.seed_ensemble import common_folds, compare_runs, ensemble_scores, main
+from mtdefect.cv.seed_ensemble import common_folds, compare_runs, ensemble_scores, main, selected_run
 
 
-def fold_result(fold: int, defect_scores: list[float], seed: int = 0) -> dict:
+def fold_result(fold: int, defect_scores: list[float], seed: int = 0, objective: float = 0.5) -> dict:
     """A fold of 100 clean images (scores spread below 0.5) and a few defective ones."""
     rng = np.random.default_rng(seed)
     clean = rng.uniform(0.01, 0.5, 100)
@@ -24,7 +24,13 @@ def fold_result(fold: int, defect_scores: list[float], seed: int = 0) -> dict:
         {"image": f"break/{fold}_{i}.jpg", "class": "MT_Break", "group": f"MT_Break/{fold}_{i}", "score": s}
         for i, s in enumerate(defect_scores)
     ]
-    return {"fold": fold, "rows": rows, "reference_scores": rng.uniform(0.01, 0.5, 40).tolist()}
+    reference = rng.uniform(0.01, 0.5, 40).tolist()
+    return {
+        "fold": fold,
+        "rows": rows,
+        "reference_scores": reference,
+        "validation": {"val/objective": objective},
+    }
 
 
 def test_the_ensemble_averages_logits_and_normalises_them_against_its_own_reference() -> None:
@@ -55,6 +61,27 @@ def test_identical_runs_make_an_ensemble_that_changes_nothing() -> None:
         assert summary["ensemble_gain"]["seed_0"][key]["value"] == pytest.approx(0.0)
 
 
+def test_the_selected_run_is_the_one_with_the_better_inner_validation_in_each_fold() -> None:
+    """Run 0 finds every defect in fold 0 and none in fold 1, run 1 the reverse; the validation
+    objective points at the finder in fold 0 only, so the selection finds half of them."""
+    finds, misses = [0.99, 0.98], [0.02, 0.03]
+    run_0 = [fold_result(0, finds, objective=0.9), fold_result(1, misses, seed=1, objective=0.9)]
+    run_1 = [fold_result(0, misses, objective=0.1), fold_result(1, finds, seed=1, objective=0.2)]
+    for a, b in zip(run_0, run_1, strict=True):  # the same clean images and reference in both runs
+        b["reference_scores"] = a["reference_scores"]
+        for row_a, row_b in zip(a["rows"], b["rows"], strict=True):
+            row_b["score"] = row_a["score"] if row_a["class"] == "MT_Free" else row_b["score"]
+    assert [selected_run(fold) for fold in zip(run_0, run_1, strict=True)] == [0, 0]
+    summary = compare_runs([run_0, run_1], "MT_Free", group_gap=None, n_resamples=20)
+    assert summary["selected_runs"] == [0, 0]
+    assert summary["selected"]["recall_at_1pct_fa"]["value"] == pytest.approx(0.5)
+    assert summary["selection_gain"]["seed_0"]["recall_at_1pct_fa"]["value"] == pytest.approx(0.0)
+    run_1[1]["validation"]["val/objective"] = 0.95  # now the validation points at the finder in both
+    summary = compare_runs([run_0, run_1], "MT_Free", group_gap=None, n_resamples=20)
+    assert summary["selected_runs"] == [0, 1] and summary["selected"]["recall_at_1pct_fa"]["value"] == 1.0
+    assert summary["selection_gain"]["seed_1"]["recall_at_1pct_fa"]["value"] == pytest.approx(0.5)
+
+
 def test_runs_that_scored_other_images_are_refused() -> None:
     a, b = fold_result(0, [0.9]), fold_result(0, [0.9, 0.8])
     with pytest.raises(ValueError, match="different held-out images"):
@@ -76,6 +103,6 @@ def test_only_folds_every_run_holds_are_used_and_written(tmp_path: Path, monkeyp
     main([str(first), str(second), "--out", "out/ens.json"])
     written = json.loads((tmp_path / "out" / "ens.json").read_text())
     assert written["folds"] == [1, 2] and written["images"] == 204
-    assert set(written["ensemble_gain"]) == {"seed_0", "seed_1"}
+    assert set(written["ensemble_gain"]) == set(written["selection_gain"]) == {"seed_0", "seed_1"}
     with pytest.raises(FileNotFoundError):
         common_folds([first, tmp_path / "empty"])

@@ -8,10 +8,12 @@ another seed; only the folds every run holds are used. Per fold, each run's head
 logits; the **ensemble** is the mean of the runs' logits, for the held-out images and for the fold's
 clean validation images alike (both runs score the same validation list, in the same order), so the
 ensemble is normalised exactly as a served two-model decision would be calibrated: a robust z against
-its own clean validation scores. Pooled per image and per physical tile (median of views), with 95 %
-intervals by tile group; ``seed_effect`` pairs each other run with the first on the same images (what a
-seed alone moves), ``ensemble_gain`` the ensemble with each single run (what averaging buys). The masks
-are not averaged (the rows hold pixel counts, not maps): this judges the reject decision only.
+its own clean validation scores. **selected** is, per fold, the run with the highest inner-validation
+``val/objective`` (train several seeds, serve one: the choice costs training time only). Pooled per
+image and per physical tile (median of views), with 95 % intervals by tile group; ``seed_effect`` pairs
+each other run with the first on the same images (what a seed alone moves), ``ensemble_gain`` and
+``selection_gain`` the ensemble and the selected run with each single run. The masks are not averaged
+(the rows hold pixel counts, not maps): this judges the reject decision only.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import numpy as np
 from mtdefect.cv.decision import TRANSFORMS, paired_gain, robust_z, scorer_summary
 from mtdefect.cv.pool import pooling_arguments, tile_ids
 from mtdefect.fileio import write_json_atomic
+
+SELECTION_METRIC = "val/objective"  # params.yaml optimized_metric: the inner validation's own objective
 
 
 def common_folds(runs: Sequence[Path]) -> list[int]:
@@ -55,7 +59,14 @@ def ensemble_scores(fold_results: Sequence[dict]) -> tuple[list[dict], dict[str,
         reference.append(logit(np.array(result["reference_scores"], np.float64)))
     z = {f"seed_{i}": robust_z(h, ref) for i, (h, ref) in enumerate(zip(held, reference, strict=True))}
     z["ensemble"] = robust_z(np.mean(held, axis=0), np.mean(reference, axis=0))
+    z["selected"] = z[f"seed_{selected_run(fold_results)}"]
     return list(first["rows"]), z
+
+
+def selected_run(fold_results: Sequence[dict], metric: str = SELECTION_METRIC) -> int:
+    """The run a line would keep after training several seeds: the highest inner-validation
+    ``metric`` (what checkpoint choice optimises), never a held-out number."""
+    return int(np.argmax([result["validation"][metric] for result in fold_results]))
 
 
 def compare_runs(
@@ -69,8 +80,10 @@ def compare_runs(
     ensemble, pooled over the folds, with the paired gains (``seed_effect``, ``ensemble_gain``)."""
     rows: list[dict] = []
     z: dict[str, list[np.ndarray]] = {}
+    chosen = []
     for fold_results in zip(*results_by_run, strict=True):
         fold_rows, fold_z = ensemble_scores(fold_results)
+        chosen.append(selected_run(fold_results))
         rows += fold_rows
         for name, values in fold_z.items():
             z.setdefault(name, []).append(values)
@@ -90,13 +103,18 @@ def compare_runs(
         result[name] = scorer_summary(
             values, defective, classes, groups, tiles, free_class, n_resamples, seed
         )
-    singles = [name for name in scores if name != "ensemble"]
+    result["selected_runs"] = chosen  # per fold, the run the inner validation keeps
+    singles = [name for name in scores if name not in ("ensemble", "selected")]
     result["seed_effect"] = {  # what a seed alone moves: each other run against the first
         name: paired_gain(scores["seed_0"], scores[name], defective, groups, tiles, n_resamples, seed)
         for name in singles[1:]
     }
     result["ensemble_gain"] = {  # what averaging buys over each single training
         name: paired_gain(scores[name], scores["ensemble"], defective, groups, tiles, n_resamples, seed)
+        for name in singles
+    }
+    result["selection_gain"] = {  # what keeping the run with the better inner validation buys
+        name: paired_gain(scores[name], scores["selected"], defective, groups, tiles, n_resamples, seed)
         for name in singles
     }
     return result
@@ -126,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
         summary = {"runs": [str(r) for r in runs], "folds": folds, **summary}
         out = Path(args.out or Path(cfg.cv.reports_dir) / "seed_ensemble.json")
         write_json_atomic(out, summary, indent=2)
-        for name in [k for k in summary if k.startswith("seed_") and k[5:].isdigit() or k == "ensemble"]:
+        for name in [
+            k for k in summary if k.startswith("seed_") and k[5:].isdigit() or k in ("ensemble", "selected")
+        ]:
             s = summary[name]
             print(
                 f"seed_ensemble: {name}: AUROC {s['auroc']['value']:.3f} recall@1%FA "
