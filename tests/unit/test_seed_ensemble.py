@@ -94,7 +94,8 @@ def test_only_folds_every_run_holds_are_used_and_written(tmp_path: Path, monkeyp
         run.mkdir()
         for f in folds:
             (run / f"fold_{f}.json").write_text(json.dumps(fold_result(f, [0.9, 0.4], seed=f)))
-    assert common_folds([first, second]) == [1, 2]
+    folds, results = common_folds([first, second])
+    assert folds == [1, 2] and [[r["fold"] for r in run] for run in results] == [[1, 2], [1, 2]]
     (tmp_path / "params.yaml").write_text(
         "data: {free_class: MT_Free, split: {group_gap: null}}\n"
         "cv: {bootstrap: 20, seed: 0, reports_dir: out}\n"

@@ -103,15 +103,21 @@ def rows_arguments(prog: str, description: str, out_name: str, argv: list[str] |
     return parser.parse_args(sys.argv[1:] if argv is None else argv)
 
 
-def z_rows_from(rows_dir: Path) -> list[dict]:
-    """Every held-out row of ``rows_dir/fold_*.json`` with its per-fold z (``head_z_rows``)."""
+def fold_results(rows_dir: Path) -> list[dict]:
+    """Every ``rows_dir/fold_*.json`` result, each with the clean validation scores that put its
+    decision on the per-fold z scale (``reference_scores``)."""
     files = sorted(rows_dir.glob("fold_*.json"))
     if not files:
         raise FileNotFoundError(f"no fold_<i>.json rows in {rows_dir}: run the cv stage first")
     results = [json.loads(f.read_text()) for f in files]
     if any("reference_scores" not in r for r in results):
         raise ValueError(f"{rows_dir}: rows written before the clean validation reference was kept")
-    return head_z_rows(results)
+    return results
+
+
+def z_rows_from(rows_dir: Path) -> list[dict]:
+    """Every held-out row of ``rows_dir/fold_*.json`` with its per-fold z (``head_z_rows``)."""
+    return head_z_rows(fold_results(rows_dir))
 
 
 def main(argv: list[str] | None = None) -> None:

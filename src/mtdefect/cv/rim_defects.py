@@ -49,6 +49,9 @@ def summarise(
     clean = np.flatnonzero(~defective)
     oof = OutOfFold(rows, free_class)  # the pooled summary's pixel counts and Dice
 
+    def at_budget(i: np.ndarray) -> float:
+        return metrics.recall_at_false_alarm_rate(z[i], defective[i], max_rate)["recall"]
+
     def part(index: np.ndarray) -> dict:
         if not index.size:
             return {
@@ -58,10 +61,6 @@ def summarise(
                 "recall_at_decision": None,
                 "recall_at_1pct_fa": None,
             }
-
-        def at_budget(i: np.ndarray) -> float:
-            return metrics.recall_at_false_alarm_rate(z[i], defective[i], max_rate)["recall"]
-
         with_clean = np.concatenate([index, clean])
         sub = [groups[j] for j in with_clean]
         return {
@@ -97,19 +96,12 @@ def summarise(
             "rim": part(rim),
             "interior": part(interior),
         }
-    is_clean = ~defective
-
-    def dice_of(i: np.ndarray) -> float:
-        return oof.dice(i)
-
-    def recall_of(i: np.ndarray) -> float:
-        return metrics.recall_at_false_alarm_rate(z[i], defective[i], max_rate)["recall"]
 
     def class_matched(statistic, drawn: np.ndarray) -> float:
         """Rim minus interior within each class, averaged with the rim's image counts as weights:
         the rim's own effect, without the class mix (rim photographs are mostly of weak classes)."""
         gaps, weights = [], []
-        negatives = drawn[is_clean[drawn]]
+        negatives = drawn[~defective[drawn]]
         for rim_rows, interior_rows in parts.values():
             rim_drawn = drawn[np.isin(drawn, rim_rows)]
             interior_drawn = drawn[np.isin(drawn, interior_rows)]
@@ -125,7 +117,7 @@ def summarise(
             class_matched(statistic, everyone),
             *metrics.group_bootstrap(groups, lambda i, s=statistic: class_matched(s, i), n_resamples, 2),
         )
-        for name, statistic in (("dice", dice_of), ("recall_at_1pct_fa", recall_of))
+        for name, statistic in (("dice", oof.dice), ("recall_at_1pct_fa", at_budget))
     }
     return {
         "band": "4 % of each side (15 % of the area), metrics.border_band",

@@ -19,7 +19,6 @@ each other run with the first on the same images (what a seed alone moves), ``en
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,19 +26,20 @@ from pathlib import Path
 import numpy as np
 
 from mtdefect.cv.decision import TRANSFORMS, paired_gain, robust_z, scorer_summary
+from mtdefect.cv.false_alarms import fold_results
 from mtdefect.cv.pool import pooling_arguments, tile_ids
 from mtdefect.fileio import write_json_atomic
 
 SELECTION_METRIC = "val/objective"  # params.yaml optimized_metric: the inner validation's own objective
 
 
-def common_folds(runs: Sequence[Path]) -> list[int]:
-    """The fold numbers whose rows every run holds."""
-    held = [{int(p.stem.split("_")[1]) for p in run.glob("fold_*.json")} for run in runs]
-    folds = sorted(set.intersection(*held)) if held else []
+def common_folds(runs: Sequence[Path]) -> tuple[list[int], list[list[dict]]]:
+    """The fold numbers every run holds, and each run's results for those folds, in that order."""
+    by_run = [{result["fold"]: result for result in fold_results(run)} for run in runs]
+    folds = sorted(set.intersection(*(set(held) for held in by_run)))
     if not folds:
-        raise FileNotFoundError(f"no fold_<i>.json held by every run in {[str(r) for r in runs]}")
-    return folds
+        raise FileNotFoundError(f"no fold held by every run in {[str(r) for r in runs]}")
+    return folds, [[held[f] for f in folds] for held in by_run]
 
 
 def ensemble_scores(fold_results: Sequence[dict]) -> tuple[list[dict], dict[str, np.ndarray]]:
@@ -81,9 +81,9 @@ def compare_runs(
     rows: list[dict] = []
     z: dict[str, list[np.ndarray]] = {}
     chosen = []
-    for fold_results in zip(*results_by_run, strict=True):
-        fold_rows, fold_z = ensemble_scores(fold_results)
-        chosen.append(selected_run(fold_results))
+    for runs_of_fold in zip(*results_by_run, strict=True):
+        fold_rows, fold_z = ensemble_scores(runs_of_fold)
+        chosen.append(selected_run(runs_of_fold))
         rows += fold_rows
         for name, values in fold_z.items():
             z.setdefault(name, []).append(values)
@@ -136,10 +136,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def stage(cfg) -> None:
         runs = [Path(r) for r in args.runs]
-        folds = common_folds(runs)
-        results = [[json.loads((run / f"fold_{f}.json").read_text()) for f in folds] for run in runs]
-        if any("reference_scores" not in r for per_run in results for r in per_run):
-            raise ValueError("rows written before the clean validation reference was kept")
+        folds, results = common_folds(runs)
         summary = compare_runs(results, *pooling_arguments(cfg))
         summary = {"runs": [str(r) for r in runs], "folds": folds, **summary}
         out = Path(args.out or Path(cfg.cv.reports_dir) / "seed_ensemble.json")
