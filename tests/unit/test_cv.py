@@ -613,6 +613,45 @@ def test_compare_pools_a_lever_tried_under_several_seeds(tmp_path: Path) -> None
     assert exit_info.value.code == 2
 
 
+def test_compare_judges_the_decision_on_each_folds_own_scale(tmp_path: Path) -> None:
+    """``decision_scale`` puts each fold's scores on the scale its served threshold sees (a robust z
+    against that fold's clean validation scores): a run with the same held-out scores whose fold 1
+    scored its clean validation tiles lower (so that fold's threshold sits lower) ranks the same
+    pooled (``difference`` zero) and differently on the decision's scale; runs written without the
+    validation scores are skipped, with the reason."""
+    from mtdefect.cv.compare import main
+
+    def fold(number: int, reference: list[float]) -> dict:
+        clean = [0.05 + 0.02 * i + 0.3 * number for i in range(20)]
+        rows = rows_for(clean, [0.5 + 0.1 * number, 0.62 + 0.3 * number, 0.9, 0.95])
+        for r in rows:
+            r["image"], r["group"] = f"{number}-{r['image']}", f"{r['group']}-{number}"
+        return {"fold": number, "rows": rows, "reference_scores": reference}
+
+    steady = [0.1, 0.2, 0.3, 0.4, 0.5]
+    runs = {
+        "base": [fold(0, steady), fold(1, [0.4, 0.5, 0.6, 0.7, 0.8])],
+        "lever": [fold(0, steady), fold(1, [0.1, 0.15, 0.2, 0.25, 0.3])],  # fold 1: clean val scored lower
+        "old": [{k: v for k, v in fold(n, steady).items() if k != "reference_scores"} for n in (0, 1)],
+    }
+    for name, results in runs.items():
+        (tmp_path / name / "folds").mkdir(parents=True)
+        for result in results:
+            (tmp_path / name / "folds" / f"fold_{result['fold']}.json").write_text(json.dumps(result))
+    out = tmp_path / "out.json"
+    main([str(tmp_path / "base"), str(tmp_path / "base"), str(out)])
+    same = json.loads(out.read_text())["decision_scale"]
+    assert all(same[k]["value"] == 0.0 for k in ("auroc", "recall_at_1pct_fa", "tile_recall_at_1pct_fa"))
+    main([str(tmp_path / "base"), str(tmp_path / "lever"), str(out)])
+    result = json.loads(out.read_text())
+    assert result["difference"]["auroc"]["value"] == 0.0  # the same raw scores
+    scale = result["decision_scale"]
+    assert scale["auroc"]["value"] != 0.0 and scale["auroc"]["after"] != scale["auroc"]["before"]
+    assert {"before", "after", "ci_low", "ci_high"} <= set(scale["recall_at_1pct_fa"])
+    main([str(tmp_path / "old"), str(tmp_path / "old"), str(out)])
+    assert "clean validation reference" in json.loads(out.read_text())["decision_scale"]["skipped"]
+
+
 def test_the_recipe_records_an_ema_of_the_weights() -> None:
     from omegaconf import OmegaConf
 

@@ -18,6 +18,12 @@ A lever tried under several seeds gives one pair per seed (the baseline and the 
 The pairs' rows are pooled as one run each side (every image once per seed) and the resamples draw a
 tile group with all its rows in every seed, so the interval holds the training noise of the seeds
 given as well as the tiles'; ``pairs`` names them.
+
+``decision_scale`` judges the served reject decision itself: each fold's head scores as a robust z
+against that fold's clean validation images (``reference_scores``, what a served model's threshold
+is set on), then AUROC and recall at ≤ 1 % false alarms per image and per physical tile (median of
+its views). A lever can rank better on the pooled raw scores (``difference``) and still reject fewer
+defects at the budget on each model's own scale; both are reported.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from mtdefect import metrics
-from mtdefect.cv.pool import OutOfFold, _interval
+from mtdefect.cv.decision import paired_gain
+from mtdefect.cv.false_alarms import fold_results, head_z_rows
+from mtdefect.cv.pool import OutOfFold, _interval, tile_ids
 from mtdefect.fileio import write_json_atomic
 
 METRICS = ("dice", "auroc", "recall_at_1pct_fa", "class_top1", "border_fp_share", "clean_region_rate")
@@ -103,6 +111,52 @@ def paired_runs(pairs: Sequence[tuple[Path, Path]]) -> tuple[list[dict], list[di
     return before_all, after_all, sorted(folds)
 
 
+def decision_scale_difference(
+    pairs: Sequence[tuple[Path, Path]],
+    free_class: str,
+    group_gap: int | None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """``after − before`` on the decision's per-fold z scale (AUROC, recall at ≤ 1 % false alarms per
+    image and per tile), pooled over the pairs like ``paired_runs``; ``{"skipped": why}`` for runs
+    written before the fold results kept their clean validation scores."""
+    z: dict[str, list[float]] = {"before": [], "after": []}
+    defective: list[bool] = []
+    groups: list[str] = []
+    tiles: list[str] = []
+    for number, (before, after) in enumerate(pairs):
+        try:
+            results = {"before": fold_results(before / "folds"), "after": fold_results(after / "folds")}
+        except ValueError as exc:
+            return {"skipped": str(exc)}
+        held = {r["fold"] for r in results["after"]}
+        rows = {
+            side: {r["image"]: r for r in head_z_rows([f for f in found if f["fold"] in held])}
+            for side, found in results.items()
+        }
+        images = sorted(rows["after"])
+        if set(images) != set(rows["before"]):
+            raise ValueError("the two runs did not score the same images")
+        ordered = [rows["before"][i] for i in images]
+        for side in z:
+            z[side] += [rows[side][i]["z"] for i in images]
+        defective += [r["class"] != free_class for r in ordered]
+        groups += [r["group"] for r in ordered]
+        tiles += [f"{t}#{number}" for t in tile_ids(ordered, group_gap)]
+    gain = paired_gain(
+        np.array(z["before"]),
+        np.array(z["after"]),
+        np.array(defective),
+        np.array(groups),
+        np.array(tiles),
+        n_resamples,
+        seed,
+    )
+    scale = "per fold: robust z of the head's logit against the fold's clean validation images"
+    return {"scale": scale, **gain}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) < 3 or len(args) % 2 == 0:
@@ -116,16 +170,31 @@ def main(argv: list[str] | None = None) -> None:
     try:
         before_rows, after_rows, folds = paired_runs(pairs)
         difference = paired_difference(before_rows, after_rows, "MT_Free")
+        decision_scale = decision_scale_difference(pairs, "MT_Free", group_gap_of_params())
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"cv compare: error: {exc}", file=sys.stderr)
         sys.exit(1)
     result = {"before": str(pairs[0][0]), "after": str(pairs[0][1]), "folds": folds, "difference": difference}
+    result["decision_scale"] = decision_scale
     if len(pairs) > 1:
         result["pairs"] = [[str(b), str(a)] for b, a in pairs]
     write_json_atomic(out, result, indent=2)
     for name, entry in result["difference"].items():
         change = f"{entry['value']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"
         print(f"{name}: {entry['before']:.3f} -> {entry['after']:.3f}, change {change}")
+    for name, entry in decision_scale.items():
+        if isinstance(entry, dict):
+            change = f"{entry['value']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"
+            print(f"decision scale {name}: {entry['before']:.3f} -> {entry['after']:.3f}, change {change}")
+
+
+def group_gap_of_params(path: Path = Path("params.yaml")) -> int | None:
+    """The split's ``group_gap`` (what makes a physical tile) from params.yaml where it exists."""
+    if not path.exists():
+        return None
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(path).data.split.get("group_gap")
 
 
 if __name__ == "__main__":

@@ -126,7 +126,8 @@ def paired_gain(
 ) -> dict:
     """``other − baseline`` on the same images: AUROC and recall at ≤ ``max_rate`` false alarms per
     image, and recall per tile (median of its views), each resample drawing whole tile groups and
-    scoring *both* scorers on them, so the interval is that of the gain itself."""
+    scoring *both* scorers on them, so the interval is that of the gain itself (``before`` and
+    ``after``: the two scorers' own values on all images)."""
     names, inverse = np.unique(tiles, return_inverse=True)
     views = [np.flatnonzero(inverse == t) for t in range(len(names))]
     per_tile = {
@@ -139,28 +140,30 @@ def paired_gain(
     def recall(scores: np.ndarray, truth: np.ndarray, index: np.ndarray) -> float:
         return metrics.recall_at_false_alarm_rate(scores[index], truth[index], max_rate)["recall"]
 
-    statistics = {
-        "auroc": (
-            groups,
-            lambda i: (
-                metrics.binary_auroc(other[i], defective[i]) - metrics.binary_auroc(baseline[i], defective[i])
-            ),
-        ),
-        "recall_at_1pct_fa": (
-            groups,
-            lambda i: recall(other, defective, i) - recall(baseline, defective, i),
-        ),
-        "tile_recall_at_1pct_fa": (
-            tile_groups,
-            lambda i: (
-                recall(per_tile["other"], tile_defective, i) - recall(per_tile["baseline"], tile_defective, i)
-            ),
-        ),
+    levels = {  # each scorer's own value on an index of images (or tiles)
+        "auroc": (groups, lambda s, i: metrics.binary_auroc(s[i], defective[i])),
+        "recall_at_1pct_fa": (groups, lambda s, i: recall(s, defective, i)),
+        "tile_recall_at_1pct_fa": (tile_groups, lambda s, i: recall(s, tile_defective, i)),
+    }
+    scorers = {
+        "auroc": (baseline, other),
+        "recall_at_1pct_fa": (baseline, other),
+        "tile_recall_at_1pct_fa": (per_tile["baseline"], per_tile["other"]),
     }
     out = {}
-    for offset, (key, (resampled, statistic)) in enumerate(statistics.items()):
+    for offset, (key, (resampled, level)) in enumerate(levels.items()):
+        before, after = scorers[key]
+
+        def statistic(i: np.ndarray, level=level, before=before, after=after) -> float:
+            return level(after, i) - level(before, i)
+
         low, high = metrics.group_bootstrap(resampled, statistic, n_resamples, seed + offset)
-        out[key] = _interval(statistic(np.arange(len(resampled))), low, high)
+        everyone = np.arange(len(resampled))
+        out[key] = {
+            **_interval(statistic(everyone), low, high),
+            "before": level(before, everyone),
+            "after": level(after, everyone),
+        }
     return out
 
 
