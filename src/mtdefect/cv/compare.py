@@ -38,8 +38,9 @@ import numpy as np
 from mtdefect import metrics
 from mtdefect.cv.decision import paired_gain
 from mtdefect.cv.false_alarms import fold_results, head_z_rows
-from mtdefect.cv.pool import OutOfFold, _interval, tile_ids
+from mtdefect.cv.pool import OutOfFold, _interval, pooling_arguments, tile_ids
 from mtdefect.fileio import write_json_atomic
+from mtdefect.stages._common import load_params
 
 METRICS = ("dice", "auroc", "recall_at_1pct_fa", "class_top1", "border_fp_share", "clean_region_rate")
 
@@ -168,9 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     dirs, out = [Path(a) for a in args[:-1]], Path(args[-1])
     pairs = list(zip(dirs[::2], dirs[1::2], strict=True))
     try:
+        free_class, group_gap, _, _ = pooling_arguments(load_params())
         before_rows, after_rows, folds = paired_runs(pairs)
-        difference = paired_difference(before_rows, after_rows, "MT_Free")
-        decision_scale = decision_scale_difference(pairs, "MT_Free", group_gap_of_params())
+        difference = paired_difference(before_rows, after_rows, free_class)
+        decision_scale = decision_scale_difference(pairs, free_class, group_gap)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"cv compare: error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -186,15 +188,6 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(entry, dict):
             change = f"{entry['value']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"
             print(f"decision scale {name}: {entry['before']:.3f} -> {entry['after']:.3f}, change {change}")
-
-
-def group_gap_of_params(path: Path = Path("params.yaml")) -> int | None:
-    """The split's ``group_gap`` (what makes a physical tile) from params.yaml where it exists."""
-    if not path.exists():
-        return None
-    from omegaconf import OmegaConf
-
-    return OmegaConf.load(path).data.split.get("group_gap")
 
 
 if __name__ == "__main__":
