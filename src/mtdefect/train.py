@@ -24,11 +24,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mtdefect.calibrate import calibrate_on_validation
 from mtdefect.data.split import read_manifest
 from mtdefect.fileio import write_json_atomic
-from mtdefect.inference import ModelSettings, PostprocessSettings, Predictor, PreprocessSettings, decode_image
+from mtdefect.inference import ModelSettings, PostprocessSettings, Predictor, PreprocessSettings
 from mtdefect.inference.predictor import torch_runner
 from mtdefect.model.bundle import write_model_dir
-from mtdefect.model.head_fit import refit_tile_head
-from mtdefect.scoring import UNLIMITED
+from mtdefect.model.head_fit import refit_head_from_manifest
 
 FINGERPRINT_FILE = "fingerprint.json"
 
@@ -64,30 +63,6 @@ def load_best_weights(module: pl.LightningModule, trainer: pl.Trainer) -> str | 
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     module.load_state_dict(checkpoint["state_dict"])
     return path
-
-
-def refit_head_on_tiles(
-    net, module, paths, val_records, preprocess, options: dict[str, Any]
-) -> dict[str, Any]:
-    """``head_refit``: the tile head's linear layer refitted on whole training tiles (see
-    ``mtdefect.model.head_fit``); its L2 strength chosen on validation."""
-    root = Path(paths.data_dir)
-    train_records = read_manifest(paths.manifest, "train")
-    index = {name: i for i, name in enumerate(module.class_names)}
-    # whole tiles read as the service reads an upload (the head answers for exactly those)
-    train_images = [decode_image((root / r.image).read_bytes(), UNLIMITED) for r in train_records]
-    val_images = [decode_image((root / r.image).read_bytes(), UNLIMITED) for r in val_records]
-    return refit_tile_head(
-        net,
-        train_images,
-        [index[r.class_name] for r in train_records],
-        val_images,
-        [index[r.class_name] for r in val_records],
-        module.free_index,
-        preprocess,
-        l2_grid=options.get("l2", (1e-4,)),
-        flips=options.get("flips", ()),
-    )
 
 
 def as_dict(node: Any) -> dict[str, Any]:
@@ -137,7 +112,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     refit = as_dict(cfg.get("head_refit", {}))
     head_report = None
     if module.class_names and refit.get("enabled", False):
-        head_report = refit_head_on_tiles(net, module, paths, val_records, preprocess, refit)
+        # the head refitted on whole training tiles (model/head_fit.py); L2 chosen on validation
+        head_report = refit_head_from_manifest(
+            net,
+            paths.data_dir,
+            paths.manifest,
+            module.class_names,
+            module.free_index,
+            preprocess,
+            refit,
+            val_records=val_records,
+        )
     predictor = Predictor(settings, torch_runner(net), "torch-cpu")
     flips, post, report = calibrate_on_validation(
         predictor, paths.data_dir, val_records, as_dict(cfg.get("calibration", {}))

@@ -237,6 +237,19 @@ def test_cross_validation_end_to_end(
     with pytest.raises(ValueError, match="unsupported override"):
         parse_overrides(["trainer.max_epochs=3"])
 
+    # a head-refit lever judged on the same fold models: the head refitted on each fold's training
+    # tiles (hardest clean rows weighted), the fold's saved head still a candidate
+    refitted = rescore(
+        cfg, "hard_negatives", parse_overrides(["head_refit.hard_negative_weight=4", "head_refit.l2=[0.001]"])
+    )
+    assert refitted["images"] == len(images)
+    fold_file = json.loads((tmp_path / "reports" / "hard_negatives" / "folds" / "fold_0.json").read_text())
+    report = fold_file["head_refit"]
+    assert [c["l2"] for c in report["candidates"]] == [None, 0.001]
+    assert report["candidates"][0]["source"] == "the fold's saved head"
+    assert report["hard_negatives"] == {"fraction": 0.1, "weight": 4.0}
+    assert report["train_tiles"] == len(read_manifest(tmp_path / "cv" / "fold_0.csv", "train"))
+
     def no_training(*_args, **_kwargs):
         raise AssertionError("a finished fold was trained again")
 

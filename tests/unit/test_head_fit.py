@@ -1,5 +1,6 @@
 """The tile head refitted on whole tiles: the fit on raw features equals the standardised fit, it
-separates what the pooled features separate, and a worse refit never replaces the trained head."""
+separates what the pooled features separate, a worse refit never replaces the trained head, and the
+hardest clean rows can be weighted."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import torch
 
 from mtdefect.inference.network import build_net
 from mtdefect.inference.settings import PreprocessSettings
-from mtdefect.model.head_fit import fit_softmax, pooled_features, refit_tile_head
+from mtdefect.model.head_fit import (
+    fit_softmax,
+    fit_with_hard_negatives,
+    hard_negative_weights,
+    pooled_features,
+    refit_tile_head,
+)
 
 NET = {
     "arch": "Unet",
@@ -71,3 +78,31 @@ def test_refit_learns_what_the_pooled_features_show_and_never_makes_the_head_wor
     worse = refit_tile_head(net, train, shuffled, val, labels_val, 0, settings, l2_grid=(1e-3,), flips=())
     if worse["chosen"]["l2"] is None:
         assert torch.equal(net.head.linear.weight, before)
+
+
+def test_hard_negative_weights_pick_the_most_defect_like_clean_rows_and_keep_the_balance() -> None:
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1])
+    scores = torch.tensor([0.1, 0.9, 0.2, 0.3, 0.8, 0.0, 0.4, 0.5, 0.6, 0.7, 0.95, 0.2])
+    weights = hard_negative_weights(scores, labels, free_index=0, fraction=0.2, weight=4.0)
+    clean = weights[:10]
+    assert torch.allclose(clean.mean(), torch.tensor(1.0, dtype=torch.float64))
+    assert set(torch.nonzero(clean == clean.max()).flatten().tolist()) == {1, 4}  # scores 0.9, 0.8
+    assert torch.equal(weights[10:], torch.ones(2, dtype=torch.float64))  # defective rows untouched
+
+
+def test_weighting_the_hard_clean_rows_lowers_their_scores_and_weight_one_is_the_plain_fit() -> None:
+    rng = np.random.default_rng(3)
+    clean = rng.normal(0, 1, (60, 4))
+    clean[:6, 0] += 2.5  # a few clean rows that look half defective (scratches, stains)
+    defective = rng.normal(0, 1, (30, 4)) + [3.0, 0, 0, 0]
+    x = torch.tensor(np.concatenate([clean, defective]), dtype=torch.float32)
+    y = torch.tensor([0] * 60 + [1] * 30)
+    plain = fit_softmax(x, y, classes=2, l2=1e-3)
+    assert all(torch.equal(a, b) for a, b in zip(fit_with_hard_negatives(x, y, 2, 1e-3, 0, 0.1, 1.0), plain))
+    weighted = fit_with_hard_negatives(x, y, 2, 1e-3, free_index=0, fraction=0.1, weight=8.0)
+
+    def defect_score(fit: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return torch.softmax(x @ fit[0].T + fit[1], dim=1)[:, 1]
+
+    hardest = torch.argsort(defect_score(plain)[:60], descending=True)[:6]
+    assert defect_score(weighted)[hardest].mean() < defect_score(plain)[hardest].mean()

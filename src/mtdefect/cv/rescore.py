@@ -6,11 +6,15 @@ model is run under the changed preprocessing, its decision and mask settings are
 on the fold's own inner validation tiles (``calibrate.calibrate_on_validation``, as training does,
 under the changed calibration options), and its held-out fold is scored through the service's path.
 The rows and the pooled summary go to ``<cv.reports_dir>/<name>/`` beside the recipe's own, so the
-two are compared with the same intervals. (The tile head keeps the refit it got in training; it is
-not refitted under the changed preprocessing.)
+two are compared with the same intervals. The tile head keeps the refit it got in training unless a
+``head_refit.<field>`` override is given: then the head's linear layer is refitted as training
+refits it (``model.head_fit``, on the fold's training tiles, L2 chosen on its inner validation), under
+the config's ``head_refit`` options with the overrides applied; the head the fold saved stays a
+candidate. The encoder is untouched, so this judges a head-refit lever exactly, without training.
 
     python -m mtdefect.cv.rescore pad_zero preprocess.pad=zero
     python -m mtdefect.cv.rescore gate_at_decision calibration.max_region_rate=null
+    python -m mtdefect.cv.rescore hard_negatives head_refit.hard_negative_weight=4
 """
 
 from __future__ import annotations
@@ -31,14 +35,16 @@ from mtdefect.data.split import read_manifest
 from mtdefect.fileio import write_json_atomic
 from mtdefect.inference import ModelSettings, Predictor
 from mtdefect.inference.predictor import load_torch_net, torch_runner
+from mtdefect.model.head_fit import refit_head_from_manifest
 from mtdefect.scoring import image_row, score_split
 
-OVERRIDE_GROUPS = ("preprocess", "calibration")
+OVERRIDE_GROUPS = ("preprocess", "calibration", "head_refit")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``preprocess.pad=zero`` → {"preprocess": {"pad": "zero"}} (values parsed as JSON, else text);
-    ``calibration.<field>=<value>`` replaces one of the config's calibration options."""
+    ``calibration.<field>=<value>`` / ``head_refit.<field>=<value>`` replace one of the config's
+    calibration / head-refit options."""
     out: dict[str, dict[str, Any]] = {}
     for pair in pairs:
         key, _, raw = pair.partition("=")
@@ -46,7 +52,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if group not in OVERRIDE_GROUPS or not field:
             raise ValueError(
                 f"unsupported override {pair!r}: "
-                "only preprocess.<field>=<value> or calibration.<field>=<value>"
+                "only preprocess.<field>=<value>, calibration.<field>=<value> or head_refit.<field>=<value>"
             )
         try:
             value = json.loads(raw)
@@ -62,9 +68,24 @@ def rescore_fold(cfg: DictConfig, fold: int, overrides: dict[str, Any]) -> dict:
     manifest = fold_manifest_path(paths.manifest_dir, fold)
     settings = ModelSettings.load(model_dir)
     settings = replace(settings, preprocess=replace(settings.preprocess, **overrides.get("preprocess", {})))
-    runner = torch_runner(load_torch_net(model_dir, settings))
-    predictor = Predictor(settings, runner, "torch-cpu")
+    net = load_torch_net(model_dir, settings)
     val = read_manifest(manifest, "val")
+    head_report = None
+    if "head_refit" in overrides:
+        options = {**dict(cfg.get("head_refit", {})), **overrides["head_refit"]}
+        head_report = refit_head_from_manifest(
+            net,
+            cfg.paths.data_dir,
+            manifest,
+            settings.class_names,
+            settings.class_names.index(cfg.data.free_class),
+            settings.preprocess,
+            options,
+            val_records=val,
+            current_head="the fold's saved head",
+        )
+    runner = torch_runner(net)
+    predictor = Predictor(settings, runner, "torch-cpu")
     options = {**dict(cfg.get("calibration", {})), **overrides.get("calibration", {})}
     flips, post, _ = calibrate_on_validation(predictor, cfg.paths.data_dir, val, options)
     settings = replace(settings, postprocess=post, test_time_flips=flips)
@@ -81,6 +102,7 @@ def rescore_fold(cfg: DictConfig, fold: int, overrides: dict[str, Any]) -> dict:
         "decision_threshold": post.decision_threshold,
         "reference_scores": reference,
         "rows": rows,
+        **({"head_refit": head_report} if head_report else {}),
     }
 
 
@@ -108,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) < 2:
         print(
             "usage: python -m mtdefect.cv.rescore NAME preprocess.<field>=<value> "
-            "calibration.<field>=<value> ... [--folds 0,1]",
+            "calibration.<field>=<value> head_refit.<field>=<value> ... [--folds 0,1]",
             file=sys.stderr,
         )
         sys.exit(2)

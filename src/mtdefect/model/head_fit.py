@@ -7,22 +7,32 @@ softmax regression on pooled features, so it can be fitted exactly on the distri
 every whole training tile through the service's preprocessing (native size unless the model
 scales), with flipped copies. The L2 strength is chosen on the validation split (AUROC of
 1 − P(free), then class accuracy).
+
+Hard clean negatives (``hard_negative_weight`` > 1): the reject arm's budget of ≤ 1 % false alarms is
+spent on a few clean tiles with scratches and stains, which a class-balanced fit treats like any other
+clean tile. With the option on, each L2 strength is fitted twice: the clean training rows the first
+fit scores most defect-like (the top ``hard_negative_fraction`` by 1 − P(free)) then count
+``hard_negative_weight`` times, the class balance kept.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from mtdefect.data.split import Record, read_manifest
+from mtdefect.inference import decode_image
 from mtdefect.inference.network import SegmenterWithTileHead
 from mtdefect.inference.preprocess import preprocess
 from mtdefect.inference.settings import PreprocessSettings
 from mtdefect.metrics import binary_auroc
+from mtdefect.scoring import UNLIMITED
 
 FLIPS = {"horizontal": (3,), "vertical": (2,)}
 
@@ -47,10 +57,16 @@ def pooled_features(
 
 
 def fit_softmax(
-    features: torch.Tensor, labels: torch.Tensor, classes: int, l2: float, steps: int = 200
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    classes: int,
+    l2: float,
+    steps: int = 200,
+    sample_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-balanced multinomial logistic regression (full-batch L-BFGS) on standardised features,
-    returned as (weight, bias) of a linear layer on the *raw* features."""
+    returned as (weight, bias) of a linear layer on the *raw* features. ``sample_weight`` (one per
+    row) multiplies each row's class-balanced weight."""
     mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
     z = (features - mean) / std
     counts = torch.bincount(labels, minlength=classes).float()
@@ -59,7 +75,15 @@ def fit_softmax(
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
     z = z.double()
-    loss_fn = nn.CrossEntropyLoss(weight=weight_per_class.double())
+    if sample_weight is None:
+        loss_fn = nn.CrossEntropyLoss(weight=weight_per_class.double())
+    else:
+        row_weight = weight_per_class.double()[labels] * sample_weight.double()
+
+        def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            per_row = nn.functional.cross_entropy(logits, target, reduction="none")
+            return (row_weight * per_row).sum() / row_weight.sum()
+
     optimizer = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -75,6 +99,39 @@ def fit_softmax(
     return weight, bias
 
 
+def hard_negative_weights(
+    defect_scores: torch.Tensor, labels: torch.Tensor, free_index: int, fraction: float, weight: float
+) -> torch.Tensor:
+    """One weight per row: the top ``fraction`` of clean rows by ``defect_scores`` count ``weight``,
+    every other row 1; the clean rows' weights are then rescaled to average 1 (class balance kept)."""
+    out = torch.ones(len(labels), dtype=torch.float64)
+    clean = torch.nonzero(labels == free_index).flatten()
+    hard = max(1, round(fraction * len(clean))) if len(clean) else 0
+    if hard:
+        top = clean[torch.argsort(defect_scores[clean], descending=True)[:hard]]
+        out[top] = float(weight)
+        out[clean] /= out[clean].mean()
+    return out
+
+
+def fit_with_hard_negatives(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    classes: int,
+    l2: float,
+    free_index: int,
+    fraction: float,
+    weight: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fit_softmax``, then (``weight`` ≠ 1) fitted again with the hardest clean rows weighted."""
+    fitted = fit_softmax(features, labels, classes, l2)
+    if weight == 1.0:
+        return fitted
+    defect = 1 - torch.softmax(features @ fitted[0].T + fitted[1], dim=1)[:, free_index]
+    rows = hard_negative_weights(defect, labels, free_index, fraction, weight)
+    return fit_softmax(features, labels, classes, l2, sample_weight=rows)
+
+
 def refit_tile_head(
     net: SegmenterWithTileHead,
     train_images: Sequence[np.ndarray],
@@ -85,9 +142,13 @@ def refit_tile_head(
     settings: PreprocessSettings,
     l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2),
     flips: Sequence[str] = ("horizontal",),
+    hard_negative_fraction: float = 0.1,
+    hard_negative_weight: float = 1.0,
+    current_head: str = "trained with the segmenter",
 ) -> dict[str, Any]:
     """Replace ``net.head.linear`` by the best refit (validation AUROC of 1 − P(free), then class
-    accuracy); keeps the trained head when it is better on validation. Returns a report."""
+    accuracy); keeps the current head (``current_head`` names where it came from) when it is better
+    on validation. Returns a report."""
     classes = net.head.linear.out_features
     train_x = pooled_features(net, train_images, settings, flips)
     train_y = torch.tensor(list(train_labels) * (1 + len(flips)), dtype=torch.long)
@@ -102,20 +163,68 @@ def refit_tile_head(
         return {"val_auroc": 0.0 if math.isnan(auroc) else auroc, "val_accuracy": accuracy}
 
     trained = (net.head.linear.weight.detach().clone(), net.head.linear.bias.detach().clone())
-    rows = [{"l2": None, "source": "trained with the segmenter", **score(*trained)}]
+    rows = [{"l2": None, "source": current_head, **score(*trained)}]
+    source = "refit on whole training tiles"
+    if hard_negative_weight != 1.0:
+        source += f", the hardest {hard_negative_fraction:.0%} of clean rows ×{hard_negative_weight:g}"
     fits = {}
     for l2 in l2_grid:
-        fits[l2] = fit_softmax(train_x, train_y, classes, float(l2))
-        rows.append({"l2": float(l2), "source": "refit on whole training tiles", **score(*fits[l2])})
+        fits[l2] = fit_with_hard_negatives(
+            train_x, train_y, classes, float(l2), free_index, hard_negative_fraction, hard_negative_weight
+        )
+        rows.append({"l2": float(l2), "source": source, **score(*fits[l2])})
     best = max(rows, key=lambda r: (r["val_auroc"], r["val_accuracy"], r["l2"] is None))
     if best["l2"] is not None:
         weight, bias = fits[best["l2"]]
         with torch.no_grad():
             net.head.linear.weight.copy_(weight)
             net.head.linear.bias.copy_(bias)
-    report = {"candidates": rows, "chosen": best, "train_tiles": len(train_images), "flips": list(flips)}
+    report = {
+        "candidates": rows,
+        "chosen": best,
+        "train_tiles": len(train_images),
+        "flips": list(flips),
+        "hard_negatives": {"fraction": hard_negative_fraction, "weight": hard_negative_weight},
+    }
     print(
         f"head refit: {best['source']} (l2 {best['l2']}) val AUROC {best['val_auroc']:.3f} "
         f"accuracy {best['val_accuracy']:.3f}; trained head: AUROC {rows[0]['val_auroc']:.3f}"
     )
     return report
+
+
+def refit_head_from_manifest(
+    net: SegmenterWithTileHead,
+    data_dir: str | Path,
+    manifest: str | Path,
+    class_names: Sequence[str],
+    free_index: int,
+    settings: PreprocessSettings,
+    options: Mapping[str, Any],
+    val_records: Sequence[Record] | None = None,
+    current_head: str = "trained with the segmenter",
+) -> dict[str, Any]:
+    """``refit_tile_head`` on a manifest's train rows (validation: its val rows unless given), every
+    tile read as the service reads an upload; ``options`` are the config's ``head_refit`` group."""
+    root = Path(data_dir)
+    train_records = read_manifest(manifest, "train")
+    val_records = read_manifest(manifest, "val") if val_records is None else val_records
+    index = {name: i for i, name in enumerate(class_names)}
+
+    def images(records: Sequence[Record]) -> list[np.ndarray]:
+        return [decode_image((root / r.image).read_bytes(), UNLIMITED) for r in records]
+
+    return refit_tile_head(
+        net,
+        images(train_records),
+        [index[r.class_name] for r in train_records],
+        images(val_records),
+        [index[r.class_name] for r in val_records],
+        free_index,
+        settings,
+        l2_grid=options.get("l2", (1e-4,)),
+        flips=options.get("flips", ()),
+        hard_negative_fraction=float(options.get("hard_negative_fraction", 0.1)),
+        hard_negative_weight=float(options.get("hard_negative_weight", 1.0)),
+        current_head=current_head,
+    )
