@@ -78,6 +78,12 @@ def test_refit_learns_what_the_pooled_features_show_and_never_makes_the_head_wor
     worse = refit_tile_head(net, train, shuffled, val, labels_val, 0, settings, l2_grid=(1e-3,), flips=())
     if worse["chosen"]["l2"] is None:
         assert torch.equal(net.head.linear.weight, before)
+    # measured on its own: the refit replaces the head even where the current head validates better
+    current = net.head.linear.weight.detach().clone()
+    forced = refit_tile_head(
+        net, train, shuffled, val, labels_val, 0, settings, l2_grid=(1e-3,), flips=(), keep_current_head=False
+    )
+    assert forced["chosen"]["l2"] == 1e-3 and not torch.equal(net.head.linear.weight, current)
 
 
 def test_hard_negative_weights_pick_the_most_defect_like_clean_rows_and_keep_the_balance() -> None:

@@ -145,10 +145,12 @@ def refit_tile_head(
     hard_negative_fraction: float = 0.1,
     hard_negative_weight: float = 1.0,
     current_head: str = "trained with the segmenter",
+    keep_current_head: bool = True,
 ) -> dict[str, Any]:
     """Replace ``net.head.linear`` by the best refit (validation AUROC of 1 − P(free), then class
     accuracy); keeps the current head (``current_head`` names where it came from) when it is better
-    on validation. Returns a report."""
+    on validation, unless ``keep_current_head`` is false (the best refit replaces it regardless:
+    how a refit lever is measured on its own). Returns a report."""
     classes = net.head.linear.out_features
     train_x = pooled_features(net, train_images, settings, flips)
     train_y = torch.tensor(list(train_labels) * (1 + len(flips)), dtype=torch.long)
@@ -173,7 +175,8 @@ def refit_tile_head(
             train_x, train_y, classes, float(l2), free_index, hard_negative_fraction, hard_negative_weight
         )
         rows.append({"l2": float(l2), "source": source, **score(*fits[l2])})
-    best = max(rows, key=lambda r: (r["val_auroc"], r["val_accuracy"], r["l2"] is None))
+    eligible = rows if keep_current_head or not fits else rows[1:]
+    best = max(eligible, key=lambda r: (r["val_auroc"], r["val_accuracy"], r["l2"] is None))
     if best["l2"] is not None:
         weight, bias = fits[best["l2"]]
         with torch.no_grad():
@@ -227,4 +230,5 @@ def refit_head_from_manifest(
         hard_negative_fraction=float(options.get("hard_negative_fraction", 0.1)),
         hard_negative_weight=float(options.get("hard_negative_weight", 1.0)),
         current_head=current_head,
+        keep_current_head=bool(options.get("keep_current_head", True)),
     )
