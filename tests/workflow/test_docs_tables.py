@@ -282,6 +282,19 @@ def test_cv_table_shows_each_recipe_with_intervals(tmp_path: Path) -> None:
     )
     line = [line for line in cv_table(tmp_path).splitlines() if line.startswith("| `cpu_2h`")][0]
     assert "decision by the head, EMA 0.995 from step 600, seed 43" in line
+    # the head-refit rule: a run trained under it, and fold models rescored under a refit lever
+    refit = {**head_rule, "head_refit": {"keep_current_head": False, "hard_negative_weight": 1.0}}
+    rescored_refit = {**ema, "rescored_with": {"head_refit": {"hard_negative_weight": 4}}}
+    for recipe, expected in (
+        (refit, "decision by the head, head always refitted, seed 42"),
+        (rescored_refit, "from step 600, hardest clean tiles ×4 in the refit, seed 43"),
+        (ema, "from step 600, seed 43"),  # summaries before the options: nothing listed
+    ):
+        (tmp_path / "reports" / "cv" / "cpu_2h" / "metrics.json").write_text(
+            json.dumps({**summary, "recipe": recipe})
+        )
+        line = [line for line in cv_table(tmp_path).splitlines() if line.startswith("| `cpu_2h`")][0]
+        assert expected in line
 
 
 def test_unseen_table_shows_each_class_left_out_against_the_target(tmp_path: Path) -> None:

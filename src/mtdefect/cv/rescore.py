@@ -9,8 +9,9 @@ The rows and the pooled summary go to ``<cv.reports_dir>/<name>/`` beside the re
 two are compared with the same intervals. The tile head keeps the refit it got in training unless a
 ``head_refit.<field>`` override is given: then the head's linear layer is refitted as training
 refits it (``model.head_fit``, on the fold's training tiles, L2 chosen on its inner validation), under
-the config's ``head_refit`` options with the overrides applied; the head the fold saved stays a
-candidate. The encoder is untouched, so this judges a head-refit lever exactly, without training.
+the config's ``head_refit`` options with the overrides applied (the head the fold saved competes
+only with ``keep_current_head``). The encoder is untouched, so this judges a head-refit lever exactly,
+without training.
 
     python -m mtdefect.cv.rescore pad_zero preprocess.pad=zero
     python -m mtdefect.cv.rescore gate_at_decision calibration.max_region_rate=null

@@ -32,8 +32,16 @@ def recipe_of(cfg: DictConfig) -> dict:
         "illumination": float(cfg.data.module.get("illumination") or 0.0),
         "decision_criterion": (cfg.get("calibration") or {}).get("decision_criterion", "recall"),
         "weight_averaging": weight_averaging(cfg),
+        "head_refit": head_refit_options(cfg),
         "seed": cfg.seed,
     }
+
+
+def head_refit_options(cfg: DictConfig) -> dict:
+    """The head-refit options that change which head is served (configs written before they
+    existed kept the crop-trained head where it validated better, unweighted: none listed)."""
+    options = cfg.get("head_refit") or {}
+    return {k: options[k] for k in ("keep_current_head", "hard_negative_weight") if k in options}
 
 
 def weight_averaging(cfg: DictConfig) -> dict | None:

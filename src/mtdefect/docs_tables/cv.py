@@ -51,9 +51,9 @@ def gate_label(recipe: dict[str, Any]) -> str:
 
 def extras_label(recipe: dict[str, Any]) -> str:
     """What a recipe adds beyond the columns every row names: photometric augmentation, test-time
-    flips forced by a rescore, an EMA of the weights, and a decision source picked otherwise than by
-    validation recall (by AUROC, or the head whenever the model has one; summaries without the key
-    predate the choice and used validation recall)."""
+    flips forced by a rescore, an EMA of the weights, the head-refit rule, and a decision source
+    picked otherwise than by validation recall (by AUROC, or the head whenever the model has one;
+    summaries without the key predate the choice and used validation recall)."""
     parts = []
     if recipe.get("gamma") or recipe.get("illumination"):
         parts.append(
@@ -73,7 +73,25 @@ def extras_label(recipe: dict[str, Any]) -> str:
     flip_sets = [flips for flips in calibration.get("test_time_flips") or [] if flips]
     if flip_sets:
         parts.append("test-time flips " + " or ".join("+".join(flips) for flips in flip_sets))
+    parts += head_refit_parts(recipe)
     return "".join(f", {part}" for part in parts)
+
+
+def head_refit_parts(recipe: dict[str, Any]) -> list[str]:
+    """How the served head was chosen where it differs from the old rule (the crop-trained head kept
+    where it validated better; summaries without the keys used that rule): always refitted on whole
+    tiles, and the hardest clean training tiles weighted."""
+    head = {
+        **(recipe.get("head_refit") or {}),
+        **((recipe.get("rescored_with") or {}).get("head_refit") or {}),
+    }
+    parts = []
+    if head.get("keep_current_head") is False:
+        parts.append("head always refitted")
+    weight = head.get("hard_negative_weight")
+    if weight is not None and float(weight) != 1.0:
+        parts.append(f"hardest clean tiles ×{float(weight):g} in the refit")
+    return parts
 
 
 def cv_row(name: str, summary: dict[str, Any]) -> list[str]:

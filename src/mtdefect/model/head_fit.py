@@ -6,7 +6,10 @@ answers for whole tiles of 100-630 px. Pooled over a whole tile, the features di
 softmax regression on pooled features, so it can be fitted exactly on the distribution it will see:
 every whole training tile through the service's preprocessing (native size unless the model
 scales), with flipped copies. The L2 strength is chosen on the validation split (AUROC of
-1 − P(free), then class accuracy).
+1 − P(free), then class accuracy). The head trained with the segmenter is kept instead only with
+``keep_current_head`` (off by default): on validation it is not a fair contestant — its checkpoint
+was picked on the same validation tiles — and under cross-validation keeping it where it validated
+better cost recall at ≤ 1 % false alarms (docs/MODEL_QUALITY.md, session 16).
 
 Hard clean negatives (``hard_negative_weight`` > 1): the reject arm's budget of ≤ 1 % false alarms is
 spent on a few clean tiles with scratches and stains, which a class-balanced fit treats like any other
@@ -145,7 +148,7 @@ def refit_tile_head(
     hard_negative_fraction: float = 0.1,
     hard_negative_weight: float = 1.0,
     current_head: str = "trained with the segmenter",
-    keep_current_head: bool = True,
+    keep_current_head: bool = False,
 ) -> dict[str, Any]:
     """Replace ``net.head.linear`` by the best refit (validation AUROC of 1 − P(free), then class
     accuracy); keeps the current head (``current_head`` names where it came from) when it is better
@@ -191,7 +194,7 @@ def refit_tile_head(
     }
     print(
         f"head refit: {best['source']} (l2 {best['l2']}) val AUROC {best['val_auroc']:.3f} "
-        f"accuracy {best['val_accuracy']:.3f}; trained head: AUROC {rows[0]['val_auroc']:.3f}"
+        f"accuracy {best['val_accuracy']:.3f}; {current_head}: AUROC {rows[0]['val_auroc']:.3f}"
     )
     return report
 
@@ -230,5 +233,5 @@ def refit_head_from_manifest(
         hard_negative_fraction=float(options.get("hard_negative_fraction", 0.1)),
         hard_negative_weight=float(options.get("hard_negative_weight", 1.0)),
         current_head=current_head,
-        keep_current_head=bool(options.get("keep_current_head", True)),
+        keep_current_head=bool(options.get("keep_current_head", False)),
     )
