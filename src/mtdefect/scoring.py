@@ -22,6 +22,11 @@ from mtdefect.inference.settings import PostprocessSettings
 UNLIMITED = DecodeLimits(max_bytes=1 << 40, max_pixels=1 << 40, max_side=1 << 20, min_side=1)
 
 
+def read_image(dataset_dir: str | Path, name: str) -> np.ndarray:
+    """A dataset image's file bytes through ``decode_image``, as the service decodes an upload."""
+    return decode_image((Path(dataset_dir) / name).read_bytes(), UNLIMITED)
+
+
 @dataclass
 class ScoredImage:
     """One image of a split, with the network's answer before postprocessing."""
@@ -44,7 +49,7 @@ def score_split(
     """Each record's file bytes go through ``decode_image`` and ``Predictor.infer``: the service's path."""
     root = Path(dataset_dir)
     for record in records:
-        gray = decode_image((root / record.image).read_bytes(), UNLIMITED)
+        gray = read_image(root, record.image)
         probability, class_scores = predictor.infer(gray)
         yield ScoredImage(record, gray, read_truth(root / record.mask), probability, class_scores)
 

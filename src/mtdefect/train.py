@@ -121,7 +121,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
             module.free_index,
             preprocess,
             refit,
-            val_records=val_records,
         )
     predictor = Predictor(settings, torch_runner(net), "torch-cpu")
     flips, post, report = calibrate_on_validation(

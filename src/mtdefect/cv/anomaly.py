@@ -41,9 +41,9 @@ from omegaconf import DictConfig
 from mtdefect.data.folds import fold_manifest_path, job_name
 from mtdefect.data.split import read_manifest
 from mtdefect.fileio import write_json_atomic
-from mtdefect.inference import PreprocessSettings, decode_image
+from mtdefect.inference import PreprocessSettings
 from mtdefect.inference.preprocess import preprocess
-from mtdefect.scoring import UNLIMITED
+from mtdefect.scoring import read_image
 
 
 def imagenet_encoder(encoder: str = "tf_efficientnet_lite0") -> torch.nn.Module:
@@ -219,7 +219,7 @@ def run(
                 return global_features(encoder, gray, settings)
             return patch_features(encoder, gray, settings, border)
 
-        return {name: one(decode_image((root / name).read_bytes(), UNLIMITED)) for name in names}
+        return {name: one(read_image(root, name)) for name in names}
 
     features: dict[str, torch.Tensor] = {}
     feature_seconds = 0.0

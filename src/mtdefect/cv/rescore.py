@@ -82,7 +82,6 @@ def rescore_fold(cfg: DictConfig, fold: int, overrides: dict[str, Any]) -> dict:
             settings.class_names.index(cfg.data.free_class),
             settings.preprocess,
             options,
-            val_records=val,
             current_head="the fold's saved head",
         )
     runner = torch_runner(net)

@@ -30,12 +30,11 @@ import torch
 from torch import nn
 
 from mtdefect.data.split import Record, read_manifest
-from mtdefect.inference import decode_image
 from mtdefect.inference.network import SegmenterWithTileHead
 from mtdefect.inference.preprocess import preprocess
 from mtdefect.inference.settings import PreprocessSettings
 from mtdefect.metrics import binary_auroc
-from mtdefect.scoring import UNLIMITED
+from mtdefect.scoring import read_image
 
 FLIPS = {"horizontal": (3,), "vertical": (2,)}
 
@@ -207,18 +206,16 @@ def refit_head_from_manifest(
     free_index: int,
     settings: PreprocessSettings,
     options: Mapping[str, Any],
-    val_records: Sequence[Record] | None = None,
     current_head: str = "trained with the segmenter",
 ) -> dict[str, Any]:
-    """``refit_tile_head`` on a manifest's train rows (validation: its val rows unless given), every
-    tile read as the service reads an upload; ``options`` are the config's ``head_refit`` group."""
-    root = Path(data_dir)
+    """``refit_tile_head`` on a manifest's train rows, L2 chosen on its val rows, every tile read as
+    the service reads an upload; ``options`` are the config's ``head_refit`` group."""
     train_records = read_manifest(manifest, "train")
-    val_records = read_manifest(manifest, "val") if val_records is None else val_records
+    val_records = read_manifest(manifest, "val")
     index = {name: i for i, name in enumerate(class_names)}
 
     def images(records: Sequence[Record]) -> list[np.ndarray]:
-        return [decode_image((root / r.image).read_bytes(), UNLIMITED) for r in records]
+        return [read_image(data_dir, r.image) for r in records]
 
     return refit_tile_head(
         net,

@@ -13,10 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 from mtdefect.data.split import read_manifest
 from mtdefect.export import check_int8, check_parity, export_onnx
 from mtdefect.fileio import write_json_atomic
-from mtdefect.inference import ModelSettings, decode_image
+from mtdefect.inference import ModelSettings
 from mtdefect.inference.preprocess import resize_image
 from mtdefect.inference.settings import BACKEND_CALIBRATION_FILE, ONNX_FILE, ONNX_INT8_FILE
-from mtdefect.scoring import UNLIMITED
+from mtdefect.scoring import read_image
 from mtdefect.stages._common import run
 
 # what export.int8 means when params.yaml predates it
@@ -48,7 +48,7 @@ def evenly(records: list, n: int) -> list:
 
 
 def read_images(data_dir: Path, records: list) -> list[np.ndarray]:
-    return [decode_image((data_dir / r.image).read_bytes(), UNLIMITED) for r in records]
+    return [read_image(data_dir, r.image) for r in records]
 
 
 def export_int8(cfg: DictConfig, work: Path) -> dict:
@@ -146,7 +146,7 @@ def stage(cfg: DictConfig) -> None:
     shutil.copytree(model_dir, work)
     export_onnx(work, cfg.export.opset)
     records = read_manifest(cfg.paths.manifest, "test")[: cfg.export.parity_images]
-    images = [decode_image((Path(cfg.paths.data_dir) / r.image).read_bytes(), UNLIMITED) for r in records]
+    images = read_images(Path(cfg.paths.data_dir), records)
     report = check_parity(work, images, cfg.export.tolerance)
     (work / "parity.json").write_text(json.dumps(report, indent=2))
     names = [ONNX_FILE, "parity.json"]
