@@ -250,6 +250,38 @@ def test_cross_validation_end_to_end(
     assert report["hard_negatives"] == {"fraction": 0.1, "weight": 4.0}
     assert report["train_tiles"] == len(read_manifest(tmp_path / "cv" / "fold_0.csv", "train"))
 
+    # the head-refit screen: from features cached once per fold model, its ``config`` variant gives
+    # the scores a refit rescore gets through the service's path; a second screen reads the cache
+    from mtdefect.screen import head_refit as screen
+
+    rescore(cfg, "refit", parse_overrides(["head_refit.keep_current_head=false"]))
+    specs = {
+        k: v for k, v in screen.variants(cfg.head_refit).items() if k in ("config", "saved_head", "binary")
+    }
+    for fold in range(3):
+        features = screen.cached_fold_features(
+            tmp_path / "models" / f"fold_{fold}",
+            lit_dataset,
+            tmp_path / "cv" / f"fold_{fold}.csv",
+            300,
+            tmp_path / "features",
+        )
+        fitted = screen.fit_variant(features, specs["config"], list(features["class_names"]).index("MT_Free"))
+        served = json.loads((tmp_path / "reports" / "refit" / "folds" / f"fold_{fold}.json").read_text())
+        by_image = {r["image"]: r["score"] for r in served["rows"]}
+        assert fitted["held_out"] == pytest.approx([by_image[i] for i in features["test_images"]], abs=1e-5)
+        assert sorted(fitted["reference"]) == pytest.approx(sorted(served["reference_scores"]), abs=1e-5)
+        assert fitted["l2"] == served["head_refit"]["chosen"]["l2"]
+    screened = screen.study(cfg, [tmp_path / "models"], tmp_path / "features", specs)
+    assert set(screened["variants"]) == set(specs) and screened["images"] == len(images)
+    assert "gain_vs_config" not in screened["variants"]["config"]
+    gain = screened["variants"]["binary"]["gain_vs_config"]["recall_at_1pct_fa"]
+    assert gain["value"] == pytest.approx(gain["after"] - gain["before"])
+    assert [c["fold"] for c in screened["variants"]["saved_head"]["chosen_l2"]] == [0, 1, 2]
+    with monkeypatch.context() as patched:
+        patched.setattr(screen, "fold_features", lambda *_: pytest.fail("cached features computed again"))
+        assert screen.study(cfg, [tmp_path / "models"], tmp_path / "features", specs) == screened
+
     def no_training(*_args, **_kwargs):
         raise AssertionError("a finished fold was trained again")
 

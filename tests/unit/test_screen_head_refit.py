@@ -1,0 +1,73 @@
+"""The head-refit screen's variants on synthetic pooled features: the clean-row weights undo or tilt
+the class balance as they say, and each variant's fit and L2 choice follow its spec. (Its
+``config`` variant against the service's path on real fold models: ``test_cv.py``.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mtdefect.metrics import binary_auroc
+from mtdefect.screen.head_refit import VIEWS, clean_weights, fit_variant, variants
+
+FREE = 2  # index of the clean class among three
+
+
+def features(seed: int = 0, n: int = 200, dim: int = 5) -> dict[str, np.ndarray]:
+    """Three classes; dimension 0 separates clean from defective with overlap, dimension 1 the two
+    defect classes; clean rows are the majority, as in the data."""
+    rng = np.random.default_rng(seed)
+
+    def draw(count: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.choice([0, 1, FREE, FREE], size=count)
+        x = rng.normal(size=(count, dim))
+        x[:, 0] += np.where(labels == FREE, -1.0, 1.0)
+        x[:, 1] += np.where(labels == 0, 1.5, -1.5) * (labels != FREE)
+        return x.astype(np.float32), labels
+
+    train, train_labels = draw(n)
+    flipped = np.stack([train + rng.normal(scale=0.05, size=train.shape).astype(np.float32) for _ in VIEWS])
+    val, val_labels = draw(n)
+    test, test_labels = draw(n)
+    return {
+        "train": flipped,
+        "train_labels": train_labels,
+        "val": val,
+        "val_labels": val_labels,
+        "test": test,
+        "test_labels": test_labels,
+        "class_names": np.array(["a", "b", "free"]),
+        "saved_weight": np.zeros((3, dim), np.float32),
+        "saved_bias": np.array([0.0, 0.0, 1.0], np.float32),
+    }
+
+
+def test_clean_weights_tilt_or_undo_the_class_balance() -> None:
+    labels = torch.tensor([0, 1, 2, 2, 2, 2])
+    assert clean_weights(labels, FREE, 3, 1.0) is None
+    assert clean_weights(labels, FREE, 3, 3.0).tolist() == [1, 1, 3, 3, 3, 3]
+    unbalanced = clean_weights(labels, FREE, 3, "unbalanced")
+    balance = len(labels) / (3 * torch.bincount(labels).double())  # fit_softmax's class weights
+    assert (balance[labels] * unbalanced).tolist() == pytest.approx([1.0] * 6)  # every row the same
+
+
+def test_each_variant_fits_as_its_spec_says() -> None:
+    data = features()
+    specs = variants({"l2": [1e-4, 1e-2], "flips": ["horizontal"]})
+    fits = {name: fit_variant(data, spec, FREE) for name, spec in specs.items()}
+    for name, fit in fits.items():
+        assert fit["held_out"].shape == (200,) and fit["reference"].shape == (
+            (data["val_labels"] == FREE).sum(),
+        )
+        assert np.all((fit["held_out"] >= 0) & (fit["held_out"] <= 1)), name
+        assert fit["l2"] in ([None] if name == "saved_head" else specs[name]["l2"])
+    # the saved head: a bias toward clean and no weights, so every tile scores the same
+    assert np.ptp(fits["saved_head"]["held_out"]) == pytest.approx(0.0)
+    assert fits["l2_fixed_10"]["l2"] == 10.0
+    # every fit learns the clean / defective direction on tiles it never saw
+    defective = data["test_labels"] != FREE
+    for name in ("config", "binary", "clean_weight_10", "unbalanced", "flips_horizontal_vertical"):
+        assert binary_auroc(fits[name]["held_out"], defective) > 0.8, name
+    # more weight on the clean rows lowers what clean validation tiles score
+    assert fits["clean_weight_10"]["reference"].mean() < fits["config"]["reference"].mean()
