@@ -71,3 +71,17 @@ def test_each_variant_fits_as_its_spec_says() -> None:
         assert binary_auroc(fits[name]["held_out"], defective) > 0.8, name
     # more weight on the clean rows lowers what clean validation tiles score
     assert fits["clean_weight_10"]["reference"].mean() < fits["config"]["reference"].mean()
+
+
+def test_only_picks_named_variants_with_the_baseline_and_refuses_unknown_names() -> None:
+    from omegaconf import OmegaConf
+
+    from mtdefect.screen.head_refit import BASELINE, chosen_variants
+
+    cfg = OmegaConf.create({"head_refit": {"l2": [1e-4], "flips": ["horizontal"]}})
+    assert chosen_variants(cfg, "") is None
+    picked = chosen_variants(cfg, "binary, no_flips")
+    assert list(picked) == [BASELINE, "binary", "no_flips"]
+    assert picked["binary"]["objective"] == "binary" and picked["no_flips"]["flips"] == []
+    with pytest.raises(ValueError, match="unknown variant"):
+        chosen_variants(cfg, "binary,typo")

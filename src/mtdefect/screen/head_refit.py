@@ -12,7 +12,11 @@ images (``cv.decision.paired_gain``), intervals by tile group. Several model roo
 pool as one run each side. This is a screen: a lever it favours is confirmed through the service's
 path with ``python -m mtdefect.cv.rescore NAME head_refit.<field>=<value>`` before it is kept.
 
-    python -m mtdefect.screen.head_refit OUT.json MODEL_ROOT [MODEL_ROOT ...] [--cache DIR]
+    python -m mtdefect.screen.head_refit OUT.json MODEL_ROOT [MODEL_ROOT ...] [--cache DIR] \
+        [--only binary,no_flips]
+
+``--only`` fits just the variants named (with ``config`` always), to confirm a few levers on more
+fold models without paying for every fit.
 
 Each MODEL_ROOT holds ``fold_<k>/`` model folders trained on the fold manifests of ``cv.manifest_dir``.
 """
@@ -240,23 +244,42 @@ def study(
     return out
 
 
+def chosen_variants(cfg: DictConfig, only: str) -> dict[str, dict[str, Any]] | None:
+    """The specs ``--only`` names (comma-separated) with the baseline; None (all) when empty."""
+    if not only:
+        return None
+    every = variants(cfg.get("head_refit", {}))
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(every))
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(every)}")
+    return {name: every[name] for name in (BASELINE, *names)}
+
+
 def main(argv: list[str] | None = None) -> None:
     from mtdefect.stages._common import load_params
 
     args = sys.argv[1:] if argv is None else argv
-    cache = Path("checkpoints/head_features")
-    if "--cache" in args:
-        at = args.index("--cache")
-        cache = Path(args[at + 1])
-        args = args[:at] + args[at + 2 :]
+    options = {"--cache": "checkpoints/head_features", "--only": ""}
+    for flag in options:
+        if flag in args:
+            at = args.index(flag)
+            if at + 1 >= len(args):
+                args = []
+                break
+            options[flag] = args[at + 1]
+            args = args[:at] + args[at + 2 :]
     if len(args) < 2:
         print(
-            "usage: python -m mtdefect.screen.head_refit OUT.json MODEL_ROOT [MODEL_ROOT ...] [--cache DIR]",
+            "usage: python -m mtdefect.screen.head_refit OUT.json MODEL_ROOT [MODEL_ROOT ...]"
+            " [--cache DIR] [--only NAME,NAME]",
             file=sys.stderr,
         )
         sys.exit(2)
     try:
-        result = study(load_params(), [Path(a) for a in args[1:]], cache)
+        cfg = load_params()
+        specs = chosen_variants(cfg, options["--only"])
+        result = study(cfg, [Path(a) for a in args[1:]], Path(options["--cache"]), specs)
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"head-refit screen: error: {exc}", file=sys.stderr)
         sys.exit(1)
