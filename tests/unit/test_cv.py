@@ -255,6 +255,9 @@ def test_cross_validation_end_to_end(
     from mtdefect.screen import head_refit as screen
 
     rescore(cfg, "refit", parse_overrides(["head_refit.keep_current_head=false"]))
+    rescore(
+        cfg, "binary", parse_overrides(["head_refit.keep_current_head=false", "head_refit.objective=binary"])
+    )
     specs = {
         k: v for k, v in screen.variants(cfg.head_refit).items() if k in ("config", "saved_head", "binary")
     }
@@ -266,12 +269,16 @@ def test_cross_validation_end_to_end(
             300,
             tmp_path / "features",
         )
-        fitted = screen.fit_variant(features, specs["config"], list(features["class_names"]).index("MT_Free"))
-        served = json.loads((tmp_path / "reports" / "refit" / "folds" / f"fold_{fold}.json").read_text())
-        by_image = {r["image"]: r["score"] for r in served["rows"]}
-        assert fitted["held_out"] == pytest.approx([by_image[i] for i in features["test_images"]], abs=1e-5)
-        assert sorted(fitted["reference"]) == pytest.approx(sorted(served["reference_scores"]), abs=1e-5)
-        assert fitted["l2"] == served["head_refit"]["chosen"]["l2"]
+        free = list(features["class_names"]).index("MT_Free")
+        for variant, run in (("config", "refit"), ("binary", "binary")):
+            fitted = screen.fit_variant(features, specs[variant], free)
+            served = json.loads((tmp_path / "reports" / run / "folds" / f"fold_{fold}.json").read_text())
+            by_image = {r["image"]: r["score"] for r in served["rows"]}
+            held_out = [by_image[i] for i in features["test_images"]]
+            assert fitted["held_out"] == pytest.approx(held_out, abs=1e-5), variant
+            assert sorted(fitted["reference"]) == pytest.approx(sorted(served["reference_scores"]), abs=1e-5)
+            assert fitted["l2"] == served["head_refit"]["chosen"]["l2"]
+        assert served["head_refit"]["objective"] == "binary"
     screened = screen.study(cfg, [tmp_path / "models"], tmp_path / "features", specs)
     assert set(screened["variants"]) == set(specs) and screened["images"] == len(images)
     assert "gain_vs_config" not in screened["variants"]["config"]

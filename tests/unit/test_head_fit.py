@@ -1,15 +1,19 @@
 """The tile head refitted on whole tiles: the fit on raw features equals the standardised fit, it
 separates what the pooled features separate, a refit replaces the head (or, asked to keep it, only
-when it validates better), and the hardest clean rows can be weighted."""
+when it validates better), the hardest clean rows can be weighted, and the binary objective serves
+through the same linear layer."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from mtdefect.inference.network import build_net
 from mtdefect.inference.settings import PreprocessSettings
 from mtdefect.model.head_fit import (
+    binary_head,
+    fit_head,
     fit_softmax,
     fit_with_hard_negatives,
     hard_negative_weights,
@@ -113,3 +117,63 @@ def test_weighting_the_hard_clean_rows_lowers_their_scores_and_weight_one_is_the
 
     hardest = torch.argsort(defect_score(plain)[:60], descending=True)[:6]
     assert defect_score(weighted)[hardest].mean() < defect_score(plain)[hardest].mean()
+
+
+def four_classes(seed: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean (index 2) against three defect kinds: dimension 0 says clean or not, 1 and 2 the kind."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice([0, 1, 2, 2, 2, 3], size=300)
+    x = rng.normal(0, 1, (300, 6))
+    x[:, 0] += np.where(y == 2, -1.5, 1.5)
+    x[:, 1] += 2.0 * (y == 0) - 2.0 * (y == 1)
+    x[:, 2] += 2.5 * (y == 3)
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+
+
+def test_binary_head_serves_the_binary_probability_and_the_multinomial_kind_in_one_layer() -> None:
+    x, y = four_classes()
+    free = 2
+    binary = fit_softmax(x, (y != free).long(), classes=2, l2=1e-3)
+    multinomial = fit_softmax(x, y, classes=4, l2=1e-3)
+    binary_p = torch.softmax(x @ binary[0].T + binary[1], dim=1)[:, 1]
+
+    def served(layer: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return torch.softmax(x @ layer[0].T + layer[1], dim=1)
+
+    exact = served(binary_head(binary, multinomial, free, class_scale=0.0))
+    assert torch.allclose(1 - exact[:, free], binary_p, atol=1e-5)  # the decision is the binary fit's
+    default = served(binary_head(binary, multinomial, free))
+    assert torch.allclose(1 - default[:, free], binary_p, atol=2e-3)
+    defects = [0, 1, 3]
+    kind = torch.tensor(defects)[(x @ multinomial[0].T + multinomial[1])[:, defects].argmax(1)]
+    assert torch.equal(
+        torch.tensor(defects)[default[:, defects].argmax(1)], kind
+    )  # the kind is the six-way fit's
+    # fit_head: the multinomial objective is the plain fit; the binary one composes the two fits
+    assert all(torch.equal(a, b) for a, b in zip(fit_head(x, y, 4, 1e-3, free, 0.1, 1.0), multinomial))
+    composed = fit_head(x, y, 4, 1e-3, free, 0.1, 1.0, "binary")
+    assert all(torch.allclose(a, b) for a, b in zip(composed, binary_head(binary, multinomial, free)))
+    with pytest.raises(ValueError, match="objective"):
+        fit_head(x, y, 4, 1e-3, free, 0.1, 1.0, "ordinal")
+
+
+def test_refit_under_the_binary_objective_names_it_and_separates_clean_from_defective() -> None:
+    torch.manual_seed(0)
+    net = build_net(**NET).eval()
+    settings = PreprocessSettings(per_image=True)
+    train = tiles(12, False, 1) + tiles(12, True, 2)
+    val = tiles(6, False, 3) + tiles(6, True, 4)
+    report = refit_tile_head(
+        net,
+        train,
+        [0] * 12 + [1] * 12,
+        val,
+        [0] * 6 + [1] * 6,
+        0,
+        settings,
+        l2_grid=(1e-3,),
+        objective="binary",
+    )
+    assert report["objective"] == "binary" and "binary objective" in report["chosen"]["source"]
+    assert report["chosen"]["val_auroc"] >= 0.9
+    assert torch.all(net.head.linear.weight[0] == 0) and net.head.linear.bias[0] == 0  # free logit 0

@@ -41,7 +41,7 @@ def head_refit_options(cfg: DictConfig) -> dict:
     """The head-refit options that change which head is served (configs written before they
     existed kept the crop-trained head where it validated better, unweighted: none listed)."""
     options = cfg.get("head_refit") or {}
-    return {k: options[k] for k in ("keep_current_head", "hard_negative_weight") if k in options}
+    return {k: options[k] for k in ("keep_current_head", "hard_negative_weight", "objective") if k in options}
 
 
 def weight_averaging(cfg: DictConfig) -> dict | None:

@@ -80,7 +80,7 @@ def extras_label(recipe: dict[str, Any]) -> str:
 def head_refit_parts(recipe: dict[str, Any]) -> list[str]:
     """How the served head was chosen where it differs from the old rule (the crop-trained head kept
     where it validated better; summaries without the keys used that rule): always refitted on whole
-    tiles, and the hardest clean training tiles weighted."""
+    tiles, the hardest clean training tiles weighted, and a clean-vs-defect objective."""
     head = {
         **(recipe.get("head_refit") or {}),
         **((recipe.get("rescored_with") or {}).get("head_refit") or {}),
@@ -91,6 +91,8 @@ def head_refit_parts(recipe: dict[str, Any]) -> list[str]:
     weight = head.get("hard_negative_weight")
     if weight is not None and float(weight) != 1.0:
         parts.append(f"hardest clean tiles ×{float(weight):g} in the refit")
+    if head.get("objective", "multinomial") != "multinomial":
+        parts.append(f"{head['objective']} head objective")
     return parts
 
 

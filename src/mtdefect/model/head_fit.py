@@ -16,6 +16,14 @@ spent on a few clean tiles with scratches and stains, which a class-balanced fit
 clean tile. With the option on, each L2 strength is fitted twice: the clean training rows the first
 fit scores most defect-like (the top ``hard_negative_fraction`` by 1 − P(free)) then count
 ``hard_negative_weight`` times, the class balance kept.
+
+A binary objective (``objective: binary``): the reject decision asks only clean or not, and a
+six-way fit spends its capacity on telling the defect kinds apart. With the option on, each L2
+strength fits clean against every defect kind pooled (``fit_softmax`` on two classes, the two sides
+balanced) and, for the class shown, the six-way fit as before; ``binary_head`` writes both into the
+one linear layer the service already runs, so served scores need no new code: 1 − P(free) is the
+binary fit's probability (to within ``BINARY_CLASS_SCALE``) and the top defect class is the six-way
+fit's.
 """
 
 from __future__ import annotations
@@ -37,6 +45,10 @@ from mtdefect.metrics import binary_auroc
 from mtdefect.scoring import read_image
 
 FLIPS = {"horizontal": (3,), "vertical": (2,)}
+OBJECTIVES = ("multinomial", "binary")
+# how much of the six-way fit's centred defect logits the binary head carries: enough to order the
+# defect kinds, small enough (|logit| ≲ 30 → ≤ 0.03) to leave 1 − P(free) the binary fit's
+BINARY_CLASS_SCALE = 1e-3
 
 
 @torch.inference_mode()
@@ -134,6 +146,53 @@ def fit_with_hard_negatives(
     return fit_softmax(features, labels, classes, l2, sample_weight=rows)
 
 
+def binary_head(
+    binary: tuple[torch.Tensor, torch.Tensor],
+    multinomial: tuple[torch.Tensor, torch.Tensor],
+    free_index: int,
+    class_scale: float = BINARY_CLASS_SCALE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One C-way linear layer from a clean-vs-defect fit (``binary``: rows 0 clean, 1 defect) and a
+    C-way fit (``multinomial``): the free logit is 0 and each defect logit is the binary logit
+    − log(C − 1) plus ``class_scale`` × the C-way fit's defect logit centred over the defect rows, so
+    1 − P(free) = σ(binary logit) exactly when ``class_scale`` is 0, and the defect kinds rank as the
+    C-way fit ranks them."""
+    (wb, bb), (wm, bm) = binary, multinomial
+    classes = wm.shape[0]
+    defects = [k for k in range(classes) if k != free_index]
+    w_logit, b_logit = wb[1] - wb[0], bb[1] - bb[0]
+    wm_c = wm[defects] - wm[defects].mean(0, keepdim=True)
+    bm_c = bm[defects] - bm[defects].mean()
+    weight = torch.zeros_like(wm)
+    bias = torch.zeros_like(bm)
+    weight[defects] = w_logit + class_scale * wm_c
+    bias[defects] = b_logit - math.log(len(defects)) + class_scale * bm_c
+    return weight, bias
+
+
+def fit_head(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    classes: int,
+    l2: float,
+    free_index: int,
+    fraction: float,
+    weight: float,
+    objective: str = "multinomial",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The C-way head fitted under ``objective`` (``OBJECTIVES``): ``fit_with_hard_negatives`` as it
+    is, or ``binary_head`` of a clean-vs-defect fit (hard clean negatives weighted there, where the
+    decision is) and the C-way fit."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"head_refit.objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}")
+    multinomial = fit_with_hard_negatives(features, labels, classes, l2, free_index, fraction, weight)
+    if objective == "multinomial":
+        return multinomial
+    defect = (labels != free_index).long()
+    binary = fit_with_hard_negatives(features, defect, 2, l2, 0, fraction, weight)
+    return binary_head(binary, multinomial, free_index)
+
+
 def refit_tile_head(
     net: SegmenterWithTileHead,
     train_images: Sequence[np.ndarray],
@@ -148,6 +207,7 @@ def refit_tile_head(
     hard_negative_weight: float = 1.0,
     current_head: str = "trained with the segmenter",
     keep_current_head: bool = False,
+    objective: str = "multinomial",
 ) -> dict[str, Any]:
     """Replace ``net.head.linear`` by the best refit (validation AUROC of 1 − P(free), then class
     accuracy); keeps the current head (``current_head`` names where it came from) when it is better
@@ -169,12 +229,21 @@ def refit_tile_head(
     trained = (net.head.linear.weight.detach().clone(), net.head.linear.bias.detach().clone())
     rows = [{"l2": None, "source": current_head, **score(*trained)}]
     source = "refit on whole training tiles"
+    if objective != "multinomial":
+        source += f", {objective} objective"
     if hard_negative_weight != 1.0:
         source += f", the hardest {hard_negative_fraction:.0%} of clean rows ×{hard_negative_weight:g}"
     fits = {}
     for l2 in l2_grid:
-        fits[l2] = fit_with_hard_negatives(
-            train_x, train_y, classes, float(l2), free_index, hard_negative_fraction, hard_negative_weight
+        fits[l2] = fit_head(
+            train_x,
+            train_y,
+            classes,
+            float(l2),
+            free_index,
+            hard_negative_fraction,
+            hard_negative_weight,
+            objective,
         )
         rows.append({"l2": float(l2), "source": source, **score(*fits[l2])})
     eligible = rows if keep_current_head or not fits else rows[1:]
@@ -190,6 +259,7 @@ def refit_tile_head(
         "train_tiles": len(train_images),
         "flips": list(flips),
         "hard_negatives": {"fraction": hard_negative_fraction, "weight": hard_negative_weight},
+        "objective": objective,
     }
     print(
         f"head refit: {best['source']} (l2 {best['l2']}) val AUROC {best['val_auroc']:.3f} "
@@ -231,4 +301,5 @@ def refit_head_from_manifest(
         hard_negative_weight=float(options.get("hard_negative_weight", 1.0)),
         current_head=current_head,
         keep_current_head=bool(options.get("keep_current_head", False)),
+        objective=str(options.get("objective", "multinomial")),
     )

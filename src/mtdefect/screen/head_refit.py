@@ -146,32 +146,37 @@ def _defect_probability(x: np.ndarray, weight: torch.Tensor, bias: torch.Tensor,
 
 
 def fit_variant(features: Mapping[str, np.ndarray], spec: Mapping[str, Any], free: int) -> dict[str, Any]:
-    """One variant on one fold: held-out and clean-validation defect probabilities, the L2 chosen."""
-    from mtdefect.model.head_fit import fit_softmax
+    """One variant on one fold: held-out and clean-validation defect probabilities, the L2 chosen.
+    The binary objective is fitted as training fits it (``model.head_fit.fit_head``)."""
+    from mtdefect.model.head_fit import fit_head, fit_softmax
 
     val_free = features["val_labels"] == free
-    binary = spec["objective"] == "binary"
-    score_free = 0 if binary else free
     if spec["objective"] == "saved":
         weight, bias = torch.from_numpy(features["saved_weight"]), torch.from_numpy(features["saved_bias"])
         candidates = {None: (weight, bias)}
     else:
         views = [VIEWS.index(v) for v in ["none", *spec["flips"]]]
         train_x = torch.from_numpy(np.concatenate([features["train"][v] for v in views])).float()
-        labels = np.tile(features["train_labels"], len(views))
-        labels = (labels != free).astype(np.int64) if binary else labels
-        classes = 2 if binary else len(features["class_names"])
-        rows = torch.from_numpy(labels)
-        weights = clean_weights(rows, 0 if binary else free, classes, spec.get("clean_weight", 1.0))
-        candidates = {l2: fit_softmax(train_x, rows, classes, l2, sample_weight=weights) for l2 in spec["l2"]}
+        rows = torch.from_numpy(np.tile(features["train_labels"], len(views)))
+        classes = len(features["class_names"])
+        weights = clean_weights(rows, free, classes, spec.get("clean_weight", 1.0))
+        if spec["objective"] == "binary":
+            if weights is not None:
+                raise ValueError("the binary objective is screened without clean-row weights")
+            candidates = {
+                l2: fit_head(train_x, rows, classes, l2, free, 0.1, 1.0, "binary") for l2 in spec["l2"]
+            }
+        else:
+            candidates = {
+                l2: fit_softmax(train_x, rows, classes, l2, sample_weight=weights) for l2 in spec["l2"]
+            }
 
     def validation(weight: torch.Tensor, bias: torch.Tensor) -> tuple[float, float]:
         """(the selection metric, class accuracy): ``model.head_fit.refit_tile_head``'s order, ties
         going to the first L2 of the grid as there."""
         logits = torch.from_numpy(features["val"]).float() @ weight.T + bias
-        scores = 1.0 - torch.softmax(logits, dim=1)[:, score_free].numpy()
-        truth = (features["val_labels"] != free).astype(np.int64) if binary else features["val_labels"]
-        accuracy = float((logits.argmax(1).numpy() == truth).mean())
+        scores = 1.0 - torch.softmax(logits, dim=1)[:, free].numpy()
+        accuracy = float((logits.argmax(1).numpy() == features["val_labels"]).mean())
         if spec["select"] == "recall_at_10pct_fa":
             return metrics.recall_at_false_alarm_rate(scores, ~val_free, 0.1)["recall"], accuracy
         auroc = metrics.binary_auroc(scores, ~val_free)
@@ -181,8 +186,8 @@ def fit_variant(features: Mapping[str, np.ndarray], spec: Mapping[str, Any], fre
     weight, bias = candidates[chosen]
     return {
         "l2": chosen,
-        "held_out": _defect_probability(features["test"], weight, bias, score_free),
-        "reference": _defect_probability(features["val"][val_free], weight, bias, score_free),
+        "held_out": _defect_probability(features["test"], weight, bias, free),
+        "reference": _defect_probability(features["val"][val_free], weight, bias, free),
     }
 
 
