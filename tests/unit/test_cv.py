@@ -19,7 +19,7 @@ from omegaconf import OmegaConf, open_dict
 from mtdefect import metrics
 from mtdefect.cv import fold as cv_fold
 from mtdefect.cv.jobs import pending, run_folds
-from mtdefect.cv.pool import pool
+from mtdefect.cv.pool import pool, tile_ids
 from mtdefect.data.folds import assign_folds, fold_assignment, group_ids, write_fold_manifests
 from mtdefect.data.split import read_manifest
 from mtdefect.devtools.synthetic import CLASSES, TOP, synthetic_pair
@@ -281,6 +281,7 @@ def test_cross_validation_end_to_end(
         assert served["head_refit"]["objective"] == "binary"
     screened = screen.study(cfg, [tmp_path / "models"], tmp_path / "features", specs)
     assert set(screened["variants"]) == set(specs) and screened["images"] == len(images)
+    assert screened["tiles"] == len(set(tile_ids(rows, 300)))  # no two folds' tiles merged
     assert "gain_vs_config" not in screened["variants"]["config"]
     gain = screened["variants"]["binary"]["gain_vs_config"]["recall_at_1pct_fa"]
     assert gain["value"] == pytest.approx(gain["after"] - gain["before"])

@@ -222,7 +222,8 @@ def study(
             ]
             meta["classes"].append(features["test_classes"])
             meta["groups"].append(features["test_groups"])
-            meta["tiles"].append(np.array([f"{t}#{number}" for t in tile_ids(rows, group_gap)]))
+            # tile names are numbered within the rows given: one fold's, so the fold makes them unique
+            meta["tiles"].append(np.array([f"{t}#{number}.{fold}" for t in tile_ids(rows, group_gap)]))
             for name, spec in specs.items():
                 fitted = fit_variant(features, spec, free)
                 z[name].append(normalised("head", fitted["held_out"], fitted["reference"]))
@@ -234,6 +235,7 @@ def study(
     out: dict[str, Any] = {
         "models": [str(r) for r in model_roots],
         "images": int(len(classes)),
+        "tiles": int(len(np.unique(tiles))),
         "variants": {},
     }
     for name, spec in specs.items():
