@@ -42,6 +42,18 @@ def tiles(n: int, bright: bool, seed: int) -> list[np.ndarray]:
     return out
 
 
+def untrained_net_and_tiles() -> tuple[
+    torch.nn.Module, PreprocessSettings, list[np.ndarray], list[np.ndarray]
+]:
+    """A seeded untrained net, its preprocessing, 12 + 12 training and 6 + 6 validation tiles (plain, then
+    with a bright square)."""
+    torch.manual_seed(0)
+    net = build_net(**NET).eval()
+    train = tiles(12, False, 1) + tiles(12, True, 2)
+    val = tiles(6, False, 3) + tiles(6, True, 4)
+    return net, PreprocessSettings(per_image=True), train, val
+
+
 def test_softmax_fit_separates_separable_features_and_folds_the_standardisation() -> None:
     rng = np.random.default_rng(0)
     x = torch.tensor(rng.normal(0, 1, (80, 5)) * [1, 10, 100, 1, 1] + [0, 5, -50, 0, 0], dtype=torch.float32)
@@ -52,11 +64,7 @@ def test_softmax_fit_separates_separable_features_and_folds_the_standardisation(
 
 
 def test_refit_learns_what_the_pooled_features_show_and_never_makes_the_head_worse() -> None:
-    torch.manual_seed(0)
-    net = build_net(**NET).eval()
-    settings = PreprocessSettings(per_image=True)
-    train = tiles(12, False, 1) + tiles(12, True, 2)
-    val = tiles(6, False, 3) + tiles(6, True, 4)
+    net, settings, train, val = untrained_net_and_tiles()
     labels_train, labels_val = [0] * 12 + [1] * 12, [0] * 6 + [1] * 6
     features = pooled_features(net, train, settings, flips=["horizontal"])
     assert features.shape == (48, net.head.linear.in_features)
@@ -158,11 +166,7 @@ def test_binary_head_serves_the_binary_probability_and_the_multinomial_kind_in_o
 
 
 def test_refit_under_the_binary_objective_names_it_and_separates_clean_from_defective() -> None:
-    torch.manual_seed(0)
-    net = build_net(**NET).eval()
-    settings = PreprocessSettings(per_image=True)
-    train = tiles(12, False, 1) + tiles(12, True, 2)
-    val = tiles(6, False, 3) + tiles(6, True, 4)
+    net, settings, train, val = untrained_net_and_tiles()
     report = refit_tile_head(
         net,
         train,
