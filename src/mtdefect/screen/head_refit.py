@@ -23,6 +23,7 @@ Each MODEL_ROOT holds ``fold_<k>/`` model folders trained on the fold manifests 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import math
 import sys
@@ -210,25 +211,27 @@ def study(
         )
         if not folds:
             raise FileNotFoundError(f"{root} holds no fold_<k>/ model folders")
+        root_rows: list[dict[str, str]] = []
         for fold in folds:
             manifest = fold_manifest_path(Path(cfg.cv.manifest_dir), fold)
             features = cached_fold_features(
                 root / f"fold_{fold}", Path(cfg.paths.data_dir), manifest, group_gap, cache
             )
             free = list(features["class_names"]).index(free_class)
-            rows = [
+            root_rows += [
                 {"image": i, "class": c}
                 for i, c in zip(features["test_images"], features["test_classes"], strict=True)
             ]
             meta["classes"].append(features["test_classes"])
             meta["groups"].append(features["test_groups"])
-            # tile names are numbered within the rows given: one fold's, so the fold makes them unique
-            meta["tiles"].append(np.array([f"{t}#{number}.{fold}" for t in tile_ids(rows, group_gap)]))
             for name, spec in specs.items():
                 fitted = fit_variant(features, spec, free)
                 z[name].append(normalised("head", fitted["held_out"], fitted["reference"]))
                 chosen[name].append({"model": str(root), "fold": fold, "l2": fitted["l2"]})
             print(f"head-refit screen: {root} fold {fold} done", flush=True)
+        # named over all of a root's rows at once, as cv.compare names a run's (tile_ids numbers
+        # the tiles within the rows it is given)
+        meta["tiles"].append(np.array([f"{t}#{number}" for t in tile_ids(root_rows, group_gap)]))
     classes, groups, tiles = (np.concatenate(meta[k]) for k in ("classes", "groups", "tiles"))
     defective = classes != free_class
     pooled = {name: np.concatenate(parts) for name, parts in z.items()}
@@ -266,31 +269,22 @@ def chosen_variants(cfg: DictConfig, only: str) -> dict[str, dict[str, Any]] | N
 def main(argv: list[str] | None = None) -> None:
     from mtdefect.stages._common import load_params
 
-    args = sys.argv[1:] if argv is None else argv
-    options = {"--cache": "checkpoints/head_features", "--only": ""}
-    for flag in options:
-        if flag in args:
-            at = args.index(flag)
-            if at + 1 >= len(args):
-                args = []
-                break
-            options[flag] = args[at + 1]
-            args = args[:at] + args[at + 2 :]
-    if len(args) < 2:
-        print(
-            "usage: python -m mtdefect.screen.head_refit OUT.json MODEL_ROOT [MODEL_ROOT ...]"
-            " [--cache DIR] [--only NAME,NAME]",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+    parser = argparse.ArgumentParser(
+        prog="python -m mtdefect.screen.head_refit",
+        description="Screen head-refit variants on cached features of finished fold models.",
+    )
+    parser.add_argument("out", type=Path, help="result file (.json)")
+    parser.add_argument("model_roots", type=Path, nargs="+", help="folders of fold_<k>/ models")
+    parser.add_argument("--cache", type=Path, default=Path("checkpoints/head_features"))
+    parser.add_argument("--only", default="", help="comma-separated variants (config always runs)")
+    args = parser.parse_args(argv)
     try:
         cfg = load_params()
-        specs = chosen_variants(cfg, options["--only"])
-        result = study(cfg, [Path(a) for a in args[1:]], Path(options["--cache"]), specs)
+        result = study(cfg, args.model_roots, args.cache, chosen_variants(cfg, args.only))
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"head-refit screen: error: {exc}", file=sys.stderr)
         sys.exit(1)
-    write_json_atomic(Path(args[0]), result, indent=1)
+    write_json_atomic(args.out, result, indent=1)
     for name, entry in result["variants"].items():
         s = entry["summary"]
         line = (
