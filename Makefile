@@ -58,6 +58,7 @@ lint: venv  ## ruff check + ruff format --check (configured in pyproject.toml)
 docs: venv  ## regenerate the README's results and performance tables from reports/ and benchmarks/results/
 	$(BIN)/python -m mtdefect.docs_tables README.md
 	$(BIN)/python -m mtdefect.docs_tables docs/PERFORMANCE.md
+	$(BIN)/python -m mtdefect.docs_tables docs/MODEL_QUALITY.md
 
 pipeline: venv  ## run the DVC pipeline as a new experiment (data → split → train → evaluate → export → package)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc exp run

@@ -1,7 +1,7 @@
 """Choose the postprocessing (and test-time flips) on the validation split; never sees the test split.
 
 Decisions, made in order for each candidate set of test-time flips:
-1. The tile decision. Each score source — the tile head (1 − P(free), models with a head) and the
+1. The tile decision. Each score source — the tile head (P(defect) = 1 − P(free), models with a head) and the
    mask's windowed probability for each ``score_windows`` entry — gets the lowest decision threshold
    that keeps false alarms on defect-free validation tiles within ``max_false_alarm_rate``; the
    source the ``decision_criterion`` names wins: ``head`` (the tile head whenever the model has one;

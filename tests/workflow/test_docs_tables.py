@@ -182,6 +182,56 @@ def test_committed_performance_doc_is_what_make_docs_writes() -> None:
     assert render(text, ROOT, ()) == text, "docs/PERFORMANCE.md is stale: run `make docs` and commit it"
 
 
+def test_committed_model_quality_doc_is_what_make_docs_writes() -> None:
+    text = (ROOT / "docs" / "MODEL_QUALITY.md").read_text(encoding="utf-8")
+    assert "<!-- BEGIN screen -->" in text
+    assert render(text, ROOT, ()) == text, "docs/MODEL_QUALITY.md is stale: run `make docs` and commit it"
+
+
+def screen_result(value: float, gain: float | None, score: bool) -> dict:
+    def interval(v: float) -> dict:
+        return {"value": v, "ci_low": v - 0.1, "ci_high": v + 0.1}
+
+    def variant(v: float, g: float | None) -> dict:
+        entry = {
+            "chosen_l2": [{"model": "m", "fold": k, "l2": 1e-3} for k in range(3)],
+            "summary": {
+                "recall_at_1pct_fa": interval(v),
+                "tile_recall_at_1pct_fa": interval(v + 0.05),
+                "auroc": interval(0.9),
+            },
+        }
+        if g is not None:
+            entry["gain_vs_config"] = {"recall_at_1pct_fa": interval(g)}
+        return entry
+
+    report = {
+        "models": ["m"],
+        "variants": {"config": variant(value, None), "mlp_64": variant(value + gain, gain)},
+    }
+    if score:
+        report["defect_score"] = "P(defect) summed"
+    return report
+
+
+def test_screen_table_shows_every_committed_screen_and_its_score(tmp_path: Path) -> None:
+    from mtdefect.docs_tables.screen import screen_table
+
+    assert "No head-refit screen" in screen_table(tmp_path)
+    (tmp_path / "reports" / "cv").mkdir(parents=True)
+    for name, value, score in (("screen_old", 0.4, False), ("screen_new", 0.5, True)):
+        (tmp_path / "reports" / "cv" / f"{name}.json").write_text(
+            json.dumps(screen_result(value, 0.07, score))
+        )
+    rows = [line for line in screen_table(tmp_path).splitlines() if line.startswith("| `")]
+    assert len(rows) == 4  # two screens, two variants each, in file-name order
+    assert rows[0].startswith(
+        "| `screen_new` | 3 | P(defect) summed, float64 | config | 0.500 [0.40, 0.60] | 0.550 | 0.900 |"
+    )
+    assert rows[1].endswith("| mlp_64 | 0.570 [0.47, 0.67] | 0.620 | 0.900 | +0.070 [-0.030, +0.170] |")
+    assert "| 1 − P(free), float32, floor 1e-7 |" in rows[2]
+
+
 @pytest.mark.parametrize(
     "text,message",
     [

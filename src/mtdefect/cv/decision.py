@@ -1,7 +1,7 @@
 """The reject decision's scorers compared out of fold: the tile head, the anomaly branch, and both fused.
 
-Each scorer gives every held-out image a score (the head: 1 − P(MT_Free) from the fold's model; the
-anomaly branch: ``cv.anomaly``). Scores of different scorers live on different scales, so each is
+Each scorer gives every held-out image a score (the head: P(defect) = 1 − P(MT_Free) from the fold's
+model; the anomaly branch: ``cv.anomaly``). Scores of different scorers live on different scales, so each is
 normalised by the same fold's *clean validation* images (never the held-out fold): a robust z-score
 of a monotone transform (logit of the head's probability, log of the distance) against their median
 and MAD. ``fused`` is the sum of the two z-scores (equal weights: nothing is fitted on held-out
@@ -21,9 +21,10 @@ import numpy as np
 from mtdefect import metrics
 from mtdefect.cv.pool import _interval, pooling_arguments, tile_detector, tile_ids
 from mtdefect.inference.multiview import fuse_view_scores
+from mtdefect.inference.postprocess import defect_log_odds
 
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "head": lambda s: np.log(np.clip(s, 1e-7, 1 - 1e-7) / (1 - np.clip(s, 1e-7, 1 - 1e-7))),
+    "head": defect_log_odds,
     "anomaly": lambda s: np.log(np.maximum(s, 1e-9)),
 }
 

@@ -4,6 +4,7 @@ benchmarks write, so the numbers in the docs cannot drift from them (``make docs
     python -m mtdefect.docs_tables README.md            # rewrite the tables between the markers
     python -m mtdefect.docs_tables README.md --check    # exit 1 if the README is not what this writes
     python -m mtdefect.docs_tables docs/PERFORMANCE.md  # its ``lite0`` block (the #14 benchmarks)
+    python -m mtdefect.docs_tables docs/MODEL_QUALITY.md  # its ``screen`` block (head-refit screens)
     python -m mtdefect.docs_tables --save-seed reports/seeds/seed_43.json   # keep a finished run
 
 A table lives between ``<!-- BEGIN name -->`` and ``<!-- END name -->``; everything outside the
@@ -14,6 +15,7 @@ markers is left alone. One module per block, one small function per table:
 - ``unseen``      (README, ``unseen.py``): leave one defect class out, one row per class;
 - ``performance`` (README, ``performance.py``): benchmark targets; ``PERFORMANCE_ROWS``;
 - ``lite0``       (docs/PERFORMANCE.md, ``lite0.py``): the current model's detail tables, ``SECTIONS``;
+- ``screen``      (docs/MODEL_QUALITY.md, ``screen.py``): every committed head-refit screen, a row a variant;
 - ``common.py``: formatting, the markdown table, reading a result and naming its model and load.
 
 Every row names the model its numbers measured (``common.benchmark_model``: ``model.net`` of the
@@ -54,6 +56,7 @@ from mtdefect.docs_tables.cv import cv_table
 from mtdefect.docs_tables.lite0 import lite0_detail
 from mtdefect.docs_tables.performance import PERFORMANCE_ROWS, performance_table
 from mtdefect.docs_tables.results import RESULT_ROWS, results_table, save_seed
+from mtdefect.docs_tables.screen import screen_table
 from mtdefect.docs_tables.serving import serving_load_table
 from mtdefect.docs_tables.unseen import unseen_table
 from mtdefect.fileio import write_text_atomic
@@ -69,6 +72,7 @@ __all__ = [
     "render",
     "results_table",
     "save_seed",
+    "screen_table",
     "unseen_table",
 ]
 
@@ -80,6 +84,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "performance": performance_table,
     "lite0": lite0_detail,
     "serving_load": serving_load_table,  # docs/PERFORMANCE.md (issue #22)
+    "screen": screen_table,  # docs/MODEL_QUALITY.md: the head-refit screens
 }
 # the blocks the README must have (docs/PERFORMANCE.md has the ``lite0`` block)
 README_BLOCKS = ("results", "cv", "performance")

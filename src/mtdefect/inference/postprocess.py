@@ -66,14 +66,37 @@ def softmax_scores(tile_logits: np.ndarray | None, class_names: Sequence[str]) -
     return {name: float(p) for name, p in zip(class_names, probs)}
 
 
+def defect_probability(logits: np.ndarray, free_index: int) -> np.ndarray:
+    """P(some defect) from tile-head logits (…, K): the sum of the defect classes' softmax
+    probabilities, in float64.
+
+    Not ``1 − P(free)``: where P(free) rounds to 1 that difference is exactly 0 (from about 6e-8 in
+    float32, 1e-16 in float64), so confident clean tiles tie at zero and the spread a threshold or a
+    z-score is set on collapses. The sum of the small terms keeps their relative precision."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    defects = np.delete(e, free_index, axis=-1).sum(axis=-1)
+    return defects / (defects + e[..., free_index])
+
+
+def defect_log_odds(score: np.ndarray) -> np.ndarray:
+    """log(p / (1 − p)) of defect probabilities, finite at both ends of float64 (what ranks and
+    normalises head scores: ``cv.decision``)."""
+    limits = np.finfo(np.float64)
+    p = np.clip(np.asarray(score, dtype=np.float64), limits.tiny, 1.0 - limits.epsneg)
+    return np.log(p) - np.log1p(-p)
+
+
 def tile_score(
     probability: np.ndarray, settings: PostprocessSettings, class_scores: Mapping[str, float] | None = None
 ) -> float:
-    """The image score the decision compares with ``decision_threshold`` (``settings.score_source``)."""
+    """The image score the decision compares with ``decision_threshold`` (``settings.score_source``):
+    the head's P(some defect), summed over the defect classes (``defect_probability``), or the mask's."""
     if settings.score_source == "head":
         if not class_scores or settings.free_class not in class_scores:
             raise ValueError(f"score_source 'head' needs the tile head's {settings.free_class!r} probability")
-        return float(np.clip(1.0 - class_scores[settings.free_class], 0.0, 1.0))
+        defects = sum(p for name, p in class_scores.items() if name != settings.free_class)
+        return float(np.clip(defects, 0.0, 1.0))
     return image_score(probability, settings.score_window)
 
 

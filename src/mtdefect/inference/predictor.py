@@ -240,7 +240,7 @@ class Predictor:
         if not answers or not answers[0]:
             return {}
         if free in answers[0]:
-            return min(answers, key=lambda scores: scores[free])
+            return max(answers, key=lambda scores: sum(p for k, p in scores.items() if k != free))
         return {k: float(np.mean([a[k] for a in answers])) for k in answers[0]}
 
     def probability(self, gray: np.ndarray) -> np.ndarray:

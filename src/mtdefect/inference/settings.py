@@ -93,7 +93,9 @@ class PostprocessSettings:
         the defect-free tiles showing any region (issue #20: gating masks at a 1 % false-alarm
         decision deleted the masks of most defective tiles).
     score_source: where the image score comes from. ``mask``: the windowed probability above.
-        ``head``: the tile head, 1 − P(``free_class``) (models with a tile-class head).
+        ``head``: the tile head's P(defect), its defect classes' probabilities summed (1 − P(``free_class``)
+        without rounding to 0 for very clean tiles: ``postprocess.defect_probability``; models with a
+        tile-class head).
     free_class: the tile head's "no defect" class.
     view_fusion: how the scores of one physical tile's photographs (its lightings, sent together to
         the multi-view endpoint) become the tile's score: ``median`` (default: one bad view of a clean

@@ -39,6 +39,7 @@ from torch import nn
 
 from mtdefect.data.split import Record, read_manifest
 from mtdefect.inference.network import SegmenterWithTileHead
+from mtdefect.inference.postprocess import defect_probability
 from mtdefect.inference.preprocess import preprocess
 from mtdefect.inference.settings import PreprocessSettings
 from mtdefect.metrics import binary_auroc
@@ -141,7 +142,7 @@ def fit_with_hard_negatives(
     fitted = fit_softmax(features, labels, classes, l2)
     if weight == 1.0:
         return fitted
-    defect = 1 - torch.softmax(features @ fitted[0].T + fitted[1], dim=1)[:, free_index]
+    defect = torch.from_numpy(defect_probability((features @ fitted[0].T + fitted[1]).numpy(), free_index))
     rows = hard_negative_weights(defect, labels, free_index, fraction, weight)
     return fit_softmax(features, labels, classes, l2, sample_weight=rows)
 
@@ -221,9 +222,9 @@ def refit_tile_head(
     defective = (val_y != free_index).numpy()
 
     def score(weight: torch.Tensor, bias: torch.Tensor) -> dict[str, float]:
-        probs = torch.softmax(val_x @ weight.T + bias, dim=1)
-        auroc = binary_auroc(1 - probs[:, free_index].numpy(), defective)
-        accuracy = float((probs.argmax(1) == val_y).float().mean())
+        logits = val_x @ weight.T + bias
+        auroc = binary_auroc(defect_probability(logits.numpy(), free_index), defective)
+        accuracy = float((logits.argmax(1) == val_y).float().mean())
         return {"val_auroc": 0.0 if math.isnan(auroc) else auroc, "val_accuracy": accuracy}
 
     trained = (net.head.linear.weight.detach().clone(), net.head.linear.bias.detach().clone())

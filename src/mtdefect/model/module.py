@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mtdefect.inference.network import build_net, split_outputs
+from mtdefect.inference.postprocess import defect_probability
 from mtdefect.metrics import binary_auroc
 from mtdefect.model.losses import CombinedLoss
 from mtdefect.model.pretrained import load_pretrained, pretrained_source
@@ -130,7 +131,7 @@ class SegmentationModule(pl.LightningModule):
         head = self.head_loss(tile_logits, batch.get("label"))
         if head is not None:
             loss = loss + self.head_weight * head
-            self._val_tiles.append((tile_logits.float().softmax(1).detach(), batch["label"].detach()))
+            self._val_tiles.append((tile_logits.float().detach(), batch["label"].detach()))
         self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(logits), sync_dist=True)
         pred = (logits > 0) & valid
         truth = target.bool() & valid
@@ -148,11 +149,11 @@ class SegmentationModule(pl.LightningModule):
         self.log("val/iou", iou.float(), sync_dist=False)
         selection = dice.float()
         if self._val_tiles:  # rank 0's share under DDP; single-device runs see every tile
-            probs = torch.cat([p for p, _ in self._val_tiles]).cpu()
+            logits = torch.cat([z for z, _ in self._val_tiles]).cpu()
             labels = torch.cat([lab for _, lab in self._val_tiles]).cpu()
             defective = labels != self.free_index
-            auroc = binary_auroc(1 - probs[:, self.free_index].numpy(), defective.numpy())
-            accuracy = (probs.argmax(1) == labels).float().mean()
+            auroc = binary_auroc(defect_probability(logits.numpy(), self.free_index), defective.numpy())
+            accuracy = (logits.argmax(1) == labels).float().mean()
             self.log(
                 "val/head_auroc", float(0.0 if math.isnan(auroc) else auroc), prog_bar=True, sync_dist=False
             )

@@ -27,13 +27,14 @@ import argparse
 import hashlib
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
 from mtdefect import metrics
 from mtdefect.cv.decision import normalised, paired_gain, scorer_summary
@@ -41,9 +42,14 @@ from mtdefect.cv.pool import pooling_arguments, tile_ids
 from mtdefect.data.folds import fold_manifest_path, group_ids
 from mtdefect.data.split import read_manifest
 from mtdefect.fileio import sha256_file, write_json_atomic
+from mtdefect.inference.postprocess import defect_probability
 
 VIEWS = ("none", "horizontal", "vertical")  # the cached training views, in this order
 BASELINE = "config"
+
+
+# how the variants' scores were computed (screens before session 18: 1 − P(free) in float32)
+DEFECT_SCORE = "P(defect): the defect classes' probabilities summed, float64 (postprocess.defect_probability)"
 
 
 def variants(head_refit: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -69,6 +75,8 @@ def variants(head_refit: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         "clean_weight_3": {**base, "clean_weight": 3.0},
         "clean_weight_10": {**base, "clean_weight": 10.0},
         "unbalanced": {**base, "clean_weight": "unbalanced"},
+        "mlp_64": {**base, "objective": "mlp", "hidden": 64, "l2": [1e-3, 1e-2]},
+        "mlp_256": {**base, "objective": "mlp", "hidden": 256, "l2": [1e-3, 1e-2]},
     }
 
 
@@ -141,9 +149,51 @@ def cached_fold_features(
     return features
 
 
-def _defect_probability(x: np.ndarray, weight: torch.Tensor, bias: torch.Tensor, free: int) -> np.ndarray:
-    logits = torch.from_numpy(x).float() @ weight.T + bias
-    return 1.0 - torch.softmax(logits, dim=1)[:, free].numpy()
+Head = Callable[[np.ndarray], np.ndarray]  # pooled features (N × D) → tile logits (N × K)
+
+
+def linear_head(weight: torch.Tensor, bias: torch.Tensor) -> Head:
+    return lambda x: (torch.from_numpy(x).float() @ weight.T + bias).numpy()
+
+
+def fit_mlp(
+    features: torch.Tensor, labels: torch.Tensor, classes: int, l2: float, hidden: int = 64, steps: int = 150
+) -> Head:
+    """A one-hidden-layer head (standardised features → ``hidden`` GELU units → K logits),
+    class-balanced cross-entropy with ``l2`` on both weight matrices, full-batch L-BFGS (float32) from
+    a fixed seed. Screen-only: the service runs a linear head, so an MLP that wins here needs an export
+    change before it can be served."""
+    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+    z = ((features - mean) / std).float()
+    counts = torch.bincount(labels, minlength=classes).float()
+    weight_per_class = torch.where(counts > 0, len(labels) / (classes * counts.clamp_min(1)), 0.0)
+    generator = torch.Generator().manual_seed(0)
+    first = nn.Linear(z.shape[1], hidden)
+    second = nn.Linear(hidden, classes)
+    with torch.no_grad():
+        for layer in (first, second):
+            bound = 1.0 / math.sqrt(layer.in_features)
+            layer.weight.uniform_(-bound, bound, generator=generator)
+            layer.bias.zero_()
+    net = nn.Sequential(first, nn.GELU(), second)
+    loss_fn = nn.CrossEntropyLoss(weight=weight_per_class)
+    optimizer = torch.optim.LBFGS(net.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = loss_fn(net(z), labels) + l2 * (first.weight.pow(2).sum() + second.weight.pow(2).sum())
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    net.eval()
+
+    def head(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net((torch.from_numpy(x).float() - mean) / std).double().numpy()
+
+    return head
 
 
 def fit_variant(features: Mapping[str, np.ndarray], spec: Mapping[str, Any], free: int) -> dict[str, Any]:
@@ -152,43 +202,50 @@ def fit_variant(features: Mapping[str, np.ndarray], spec: Mapping[str, Any], fre
     from mtdefect.model.head_fit import fit_head, fit_softmax
 
     val_free = features["val_labels"] == free
+    candidates: dict[float | None, Head]
     if spec["objective"] == "saved":
         weight, bias = torch.from_numpy(features["saved_weight"]), torch.from_numpy(features["saved_bias"])
-        candidates = {None: (weight, bias)}
+        candidates = {None: linear_head(weight, bias)}
     else:
         views = [VIEWS.index(v) for v in ["none", *spec["flips"]]]
         train_x = torch.from_numpy(np.concatenate([features["train"][v] for v in views])).float()
         rows = torch.from_numpy(np.tile(features["train_labels"], len(views)))
         classes = len(features["class_names"])
         weights = clean_weights(rows, free, classes, spec.get("clean_weight", 1.0))
+        if spec["objective"] != "multinomial" and weights is not None:
+            raise ValueError(f"the {spec['objective']} objective is screened without clean-row weights")
         if spec["objective"] == "binary":
-            if weights is not None:
-                raise ValueError("the binary objective is screened without clean-row weights")
             candidates = {
-                l2: fit_head(train_x, rows, classes, l2, free, 0.1, 1.0, "binary") for l2 in spec["l2"]
+                l2: linear_head(*fit_head(train_x, rows, classes, l2, free, 0.1, 1.0, "binary"))
+                for l2 in spec["l2"]
+            }
+        elif spec["objective"] == "mlp":
+            candidates = {
+                l2: fit_mlp(train_x, rows, classes, l2, spec.get("hidden", 64)) for l2 in spec["l2"]
             }
         else:
             candidates = {
-                l2: fit_softmax(train_x, rows, classes, l2, sample_weight=weights) for l2 in spec["l2"]
+                l2: linear_head(*fit_softmax(train_x, rows, classes, l2, sample_weight=weights))
+                for l2 in spec["l2"]
             }
 
-    def validation(weight: torch.Tensor, bias: torch.Tensor) -> tuple[float, float]:
+    def validation(head: Head) -> tuple[float, float]:
         """(the selection metric, class accuracy): ``model.head_fit.refit_tile_head``'s order, ties
         going to the first L2 of the grid as there."""
-        logits = torch.from_numpy(features["val"]).float() @ weight.T + bias
-        scores = 1.0 - torch.softmax(logits, dim=1)[:, free].numpy()
-        accuracy = float((logits.argmax(1).numpy() == features["val_labels"]).mean())
+        logits = head(features["val"])
+        scores = defect_probability(logits, free)
+        accuracy = float((logits.argmax(1) == features["val_labels"]).mean())
         if spec["select"] == "recall_at_10pct_fa":
             return metrics.recall_at_false_alarm_rate(scores, ~val_free, 0.1)["recall"], accuracy
         auroc = metrics.binary_auroc(scores, ~val_free)
         return (0.0 if math.isnan(auroc) else auroc), accuracy
 
-    chosen = max(candidates, key=lambda l2: validation(*candidates[l2]))
-    weight, bias = candidates[chosen]
+    chosen = max(candidates, key=lambda l2: validation(candidates[l2]))
+    head = candidates[chosen]
     return {
         "l2": chosen,
-        "held_out": _defect_probability(features["test"], weight, bias, free),
-        "reference": _defect_probability(features["val"][val_free], weight, bias, free),
+        "held_out": defect_probability(head(features["test"]), free),
+        "reference": defect_probability(head(features["val"][val_free]), free),
     }
 
 
@@ -239,6 +296,7 @@ def study(
         "models": [str(r) for r in model_roots],
         "images": int(len(classes)),
         "tiles": int(len(np.unique(tiles))),
+        "defect_score": DEFECT_SCORE,
         "variants": {},
     }
     for name, spec in specs.items():

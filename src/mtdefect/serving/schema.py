@@ -104,8 +104,9 @@ class ImageAnswer(BaseModel):
     score: float = Field(
         ge=0.0,
         le=1.0,
-        description="image-level defect score (see score_source): 'head': 1 - P(MT_Free) from the model's "
-        "tile-class head; 'mask': the highest mean defect probability over any window of the model's "
+        description="image-level defect score (see score_source): 'head': P(defect) from the model's "
+        "tile-class head (its defect classes' probabilities summed, i.e. 1 - P(MT_Free)); 'mask': the "
+        "highest mean defect probability over any window of the model's "
         "score_window x score_window pixels",
     )
     score_source: str = Field(description="where score comes from: 'head' (tile-class head) or 'mask'")
