@@ -84,6 +84,23 @@ def test_spans_cover_the_axis_once_with_seams_inside_overlaps() -> None:
     assert len(_spans(4096, 1088, 64)) == 4  # the default: a 4096-pixel side is 4 windows
 
 
+def test_the_most_defective_window_is_found_where_every_window_rounds_to_clean() -> None:
+    """Every window's head is so sure of "clean" that P(free) is exactly 1.0 in float64: the tile's
+    answer must still be the window that saw the defect (its defect probability, summed, is largest),
+    not the first of a tie."""
+
+    def confident_clean(batch: np.ndarray):
+        logits, tiles = pointwise_runner([])(batch)
+        return logits, np.stack([tiles[:, 0] - 60.0, np.zeros(len(tiles), np.float32)], axis=1)
+
+    gray = image(700, 530)
+    whole, _ = Predictor(settings(), confident_clean, "fake", window=None).predict(gray)
+    windowed, _ = Predictor(settings(), confident_clean, "fake", window=128, overlap=32).predict(gray)
+    assert windowed.class_scores["MT_Free"] == 1.0  # 1 − P(free) is 0 in every window
+    assert windowed.class_scores == whole.class_scores
+    assert windowed.score == whole.score > 0.0
+
+
 def test_the_check_stops_between_windows() -> None:
     calls: list = []
     predictor = Predictor(settings(), pointwise_runner(calls), "fake", window=128, overlap=32)
