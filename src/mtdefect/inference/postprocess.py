@@ -79,6 +79,12 @@ def defect_probability(logits: np.ndarray, free_index: int) -> np.ndarray:
     return defects / (defects + e[..., free_index])
 
 
+def summed_defect_probability(class_scores: Mapping[str, float], free_class: str) -> float:
+    """``defect_probability`` of a tile's {class: probability} (``softmax_scores``, float64): its
+    defect classes' probabilities summed."""
+    return float(sum(p for name, p in class_scores.items() if name != free_class))
+
+
 def defect_log_odds(score: np.ndarray) -> np.ndarray:
     """log(p / (1 − p)) of defect probabilities, finite at both ends of float64 (what ranks and
     normalises head scores: ``cv.decision``)."""
@@ -95,8 +101,7 @@ def tile_score(
     if settings.score_source == "head":
         if not class_scores or settings.free_class not in class_scores:
             raise ValueError(f"score_source 'head' needs the tile head's {settings.free_class!r} probability")
-        defects = sum(p for name, p in class_scores.items() if name != settings.free_class)
-        return float(np.clip(defects, 0.0, 1.0))
+        return float(np.clip(summed_defect_probability(class_scores, settings.free_class), 0.0, 1.0))
     return image_score(probability, settings.score_window)
 
 

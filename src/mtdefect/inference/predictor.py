@@ -11,7 +11,13 @@ from typing import Literal
 
 import numpy as np
 
-from mtdefect.inference.postprocess import Prediction, postprocess, restore_probability, softmax_scores
+from mtdefect.inference.postprocess import (
+    Prediction,
+    postprocess,
+    restore_probability,
+    softmax_scores,
+    summed_defect_probability,
+)
 from mtdefect.inference.preprocess import InputGeometry, preprocess
 from mtdefect.inference.settings import FLIP_AXES, ONNX_FILE, ONNX_INT8_FILE, WEIGHTS_FILE, ModelSettings
 
@@ -240,7 +246,7 @@ class Predictor:
         if not answers or not answers[0]:
             return {}
         if free in answers[0]:
-            return max(answers, key=lambda scores: sum(p for k, p in scores.items() if k != free))
+            return max(answers, key=lambda scores: summed_defect_probability(scores, free))
         return {k: float(np.mean([a[k] for a in answers])) for k in answers[0]}
 
     def probability(self, gray: np.ndarray) -> np.ndarray:

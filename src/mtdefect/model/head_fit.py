@@ -71,6 +71,18 @@ def pooled_features(
     return per_image.transpose(0, 1).reshape(-1, per_image.shape[-1])  # views-major: labels repeat
 
 
+def balanced_class_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """One weight per class, n / (K · n_class), so every class present weighs the same in total
+    (0 for a class with no rows)."""
+    counts = torch.bincount(labels, minlength=classes).float()
+    return torch.where(counts > 0, len(labels) / (classes * counts.clamp_min(1)), torch.zeros(()))
+
+
+def standardisation(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) per feature, the std floored to stay finite: what a head is fitted on."""
+    return features.mean(0), features.std(0).clamp_min(1e-6)
+
+
 def fit_softmax(
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -82,10 +94,9 @@ def fit_softmax(
     """Class-balanced multinomial logistic regression (full-batch L-BFGS) on standardised features,
     returned as (weight, bias) of a linear layer on the *raw* features. ``sample_weight`` (one per
     row) multiplies each row's class-balanced weight."""
-    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+    mean, std = standardisation(features)
     z = (features - mean) / std
-    counts = torch.bincount(labels, minlength=classes).float()
-    weight_per_class = torch.where(counts > 0, len(labels) / (classes * counts.clamp_min(1)), torch.zeros(()))
+    weight_per_class = balanced_class_weights(labels, classes)
     linear = nn.Linear(z.shape[1], classes).double()
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)

@@ -88,8 +88,9 @@ def clean_weights(
     if clean_weight == 1.0:
         return None
     if clean_weight == "unbalanced":
-        counts = torch.bincount(labels, minlength=classes).double()
-        return counts[labels] * classes / len(labels)
+        from mtdefect.model.head_fit import balanced_class_weights
+
+        return 1.0 / balanced_class_weights(labels, classes).double()[labels]
     return torch.where(labels == free, float(clean_weight), 1.0).double()
 
 
@@ -163,10 +164,11 @@ def fit_mlp(
     class-balanced cross-entropy with ``l2`` on both weight matrices, full-batch L-BFGS (float32) from
     a fixed seed. Screen-only: the service runs a linear head, so an MLP that wins here needs an export
     change before it can be served."""
-    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+    from mtdefect.model.head_fit import balanced_class_weights, standardisation
+
+    mean, std = standardisation(features)
     z = ((features - mean) / std).float()
-    counts = torch.bincount(labels, minlength=classes).float()
-    weight_per_class = torch.where(counts > 0, len(labels) / (classes * counts.clamp_min(1)), 0.0)
+    weight_per_class = balanced_class_weights(labels, classes)
     generator = torch.Generator().manual_seed(0)
     first = nn.Linear(z.shape[1], hidden)
     second = nn.Linear(hidden, classes)
