@@ -55,7 +55,7 @@ lint: venv  ## ruff check + ruff format --check (configured in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-docs: venv  ## regenerate the README's results and performance tables from reports/ and benchmarks/results/
+docs: venv  ## regenerate the generated tables (README, docs/PERFORMANCE.md, docs/MODEL_QUALITY.md) from reports/ and benchmarks/results/
 	$(BIN)/python -m mtdefect.docs_tables README.md
 	$(BIN)/python -m mtdefect.docs_tables docs/PERFORMANCE.md
 	$(BIN)/python -m mtdefect.docs_tables docs/MODEL_QUALITY.md
