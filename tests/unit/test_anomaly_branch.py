@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from mtdefect.cv.anomaly import (
     fit_gaussian,
     global_features,
+    knn_distance,
     mahalanobis,
     main,
     nearest_distance,
     output_dir,
     patch_features,
+    whitener,
 )
 from mtdefect.cv.decision import left_out_compare
 from mtdefect.inference import PreprocessSettings
@@ -104,16 +106,62 @@ def test_the_gaussian_scores_a_spotted_tile_above_every_clean_one() -> None:
     assert spot_score > 3 * max(unseen)
 
 
+def test_whitened_distances_are_the_gaussians_mahalanobis_distances() -> None:
+    rng = np.random.default_rng(5)
+    samples = rng.normal(size=(60, 4)) @ rng.normal(size=(4, 4))
+    mean, precision = fit_gaussian(samples)
+    whiten = whitener(mean, precision)
+    for row in rng.normal(size=(5, 4)):
+        assert float(np.linalg.norm(whiten(row)[0])) == pytest.approx(
+            mahalanobis(row, mean, precision), rel=1e-9
+        )
+
+
+def test_nearest_clean_tiles_flag_a_tile_between_two_lightings_that_the_gaussian_calls_typical() -> None:
+    """Clean tiles under two lightings form two clusters; a tile halfway between them looks like no
+    clean tile. The one Gaussian puts it at the centre (its lowest score); the mean distance to its
+    5 nearest clean tiles puts it above every clean tile of either lighting."""
+    rng = np.random.default_rng(6)
+    dark, bright = rng.normal(0.0, 1.0, size=(40, 3)), rng.normal(0.0, 1.0, size=(40, 3))
+    dark -= 10  # the lighting moves every feature
+    bright += 10
+    clean = np.concatenate([dark, bright])
+    mean, precision = fit_gaussian(clean)
+    whiten = whitener(mean, precision)
+    bank = whiten(clean)
+    between = np.zeros(3)
+    unseen = np.concatenate([rng.normal(0.0, 1.0, size=(10, 3)) + s for s in (-10, 10)])
+
+    def knn(row: np.ndarray) -> float:
+        return knn_distance(whiten(row)[0], bank, 5)
+
+    assert mahalanobis(between, mean, precision) < min(mahalanobis(r, mean, precision) for r in unseen)
+    assert knn(between) > max(knn(r) for r in unseen)
+    assert knn_distance(np.zeros(2), np.array([[3.0, 4.0], [6.0, 8.0]]), 1) == pytest.approx(5.0)
+    assert knn_distance(np.zeros(2), np.array([[3.0, 4.0], [6.0, 8.0]]), 9) == pytest.approx(7.5)  # all
+
+
 def test_each_variant_writes_its_own_folder(tmp_path) -> None:
     assert output_dir(tmp_path, "imagenet") == tmp_path / "anomaly"
     assert output_dir(tmp_path, "imagenet", pooling="global") == tmp_path / "anomaly_global"
     assert output_dir(tmp_path, "fold", pooling="global") == tmp_path / "anomaly_global_fold_encoder"
+    assert output_dir(tmp_path, "fold", pooling="global", neighbours=5) == (
+        tmp_path / "anomaly_global_knn5_fold_encoder"
+    )
     assert output_dir(tmp_path, "fold", 2) == tmp_path / "anomaly_fold_encoder_border2"
     assert output_dir(tmp_path, "imagenet", 2, unseen=True) == tmp_path / "anomaly_border2_unseen"
 
 
 @pytest.mark.parametrize(
-    "argv", [["--border", "-1"], ["0"], ["0.05", "0", "hub"], ["--global", "--border", "2"]]
+    "argv",
+    [
+        ["--border", "-1"],
+        ["0"],
+        ["0.05", "0", "hub"],
+        ["--global", "--border", "2"],
+        ["--knn", "5"],
+        ["--global", "--knn", "-1"],
+    ],
 )
 def test_bad_arguments_get_a_usage_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:

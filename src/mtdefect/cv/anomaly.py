@@ -14,12 +14,18 @@ so the branch can be measured before any fold model exists).
     python -m mtdefect.cv.anomaly --border 2            # 2 edge patches left out → anomaly_border2/
     python -m mtdefect.cv.anomaly --border 2 --unseen   # leave-one-class-out jobs → …_unseen/
     python -m mtdefect.cv.anomaly --global              # whole-tile Gaussian → anomaly_global/
+    python -m mtdefect.cv.anomaly --global --knn 5      # 5 nearest clean tiles → anomaly_global_knn5/
 
 ``--global`` swaps the patch bank for one Gaussian of whole-tile features (after Rippel et al., 2020):
 each map of stride ≥ 4, over the tile's valid area, summarised by its per-channel mean, standard
 deviation and maximum; fitted (shrunk covariance) on the fold's clean training tiles; an image's score
 is its Mahalanobis distance. A tile is judged as a whole, so an odd rim patch weighs little against
 what the whole tile looks like.
+
+``--knn K`` keeps the Gaussian's metric (the same shrunk covariance) but scores a tile by its mean
+distance to its K nearest clean training tiles instead of to their one mean. Clean tiles are several
+populations — six lightings, two surface finishes — and one Gaussian spreads over all of them; a
+clean tile's nearest neighbours are the clean tiles photographed like it.
 
 ``--border N`` leaves the outermost N stride-8 patches of the tile's valid area out of the bank and
 of the score: a tile's dark rim and the padding beyond it are where clean tiles look least alike, so
@@ -111,6 +117,18 @@ def mahalanobis(values: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> 
     return float(np.sqrt(max(centred @ precision @ centred, 0.0)))
 
 
+def whitener(mean: np.ndarray, precision: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Rows → coordinates whose Euclidean distances are the Mahalanobis distances of ``precision``."""
+    factor = np.linalg.cholesky(precision)  # precision = factor · factorᵀ
+    return lambda rows: (np.atleast_2d(np.asarray(rows, np.float64)) - mean) @ factor
+
+
+def knn_distance(values: np.ndarray, bank: np.ndarray, neighbours: int) -> float:
+    """Mean Euclidean distance of one row to its ``neighbours`` nearest rows of ``bank``."""
+    distances = np.sqrt(np.maximum(((bank - values) ** 2).sum(1), 0.0))
+    return float(np.sort(distances)[: min(neighbours, len(bank))].mean())
+
+
 def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """Each query's Euclidean distance to its nearest bank row."""
     best = torch.full((queries.shape[0],), float("inf"))
@@ -125,13 +143,23 @@ def fold_scores(
     free_class: str,
     subsample: float,
     seed: int,
+    neighbours: int = 0,
 ) -> list[dict]:
     """Bank (patch features) or Gaussian (whole-tile features, 1-D) from the fold's defect-free
-    ``train`` tiles; score its ``test`` images and its clean ``val`` images."""
+    ``train`` tiles; score its ``test`` images and its clean ``val`` images. ``neighbours`` > 0: a
+    whole-tile image's mean distance to that many nearest clean training tiles, in the Gaussian's
+    metric, instead of its distance to their mean."""
     records = read_manifest(manifest)
     clean_train = [r.image for r in records if r.split == "train" and r.class_name == free_class]
     if features[clean_train[0]].ndim == 1:  # whole-tile features: one Gaussian
-        mean, precision = fit_gaussian(np.stack([features[name].numpy() for name in clean_train]))
+        samples = np.stack([features[name].numpy() for name in clean_train])
+        mean, precision = fit_gaussian(samples)
+        if neighbours > 0:
+            whiten = whitener(mean, precision)
+            bank = whiten(samples)
+            return scored_rows(
+                records, free_class, lambda f: knn_distance(whiten(f.numpy())[0], bank, neighbours), features
+            )
         return scored_rows(records, free_class, lambda f: mahalanobis(f.numpy(), mean, precision), features)
     pooled = torch.cat([features[name] for name in clean_train])
     generator = torch.Generator().manual_seed(seed)
@@ -173,10 +201,18 @@ def needed_images(manifest: Path, free_class: str) -> list[str]:
 
 
 def output_dir(
-    reports_dir: str | Path, source: str, border: int = 0, unseen: bool = False, pooling: str = "patch"
+    reports_dir: str | Path,
+    source: str,
+    border: int = 0,
+    unseen: bool = False,
+    pooling: str = "patch",
+    neighbours: int = 0,
 ) -> Path:
-    """``reports/cv/anomaly[_global][_fold_encoder][_border<N>][_unseen]``: one folder per variant."""
-    name = "anomaly" + ("_global" if pooling == "global" else "")
+    """``reports/cv/anomaly[_global[_knn<K>]][_fold_encoder][_border<N>][_unseen]``: one folder per
+    variant."""
+    name = (
+        "anomaly" + ("_global" if pooling == "global" else "") + (f"_knn{neighbours}" if neighbours else "")
+    )
     name += "" if source == "imagenet" else "_fold_encoder"
     return Path(reports_dir) / (name + (f"_border{border}" if border else "") + ("_unseen" if unseen else ""))
 
@@ -190,6 +226,7 @@ def run(
     border: int = 0,
     unseen: bool = False,
     pooling: str = "patch",
+    neighbours: int = 0,
 ) -> Path:
     """``source``: ``imagenet`` (the packaged encoder, one feature pass for all jobs) or ``fold``
     (each job's own trained encoder from its model folder: features per job). ``unseen``: the
@@ -212,6 +249,8 @@ def run(
 
     if pooling not in ("patch", "global"):
         raise ValueError(f"anomaly pooling must be 'patch' or 'global', got {pooling!r}")
+    if neighbours and pooling != "global":
+        raise ValueError("nearest clean tiles (neighbours) score whole-tile features: use pooling 'global'")
 
     def extract(encoder: torch.nn.Module, settings: PreprocessSettings, names: list[str]) -> dict:
         def one(gray: np.ndarray) -> torch.Tensor:
@@ -233,7 +272,7 @@ def run(
         feature_seconds = time.perf_counter() - started
     elif source != "fold":
         raise ValueError(f"anomaly source must be 'imagenet' or 'fold', got {source!r}")
-    out_dir = output_dir(c.reports_dir, source, border, unseen, pooling)
+    out_dir = output_dir(c.reports_dir, source, border, unseen, pooling, neighbours)
     for index, job in enumerate(jobs):
         begun = time.perf_counter()
         name = job_name(job)
@@ -244,7 +283,7 @@ def run(
             feature_seconds = time.perf_counter() - begun
         seed = c.seed + (job if isinstance(job, int) else index)
         rows = fold_scores(
-            features, fold_manifest_path(manifest_dir, job), cfg.data.free_class, subsample, seed
+            features, fold_manifest_path(manifest_dir, job), cfg.data.free_class, subsample, seed, neighbours
         )
         write_json_atomic(
             out_dir / f"{name}.json",
@@ -256,6 +295,7 @@ def run(
                 "pooling": pooling,
                 "bank_subsample": subsample if pooling == "patch" else None,
                 "border_patches": border if pooling == "patch" else None,
+                "nearest_clean_tiles": neighbours or None,
                 "seconds": round(time.perf_counter() - begun, 1),
                 "feature_seconds": round(feature_seconds, 1),
                 "feature_images": len(features),
@@ -286,7 +326,18 @@ def main(argv: list[str] | None = None) -> None:
         default="patch",
         help="one Gaussian of whole-tile features instead of a patch bank",
     )
+    parser.add_argument(
+        "--knn",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --global: mean distance to the K nearest clean training tiles instead of to their mean",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.knn < 0:
+        parser.error("--knn must be ≥ 0")
+    if args.knn and args.pooling != "global":
+        parser.error("--knn scores whole tiles: add --global")
     if args.border < 0 or not 0 < args.subsample <= 1:
         parser.error("--border must be ≥ 0 and the subsample in (0, 1]")
     if args.pooling == "global" and args.border:
@@ -301,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
             border=args.border,
             unseen=args.unseen,
             pooling=args.pooling,
+            neighbours=args.knn,
         ),
         "cv anomaly",
     )
