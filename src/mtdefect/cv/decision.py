@@ -14,12 +14,15 @@ resampling tile groups.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from mtdefect import metrics
 from mtdefect.cv.pool import _interval, pooling_arguments, tile_detector, tile_ids
+from mtdefect.data.folds import job_name
 from mtdefect.inference.multiview import fuse_view_scores
 from mtdefect.inference.postprocess import defect_log_odds
 
@@ -220,6 +223,36 @@ def left_out_compare(
     return result
 
 
+def branch_rows(
+    rows_dir: Path,
+    anomaly_dir: Path,
+    jobs: Sequence[int | str],
+    missing_reference: Callable[[int | str], Sequence[float]] | None = None,
+) -> tuple[list[dict], dict[int | str, dict[str, np.ndarray]]]:
+    """Each job's held-out rows (``rows_dir/<job>.json`` of ``cv.fold``) with the anomaly branch's
+    score of the same image (``anomaly_dir/<job>.json`` of ``cv.anomaly``), and per job both scorers'
+    raw scores of its clean validation images (``compare``'s ``reference``). Rows written before
+    ``cv.fold`` kept the head's reference get it from ``missing_reference(job)``, or are refused."""
+    held_out: list[dict] = []
+    reference: dict[int | str, dict[str, np.ndarray]] = {}
+    for job in jobs:
+        result = json.loads((rows_dir / f"{job_name(job)}.json").read_text())
+        anomaly = json.loads((anomaly_dir / f"{job_name(job)}.json").read_text())["rows"]
+        by_image = {r["image"]: r["anomaly"] for r in anomaly}
+        head_reference = result.get("reference_scores")
+        if head_reference is None:
+            if missing_reference is None:
+                raise ValueError(f"{rows_dir / job_name(job)}.json keeps no clean validation scores")
+            head_reference = missing_reference(job)
+        reference[job] = {
+            "head": np.array(head_reference),
+            "anomaly": np.array([r["anomaly"] for r in anomaly if r["split"] == "val"]),
+        }
+        for row in result["rows"]:
+            held_out.append({**row, "fold": job, "head": row["score"], "anomaly": by_image[row["image"]]})
+    return held_out, reference
+
+
 def compare(
     held_out: Sequence[dict],
     reference: dict[int, dict[str, np.ndarray]],
@@ -268,12 +301,10 @@ def main() -> None:
     mtdefect.cv.anomaly``; default ``anomaly``) into ``decision_BRANCH.json``. A BRANCH ending in
     ``_unseen`` (``cv.anomaly --unseen``) pairs with the leave-one-class-out rows instead: per left-out
     class, each scorer and the label-free fusions (``left_out_compare``)."""
-    import json
     import sys
-    from pathlib import Path
 
     from mtdefect.cv.fold import CvPaths, score_reference, unseen_config
-    from mtdefect.data.folds import fold_manifest_path, job_name
+    from mtdefect.data.folds import fold_manifest_path
     from mtdefect.fileio import write_json_atomic
     from mtdefect.stages._common import run
 
@@ -289,25 +320,16 @@ def main() -> None:
             jobs = sorted(p.stem for p in anomaly_dir.glob("unseen_*.json"))
         else:
             jobs = list(range(cfg.cv.k))
-        held_out, reference = [], {}
-        for job in jobs:
-            result = json.loads(paths.rows(job).read_text())
-            anomaly = json.loads((anomaly_dir / f"{job_name(job)}.json").read_text())["rows"]
-            by_image = {r["image"]: r["anomaly"] for r in anomaly}
-            head_reference = result.get("reference_scores")
-            if head_reference is None:  # rows written before the reference was kept: score it now
-                head_reference = score_reference(
-                    paths.model_dir / job_name(job),
-                    Path(cfg.paths.data_dir),
-                    fold_manifest_path(paths.manifest_dir, job),
-                    cfg.data.free_class,
-                )
-            reference[job] = {
-                "head": np.array(head_reference),
-                "anomaly": np.array([r["anomaly"] for r in anomaly if r["split"] == "val"]),
-            }
-            for row in result["rows"]:
-                held_out.append({**row, "fold": job, "head": row["score"], "anomaly": by_image[row["image"]]})
+
+        def missing_reference(job: int | str) -> list[float]:
+            return score_reference(
+                paths.model_dir / job_name(job),
+                Path(cfg.paths.data_dir),
+                fold_manifest_path(paths.manifest_dir, job),
+                cfg.data.free_class,
+            )
+
+        held_out, reference = branch_rows(paths.rows_dir, anomaly_dir, jobs, missing_reference)
         args = (held_out, reference, *pooling_arguments(cfg))
         summary = left_out_compare(*args) if unseen else compare(*args)
         name = "decision.json" if branch == "anomaly" else f"decision_{branch}.json"
