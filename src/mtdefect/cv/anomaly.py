@@ -125,7 +125,7 @@ def whitener(mean: np.ndarray, precision: np.ndarray) -> Callable[[np.ndarray], 
 
 def knn_distance(values: np.ndarray, bank: np.ndarray, neighbours: int) -> float:
     """Mean Euclidean distance of one row to its ``neighbours`` nearest rows of ``bank``."""
-    distances = np.sqrt(np.maximum(((bank - values) ** 2).sum(1), 0.0))
+    distances = np.linalg.norm(bank - values, axis=1)
     return float(np.sort(distances)[: min(neighbours, len(bank))].mean())
 
 
