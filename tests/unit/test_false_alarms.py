@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mtdefect.cv.false_alarms import audit, head_z_rows, main
+from mtdefect.cv.false_alarms import audit, by_lighting, head_z_rows, main
 
 
 def fold_result(fold: int, rng: np.random.Generator, odd_tile: bool) -> dict:
@@ -51,6 +51,30 @@ def test_the_audit_names_the_tile_that_spends_the_budget_and_what_it_costs() -> 
     without = summary["without_top_tiles"]
     assert without[0]["left_out"] == [] and without[1]["left_out"] == [top[0]["tile"]]
     assert without[1]["recall_at_1pct_fa"] == pytest.approx(0.5)  # the even defects, once it is gone
+    # the odd tile's two brightest views (lightings 1 and 2) are the two rejected photographs
+    lights = {entry["lighting"]: entry for entry in summary["by_lighting"]}
+    assert sorted(lights) == [1, 2, 3, 4, 5]
+    assert [lights[k]["clean_rejected"] for k in range(1, 6)] == [1, 1, 0, 0, 0]
+    assert all(lights[k]["clean_images"] == 40 for k in range(1, 6))
+    assert lights[1]["defective_images"] == 40 and lights[1]["recall"] == pytest.approx(0.0)
+    assert lights[2]["defective_images"] == 0 and lights[2]["recall"] is None
+
+
+def test_by_lighting_shows_which_light_spends_the_budget_and_finds_defects() -> None:
+    images = [f"MT_Free/exp{k}_num_{i}.jpg" for k in (1, 2) for i in range(4)] + [
+        "MT_Crack/exp1_num_90.jpg",
+        "MT_Crack/exp2_num_91.jpg",
+        "MT_Crack/odd_name.jpg",
+    ]
+    z = np.array([0.0, 0.1, 0.2, 0.3, 5.0, 6.0, 0.4, 0.5, 7.0, 1.0, 8.0])
+    defective = np.array([False] * 8 + [True] * 3)
+    table = by_lighting(z, defective, images, threshold=4.0)
+    assert [t["lighting"] for t in table] == [1, 2, None]
+    one, two, unnamed = table
+    assert (one["clean_images"], one["clean_rejected"], one["recall"]) == (4, 0, 1.0)
+    assert (two["clean_images"], two["clean_rejected"], two["recall"]) == (4, 2, 0.0)
+    assert two["clean_max_z"] == 6.0 and two["clean_median_z"] == pytest.approx(2.75)
+    assert unnamed["clean_images"] == 0 and unnamed["clean_median_z"] is None and unnamed["recall"] == 1.0
 
 
 def test_scores_are_put_on_each_fold_clean_validation_scale() -> None:

@@ -6,7 +6,9 @@ lists them (photograph, physical tile, fold, score on the per-fold z scale of ``
 person can look at them, and measures how much the recall depends on them: the recall at the same
 budget with the k highest-scoring clean tiles left out (k = 0 … 3). That is a sensitivity, not a
 result: leaving tiles out is what a relabelling would do, and only a person looking at them may
-decide that; the project's metrics never drop them.
+decide that; the project's metrics never drop them. ``by_lighting`` splits the same threshold by the
+archive's lighting setup (``exp1`` … ``exp6``): if one light spent the budget, a per-light scale
+would pay; if the clean tails and the recalls are alike, it would not.
 
     python -m mtdefect.cv.false_alarms                                  # reports/cv/folds → false_alarms.json
     python -m mtdefect.cv.false_alarms reports/cv/paste_0/folds out.json
@@ -25,6 +27,7 @@ import numpy as np
 from mtdefect import metrics
 from mtdefect.cv.decision import normalised
 from mtdefect.cv.pool import tile_ids
+from mtdefect.data.split import lighting_index
 from mtdefect.fileio import write_json_atomic
 
 
@@ -42,12 +45,35 @@ def head_z_rows(fold_results: Sequence[dict]) -> list[dict]:
     return rows
 
 
+def by_lighting(z: np.ndarray, defective: np.ndarray, images: Sequence[str], threshold: float) -> list[dict]:
+    """Per lighting setup (``None``: a file name without one), at one pooled ``threshold``: its clean
+    photographs, how many of them it rejects, their median and highest z, and its defects' recall."""
+    lights = [lighting_index(Path(image).stem) for image in images]
+    table = []
+    for light in sorted(set(lights), key=lambda x: (x is None, x or 0)):
+        mine = np.array([x == light for x in lights])
+        clean, bad = z[mine & ~defective], z[mine & defective]
+        table.append(
+            {
+                "lighting": light,
+                "clean_images": int(clean.size),
+                "clean_rejected": int((clean > threshold).sum()),
+                "clean_median_z": round(float(np.median(clean)), 3) if clean.size else None,
+                "clean_max_z": round(float(clean.max()), 3) if clean.size else None,
+                "defective_images": int(bad.size),
+                "recall": round(float((bad > threshold).mean()), 6) if bad.size else None,
+            }
+        )
+    return table
+
+
 def audit(
     rows: Sequence[dict], free_class: str, group_gap: int | None, max_rate: float = 0.01, listed: int = 12
 ) -> dict:
     """The budget's threshold, the ``listed`` highest-scoring clean photographs (tile, fold, z,
-    whether rejected), the clean tiles ranked by their highest view, and the recall at the same
-    budget with the top k of those tiles left out (``without_top_tiles``, k = 0 … 3)."""
+    whether rejected), the clean tiles ranked by their highest view, the recall at the same
+    budget with the top k of those tiles left out (``without_top_tiles``, k = 0 … 3), and the same
+    threshold split by lighting setup (``by_lighting``)."""
     rows = list(rows)
     z = np.array([r["z"] for r in rows])
     defective = np.array([r["class"] != free_class for r in rows])
@@ -89,6 +115,7 @@ def audit(
         "rejected_clean_tiles": len(rejected_tiles),
         "highest_clean_photographs": photographs,
         "without_top_tiles": sensitivity,
+        "by_lighting": by_lighting(z, defective, [r["image"] for r in rows], at_budget["threshold"]),
     }
 
 
