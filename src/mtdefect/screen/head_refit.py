@@ -150,6 +150,22 @@ def cached_fold_features(
     return features
 
 
+def fold_models(root: Path) -> list[int]:
+    """The folds whose model ``root/fold_<k>/`` holds (a folder with its ``settings.json``), sorted."""
+    folds = sorted(int(p.name.split("_")[1]) for p in root.glob("fold_*") if (p / "settings.json").exists())
+    if not folds:
+        raise FileNotFoundError(f"{root} holds no fold_<k>/ model folders")
+    return folds
+
+
+def screen_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """What every screen on finished fold models takes: OUT.json, MODEL_ROOT…, --cache DIR."""
+    parser.add_argument("out", type=Path, help="result file (.json)")
+    parser.add_argument("model_roots", type=Path, nargs="+", help="folders of fold_<k>/ models")
+    parser.add_argument("--cache", type=Path, default=Path("checkpoints/head_features"))
+    return parser
+
+
 Head = Callable[[np.ndarray], np.ndarray]  # pooled features (N × D) → tile logits (N × K)
 
 
@@ -265,11 +281,7 @@ def study(
     chosen: dict[str, list[Any]] = {name: [] for name in specs}
     meta: dict[str, list[np.ndarray]] = {"classes": [], "groups": [], "tiles": []}
     for number, root in enumerate(model_roots):
-        folds = sorted(
-            int(p.name.split("_")[1]) for p in root.glob("fold_*") if (p / "settings.json").exists()
-        )
-        if not folds:
-            raise FileNotFoundError(f"{root} holds no fold_<k>/ model folders")
+        folds = fold_models(root)
         root_rows: list[dict[str, str]] = []
         for fold in folds:
             manifest = fold_manifest_path(Path(cfg.cv.manifest_dir), fold)
@@ -329,13 +341,12 @@ def chosen_variants(cfg: DictConfig, only: str) -> dict[str, dict[str, Any]] | N
 def main(argv: list[str] | None = None) -> None:
     from mtdefect.stages._common import load_params
 
-    parser = argparse.ArgumentParser(
-        prog="python -m mtdefect.screen.head_refit",
-        description="Screen head-refit variants on cached features of finished fold models.",
+    parser = screen_arguments(
+        argparse.ArgumentParser(
+            prog="python -m mtdefect.screen.head_refit",
+            description="Screen head-refit variants on cached features of finished fold models.",
+        )
     )
-    parser.add_argument("out", type=Path, help="result file (.json)")
-    parser.add_argument("model_roots", type=Path, nargs="+", help="folders of fold_<k>/ models")
-    parser.add_argument("--cache", type=Path, default=Path("checkpoints/head_features"))
     parser.add_argument("--only", default="", help="comma-separated variants (config always runs)")
     args = parser.parse_args(argv)
     try:

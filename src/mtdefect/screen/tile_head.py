@@ -43,7 +43,7 @@ from mtdefect.data.folds import fold_manifest_path
 from mtdefect.data.split import read_manifest, tile_names
 from mtdefect.fileio import write_json_atomic
 from mtdefect.inference.postprocess import defect_probability
-from mtdefect.screen.head_refit import VIEWS, cached_fold_features
+from mtdefect.screen.head_refit import VIEWS, cached_fold_features, fold_models, screen_arguments
 
 BASELINE = "median_of_views"
 VARIANTS = (BASELINE, "image_head_on_mean_features", "tile_head")
@@ -197,11 +197,7 @@ def study(cfg: DictConfig, model_roots: Sequence[Path], cache: Path) -> dict[str
     defective: list[np.ndarray] = []
     groups: list[str] = []
     for root in model_roots:
-        folds = sorted(
-            int(p.name.split("_")[1]) for p in root.glob("fold_*") if (p / "settings.json").exists()
-        )
-        if not folds:
-            raise FileNotFoundError(f"{root} holds no fold_<k>/ model folders")
+        folds = fold_models(root)
         for fold in folds:
             manifest = fold_manifest_path(Path(cfg.cv.manifest_dir), fold)
             features = cached_fold_features(
@@ -242,13 +238,12 @@ def study(cfg: DictConfig, model_roots: Sequence[Path], cache: Path) -> dict[str
 def main(argv: list[str] | None = None) -> None:
     from mtdefect.stages._common import load_params
 
-    parser = argparse.ArgumentParser(
-        prog="python -m mtdefect.screen.tile_head",
-        description="Screen a tile head on the mean features of a tile's views against the median of views.",
+    parser = screen_arguments(
+        argparse.ArgumentParser(
+            prog="python -m mtdefect.screen.tile_head",
+            description="Screen a tile head on a tile's mean view features against the median of views.",
+        )
     )
-    parser.add_argument("out", type=Path, help="result file (.json)")
-    parser.add_argument("model_roots", type=Path, nargs="+", help="folders of fold_<k>/ models")
-    parser.add_argument("--cache", type=Path, default=Path("checkpoints/head_features"))
     args = parser.parse_args(argv)
     try:
         result = study(load_params(), args.model_roots, args.cache)
