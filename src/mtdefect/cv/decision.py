@@ -154,21 +154,33 @@ def paired_gain(
         "recall_at_1pct_fa": (baseline, other),
         "tile_recall_at_1pct_fa": (per_tile["baseline"], per_tile["other"]),
     }
-    out = {}
-    for offset, (key, (resampled, level)) in enumerate(levels.items()):
-        before, after = scorers[key]
+    return {
+        key: paired_difference(level, *scorers[key], resampled, n_resamples, seed + offset)
+        for offset, (key, (resampled, level)) in enumerate(levels.items())
+    }
 
-        def statistic(i: np.ndarray, level=level, before=before, after=after) -> float:
-            return level(after, i) - level(before, i)
 
-        low, high = metrics.group_bootstrap(resampled, statistic, n_resamples, seed + offset)
-        everyone = np.arange(len(resampled))
-        out[key] = {
-            **_interval(statistic(everyone), low, high),
-            "before": level(before, everyone),
-            "after": level(after, everyone),
-        }
-    return out
+def paired_difference(
+    level: Callable[[np.ndarray, np.ndarray], float],
+    before: np.ndarray,
+    after: np.ndarray,
+    groups: np.ndarray,
+    n_resamples: int,
+    seed: int,
+) -> dict:
+    """``level(after, i) − level(before, i)`` over all rows, with its 95 % interval from resampling
+    whole ``groups`` (both scorers judged on every resample), and each scorer's own value."""
+
+    def statistic(i: np.ndarray) -> float:
+        return level(after, i) - level(before, i)
+
+    low, high = metrics.group_bootstrap(groups, statistic, n_resamples, seed)
+    everyone = np.arange(len(groups))
+    return {
+        **_interval(statistic(everyone), low, high),
+        "before": level(before, everyone),
+        "after": level(after, everyone),
+    }
 
 
 def fused_z_scores(rows: Sequence[dict], reference: dict) -> dict[str, np.ndarray]:

@@ -215,7 +215,8 @@ def fit_mlp(
 
 
 def fit_variant(features: Mapping[str, np.ndarray], spec: Mapping[str, Any], free: int) -> dict[str, Any]:
-    """One variant on one fold: held-out and clean-validation defect probabilities, the L2 chosen.
+    """One variant on one fold: held-out and clean-validation defect probabilities, the L2 chosen and
+    the chosen head (pooled features → logits).
     The binary objective is fitted as training fits it (``model.head_fit.fit_head``)."""
     from mtdefect.model.head_fit import fit_head, fit_softmax
 
@@ -262,6 +263,7 @@ def fit_variant(features: Mapping[str, np.ndarray], spec: Mapping[str, Any], fre
     head = candidates[chosen]
     return {
         "l2": chosen,
+        "head": head,
         "held_out": defect_probability(head(features["test"]), free),
         "reference": defect_probability(head(features["val"][val_free]), free),
     }

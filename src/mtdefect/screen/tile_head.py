@@ -4,9 +4,9 @@ The served tile decision (``inference.multiview``) runs the image head on each p
 the median of the views' scores, so a defect that only two of six lightings show is voted down by the
 other four. A tile head sees the tile instead: the encoder's pooled head inputs are averaged over the
 tile's views (the mean of its photographs' features), and a linear head is fitted on those tile
-features of the fold's training tiles (``model.head_fit.fit_head``, the config's ``head_refit`` rule:
-its L2 grid, flips, hard negatives and objective), the L2 chosen by tile AUROC on the fold's inner
-validation tiles. Its held-out tile scores are put on the decision's scale against the fold's clean
+features of the fold's training tiles (``screen.head_refit.fit_variant`` under its ``config`` variant:
+params.yaml's ``head_refit`` L2 grid, flips and objective), the L2 chosen by tile AUROC on the fold's
+inner-validation tiles. Its held-out tile scores are put on the decision's scale against the fold's clean
 inner-validation *tiles* (``cv.decision.normalised``), as the image head's are against the clean
 validation images, and pooled over folds and seeds. Variants:
 
@@ -26,24 +26,29 @@ interval by resampling tile groups.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mtdefect import metrics
-from mtdefect.cv.decision import normalised
-from mtdefect.cv.pool import _interval, pooling_arguments, tile_detector
+from mtdefect.cv.decision import normalised, paired_difference
+from mtdefect.cv.pool import pooling_arguments, tile_detector
 from mtdefect.data.folds import fold_manifest_path
 from mtdefect.data.split import read_manifest, tile_names
 from mtdefect.fileio import write_json_atomic
 from mtdefect.inference.postprocess import defect_probability
-from mtdefect.screen.head_refit import VIEWS, cached_fold_features, fold_models, screen_arguments
+from mtdefect.screen.head_refit import BASELINE as HEAD_REFIT_BASELINE
+from mtdefect.screen.head_refit import (
+    cached_fold_features,
+    fit_variant,
+    fold_models,
+    screen_arguments,
+    variants,
+)
 
 BASELINE = "median_of_views"
 VARIANTS = (BASELINE, "image_head_on_mean_features", "tile_head")
@@ -58,92 +63,42 @@ def mean_over_views(features: np.ndarray, tiles: Sequence[str]) -> tuple[np.ndar
     return np.stack([features[r].mean(0) for r in rows]), rows
 
 
-def linear(weight: torch.Tensor, bias: torch.Tensor, free: int):
-    """Pooled features → P(defect) under a linear head (``postprocess.defect_probability``)."""
-    return lambda x: defect_probability((torch.from_numpy(x).float() @ weight.T + bias).numpy(), free)
-
-
-def fit_by_validation(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    val_x: np.ndarray,
-    val_y: np.ndarray,
-    rule: Mapping[str, Any],
-    classes: int,
-    free: int,
-):
-    """``model.head_fit.fit_head`` under ``rule`` (params.yaml's ``head_refit``) for each L2 of its
-    grid; the one with the highest validation AUROC (ties to the first, as training's refit)."""
-    from mtdefect.model.head_fit import fit_head
-
-    x, y = torch.from_numpy(train_x).float(), torch.from_numpy(train_y).long()
-    best: tuple[float, Any] | None = None
-    for l2 in rule["l2"]:
-        head = linear(
-            *fit_head(
-                x,
-                y,
-                classes,
-                float(l2),
-                free,
-                float(rule["hard_negative_fraction"]),
-                float(rule["hard_negative_weight"]),
-                str(rule["objective"]),
-            ),
-            free,
-        )
-        auroc = metrics.binary_auroc(head(val_x), val_y != free)
-        auroc = 0.0 if math.isnan(auroc) else auroc
-        if best is None or auroc > best[0]:
-            best = (auroc, head)
-    assert best is not None, "head_refit.l2 is empty"
-    return best[1]
+def config_spec(rule: Mapping[str, Any]) -> dict[str, Any]:
+    """The head-refit screen's ``config`` variant under ``rule`` (params.yaml's ``head_refit``), its
+    objective included: what training's refit fits, and what every variant here is fitted with."""
+    return {**variants(rule)[HEAD_REFIT_BASELINE], "objective": str(rule.get("objective", "multinomial"))}
 
 
 def fold_tile_scores(
     features: Mapping[str, np.ndarray], tiles: Mapping[str, Sequence[str]], rule: Mapping[str, Any], free: int
 ) -> dict[str, np.ndarray]:
     """Every variant's held-out tile z on one fold model, tiles in ``mean_over_views``' order of
-    ``tiles["test"]``; ``features`` as ``screen.head_refit.fold_features`` caches them."""
-    classes = len(features["class_names"])
-    views = [VIEWS.index(v) for v in ["none", *rule["flips"]]]
-    labels = {s: np.asarray(features[f"{s}_labels"]) for s in ("train", "val")}
-    val_free = labels["val"] == free
-    out: dict[str, np.ndarray] = {}
-
-    image_head = fit_by_validation(
-        np.concatenate([features["train"][v] for v in views]),
-        np.tile(labels["train"], len(views)),
-        features["val"],
-        labels["val"],
-        rule,
-        classes,
-        free,
-    )
-    z = normalised("head", image_head(features["test"]), image_head(features["val"][val_free]))
+    ``tiles["test"]``; ``features`` as ``screen.head_refit.fold_features`` caches them. Both heads
+    are fitted by ``screen.head_refit.fit_variant`` (its L2 choice by validation AUROC): the image
+    head on the photographs, the tile head on the tiles' mean features."""
+    spec = config_spec(rule)
+    image = fit_variant(features, spec, free)
+    z = normalised("head", image["held_out"], image["reference"])
     test_mean, test_rows = mean_over_views(features["test"], tiles["test"])
-    out[BASELINE] = np.array([float(np.median(z[r])) for r in test_rows])
-
     val_mean, val_rows = mean_over_views(features["val"], tiles["val"])
-    val_tile_labels = np.array([labels["val"][r[0]] for r in val_rows])
-    val_tile_free = val_tile_labels == free
-    out["image_head_on_mean_features"] = normalised(
-        "head", image_head(test_mean), image_head(val_mean[val_tile_free])
-    )
-
-    train_parts = [mean_over_views(features["train"][v], tiles["train"]) for v in views]
-    train_tile_labels = np.array([labels["train"][r[0]] for r in train_parts[0][1]])
-    tile_head = fit_by_validation(
-        np.concatenate([part[0] for part in train_parts]),
-        np.tile(train_tile_labels, len(views)),
-        val_mean,
-        val_tile_labels,
-        rule,
-        classes,
-        free,
-    )
-    out["tile_head"] = normalised("head", tile_head(test_mean), tile_head(val_mean[val_tile_free]))
-    return out
+    val_labels = np.array([features["val_labels"][r[0]] for r in val_rows])
+    train_views = [mean_over_views(view, tiles["train"]) for view in features["train"]]
+    per_tile = {
+        "train": np.stack([pooled for pooled, _ in train_views]),
+        "train_labels": np.array([features["train_labels"][r[0]] for r in train_views[0][1]]),
+        "val": val_mean,
+        "val_labels": val_labels,
+        "test": test_mean,
+        "class_names": features["class_names"],
+    }
+    tile = fit_variant(per_tile, spec, free)
+    image_head_on_tiles = defect_probability(image["head"](test_mean), free)
+    image_head_on_clean_tiles = defect_probability(image["head"](val_mean[val_labels == free]), free)
+    return {
+        BASELINE: np.array([float(np.median(z[r])) for r in test_rows]),
+        "image_head_on_mean_features": normalised("head", image_head_on_tiles, image_head_on_clean_tiles),
+        "tile_head": normalised("head", tile["held_out"], tile["reference"]),
+    }
 
 
 def paired_tile_gain(
@@ -163,20 +118,10 @@ def paired_tile_gain(
             s[i], defective[i], max_rate
         )["recall"],
     }
-    everyone = np.arange(len(baseline))
-    out = {}
-    for offset, (key, level) in enumerate(levels.items()):
-
-        def statistic(i: np.ndarray, level=level) -> float:
-            return level(other, i) - level(baseline, i)
-
-        low, high = metrics.group_bootstrap(groups, statistic, n_resamples, seed + offset)
-        out[key] = {
-            **_interval(statistic(everyone), low, high),
-            "before": level(baseline, everyone),
-            "after": level(other, everyone),
-        }
-    return out
+    return {
+        key: paired_difference(level, baseline, other, groups, n_resamples, seed + offset)
+        for offset, (key, level) in enumerate(levels.items())
+    }
 
 
 def fold_tiles(manifest: Path, group_gap: int | None) -> dict[str, list[str]]:
